@@ -1,0 +1,118 @@
+//! The example app: a rum counter.
+//!
+//! * `GET /` → `OK`
+//! * `POST /drink/{user}/{count}` → counts `count` rums for `user`; past the config's
+//!   `rums_limit` the drink is refused with 403
+//! * `GET /report` → every user's count as JSON
+//! * `GET /delay/{n}` → sleeps `n` seconds (fractions allowed) and answers `rnd=<number>`
+
+use std::collections::hash_map::RandomState;
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use microservice_rust::{export_app, App, Config, Request, Response};
+use serde_json::json;
+
+/// `rums_limit` when the config does not give one.
+const DEFAULT_RUMS_LIMIT: u64 = 2;
+
+/// The longest `/delay/{n}` sleeps.
+const MAX_DELAY_S: f64 = 3600.0;
+
+pub struct RumCounter {
+    limit: u64,
+    drunk: Mutex<BTreeMap<String, u64>>,
+}
+
+impl App for RumCounter {
+    fn new(config: &Config) -> Result<Self, String> {
+        let limit = config
+            .get::<u64>("rums_limit")?
+            .unwrap_or(DEFAULT_RUMS_LIMIT);
+        Ok(RumCounter {
+            limit,
+            drunk: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn handle(&self, request: &Request) -> Response {
+        let segments: Vec<&str> = request.path().split('/').skip(1).collect();
+        match (request.method(), segments.as_slice()) {
+            ("GET", [""]) => Response::text(200, "OK"),
+            ("POST", ["drink", user, count]) if !user.is_empty() => self.drink(user, count),
+            ("GET", ["report"]) => self.report(),
+            ("GET", ["delay", seconds]) => delay(seconds),
+            (_, ["drink", ..]) | (_, ["report"]) | (_, ["delay", ..]) | (_, [""]) => {
+                Response::text(405, "method not allowed\n")
+            }
+            _ => Response::text(404, "not found\n"),
+        }
+    }
+}
+
+impl RumCounter {
+    fn drink(&self, user: &str, count: &str) -> Response {
+        let Ok(count) = count.parse::<u64>() else {
+            return Response::text(
+                400,
+                format!("count must be a whole number, got {count:?}\n"),
+            );
+        };
+        let mut drunk = self
+            .drunk
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let so_far = drunk.get(user).copied().unwrap_or(0);
+        if so_far.saturating_add(count) > self.limit {
+            return Response::json_value(
+                403,
+                &json!({
+                    "error": format!("{user} has had enough"),
+                    "drunk": so_far,
+                    "rums_limit": self.limit,
+                }),
+            );
+        }
+        drunk.insert(user.to_string(), so_far + count);
+        Response::json_value(200, &json!({ "user": user, "drunk": so_far + count }))
+    }
+
+    fn report(&self) -> Response {
+        let drunk = self
+            .drunk
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Response::json_value(
+            200,
+            &json!({
+                "rums_limit": self.limit,
+                "total": drunk.values().sum::<u64>(),
+                "users": *drunk,
+            }),
+        )
+    }
+}
+
+fn delay(seconds: &str) -> Response {
+    match seconds.parse::<f64>() {
+        Ok(s) if (0.0..=MAX_DELAY_S).contains(&s) => {
+            std::thread::sleep(Duration::from_secs_f64(s));
+            Response::text(200, format!("slept {s}s rnd={}\n", random()))
+        }
+        _ => Response::text(
+            400,
+            format!("delay must be a number of seconds from 0 to {MAX_DELAY_S}\n"),
+        ),
+    }
+}
+
+/// A random number from the standard library's randomly keyed hasher.
+fn random() -> u64 {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    hasher.finish()
+}
+
+export_app!(RumCounter);

@@ -1,0 +1,156 @@
+//! The command line. Every flag has an environment-variable twin, listed by `--help`.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::config::{Loaded, Lookup};
+use crate::error::Error;
+use crate::loader;
+use crate::supervisor::Supervisor;
+use crate::worker;
+
+#[derive(Parser)]
+#[command(
+    name = "microservice-rust",
+    version,
+    about = "Serves an HTTP app built as a dynamic library: a supervisor, worker processes, \
+             a thread pool with request timeouts, and a reloading dev mode.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the app (the default).
+    Run(RunArgs),
+    /// Print the resolved config and the file it came from; exit 0, or 78 when it is bad.
+    CheckConfig(ConfigArgs),
+    /// Exit 0 if the running service answers 200 on /readyz (for Docker's HEALTHCHECK).
+    Healthcheck(HealthArgs),
+    /// Internal: a worker process, started by the supervisor.
+    #[command(hide = true)]
+    Worker,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// The environment: selects config/<ENV>/config.json.
+    #[arg(long, env = "MICROSERVICE_ENV", value_name = "ENV")]
+    env: Option<String>,
+    /// Use this config file alone instead of looking one up.
+    #[arg(long, env = "MICROSERVICE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The port to listen on (overrides `port`).
+    #[arg(long, env = "MICROSERVICE_PORT", value_name = "PORT")]
+    port: Option<u16>,
+    /// The address to listen on (overrides `host`).
+    #[arg(long, env = "MICROSERVICE_HOST", value_name = "ADDRESS")]
+    host: Option<IpAddr>,
+    /// The app library to serve (overrides `app`).
+    #[arg(long, env = "MICROSERVICE_APP", value_name = "LIB")]
+    app: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct HealthArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The port the service listens on; else the one its config gives.
+    #[arg(long, env = "MICROSERVICE_PORT", value_name = "PORT")]
+    port: Option<u16>,
+}
+
+/// Parses the command line and runs it; returns the exit code.
+pub fn try_main() -> Result<i32, Error> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => run(cli.run),
+        Some(Command::Run(args)) => run(args),
+        Some(Command::CheckConfig(args)) => check_config(args),
+        Some(Command::Healthcheck(args)) => healthcheck(args),
+        Some(Command::Worker) => worker::run(),
+    }
+}
+
+fn resolve(args: &ConfigArgs) -> Result<Loaded, Error> {
+    Lookup::from_environment(args.config.clone(), args.env.clone()).resolve()
+}
+
+fn run(args: RunArgs) -> Result<i32, Error> {
+    let mut loaded = resolve(&args.config)?;
+    if let Some(port) = args.port {
+        loaded.set("port", json!(port), "--port")?;
+    }
+    if let Some(host) = args.host {
+        loaded.set("host", json!(host.to_string()), "--host")?;
+    }
+    if let Some(app) = &args.app {
+        loaded.set("app", json!(app.display().to_string()), "--app")?;
+    }
+    let name = std::env::var("MICROSERVICE_NAME").ok();
+    let app = loader::find_app(loaded.settings.app.as_deref(), name.as_deref())?;
+    loaded.set("app", json!(app.display().to_string()), "the app path")?;
+    Supervisor::run(loaded)
+}
+
+fn check_config(args: ConfigArgs) -> Result<i32, Error> {
+    let loaded = resolve(&args)?;
+    let lookup = Lookup::from_environment(args.config, args.env);
+    let report = json!({
+        "source": loaded.source_name(),
+        "env": lookup.env,
+        "config": loaded.effective(),
+    });
+    let text = serde_json::to_string_pretty(&report).expect("a JSON value always serializes");
+    println!("{text}");
+    Ok(0)
+}
+
+fn healthcheck(args: HealthArgs) -> Result<i32, Error> {
+    let port = match args.port {
+        Some(port) => port,
+        None => resolve(&args.config)?.settings.port,
+    };
+    match probe_readyz(port) {
+        Ok(200) => Ok(0),
+        Ok(status) => {
+            eprintln!("/readyz on port {port} answered {status}");
+            Ok(1)
+        }
+        Err(e) => {
+            eprintln!("/readyz on port {port}: {e}");
+            Ok(1)
+        }
+    }
+}
+
+/// GET /readyz on the loopback; the status code it answers.
+fn probe_readyz(port: u16) -> std::io::Result<u16> {
+    let timeout = Duration::from_secs(3);
+    let address = (std::net::Ipv4Addr::LOCALHOST, port).into();
+    let mut stream = TcpStream::connect_timeout(&address, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP response"))
+}

@@ -1,0 +1,676 @@
+//! Configuration: where `config.json` is found, the supervisor's keys, their defaults and
+//! their validation.
+//!
+//! The lookup follows Armada's hermes: the **first** directory holding a `config.json` wins,
+//! and keys it lacks take the built-in defaults (files are never merged):
+//!
+//! 1. `--config FILE`: that file alone;
+//! 2. each directory of `CONFIG_PATH` (`:`-separated), in order;
+//! 3. `/opt/$MICROSERVICE_NAME/$CONFIG_DIR/…` for the environment and its parents, deepest
+//!    first, with the `MICROSERVICE_APP_ID` combinations, then `$CONFIG_DIR/` itself;
+//! 4. the image's own defaults file, [`IMAGE_DEFAULTS`].
+//!
+//! With none found, the built-in defaults apply; `config.json` at the repository root is the
+//! same set written out, and a test keeps the two equal.
+//!
+//! Supervisor keys are checked strictly; every other top-level key belongs to the app, which
+//! receives the whole resolved object.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::error::Error;
+
+/// Where the image keeps the repository's `config.json`, the last file looked at.
+pub const IMAGE_DEFAULTS: &str = "/etc/microservice-rust/config.json";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One request at a time; the app library is reloaded when it changes.
+    Dev,
+    /// A pool of `threads`; request timeouts and the watchdog on by default.
+    Production,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Dev => "dev",
+            Mode::Production => "production",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Watchdog {
+    /// `None`: on in production, off in dev.
+    pub enabled: Option<bool>,
+    pub interval_s: f64,
+    pub timeout_s: f64,
+    pub failures: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DevSettings {
+    pub watch: Vec<String>,
+    pub build_command: Option<String>,
+}
+
+/// The supervisor's keys, typed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub mode: Mode,
+    pub threads: usize,
+    pub workers: usize,
+    pub host: IpAddr,
+    pub port: u16,
+    pub app: Option<PathBuf>,
+    /// `None`: 60 s in production, off in dev. `Some(0.0)`: off.
+    pub request_timeout_s: Option<f64>,
+    pub keep_alive_timeout_s: f64,
+    pub max_body_bytes: u64,
+    pub watchdog: Watchdog,
+    pub drain_time_s: f64,
+    pub stop_timeout_s: f64,
+    pub dev: DevSettings,
+}
+
+/// Limits of the numeric keys; past them a value is a typo, not a choice.
+const MAX_THREADS: u64 = 1024;
+const MAX_WORKERS: u64 = 64;
+const MAX_SECONDS: f64 = 86_400.0;
+const PRODUCTION_REQUEST_TIMEOUT_S: f64 = 60.0;
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            mode: Mode::Dev,
+            threads: 17,
+            workers: 1,
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 80,
+            app: None,
+            request_timeout_s: None,
+            keep_alive_timeout_s: 5.0,
+            max_body_bytes: 10 * 1024 * 1024,
+            watchdog: Watchdog {
+                enabled: None,
+                interval_s: 5.0,
+                timeout_s: 2.0,
+                failures: 3,
+            },
+            drain_time_s: 0.0,
+            stop_timeout_s: 8.0,
+            dev: DevSettings {
+                watch: Vec::new(),
+                build_command: None,
+            },
+        }
+    }
+}
+
+impl Settings {
+    /// The request deadline, counted from the moment the worker read the request.
+    pub fn request_timeout(&self) -> Option<Duration> {
+        let seconds = self.request_timeout_s.unwrap_or(match self.mode {
+            Mode::Production => PRODUCTION_REQUEST_TIMEOUT_S,
+            Mode::Dev => 0.0,
+        });
+        (seconds > 0.0).then(|| Duration::from_secs_f64(seconds))
+    }
+
+    pub fn watchdog_enabled(&self) -> bool {
+        self.watchdog
+            .enabled
+            .unwrap_or(self.mode == Mode::Production)
+    }
+
+    /// Threads serving requests: one in dev, `threads` in production.
+    pub fn pool_threads(&self) -> usize {
+        match self.mode {
+            Mode::Dev => 1,
+            Mode::Production => self.threads,
+        }
+    }
+
+    pub fn keep_alive_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.keep_alive_timeout_s)
+    }
+
+    /// Every supervisor key as JSON. `resolved` replaces the mode-dependent `null`s with the
+    /// values in force.
+    pub fn to_json(&self, resolved: bool) -> Value {
+        let request_timeout = match (resolved, self.request_timeout_s) {
+            (true, _) => json!(self.request_timeout().map_or(0.0, |d| d.as_secs_f64())),
+            (false, t) => json!(t),
+        };
+        let watchdog_enabled = match resolved {
+            true => json!(self.watchdog_enabled()),
+            false => json!(self.watchdog.enabled),
+        };
+        json!({
+            "mode": self.mode.name(),
+            "threads": self.threads,
+            "workers": self.workers,
+            "host": self.host.to_string(),
+            "port": self.port,
+            "app": self.app.as_ref().map(|p| p.display().to_string()),
+            "request_timeout_s": request_timeout,
+            "keep_alive_timeout_s": self.keep_alive_timeout_s,
+            "max_body_bytes": self.max_body_bytes,
+            "watchdog": {
+                "enabled": watchdog_enabled,
+                "interval_s": self.watchdog.interval_s,
+                "timeout_s": self.watchdog.timeout_s,
+                "failures": self.watchdog.failures,
+            },
+            "drain_time_s": self.drain_time_s,
+            "stop_timeout_s": self.stop_timeout_s,
+            "dev": {
+                "watch": self.dev.watch,
+                "build_command": self.dev.build_command,
+            },
+        })
+    }
+}
+
+/// Reads typed values out of a JSON object, naming the key path and the source in errors.
+struct Reader<'a> {
+    source: &'a str,
+}
+
+impl Reader<'_> {
+    fn fail(&self, key: &str, expected: &str, found: &Value) -> Error {
+        Error::config_key(self.source, key, expected, found)
+    }
+
+    /// A whole number within `min..=max`.
+    fn whole(&self, key: &str, value: &Value, min: u64, max: u64) -> Result<u64, Error> {
+        let expected = format!("a whole number from {min} to {max}");
+        match value.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Ok(n),
+            // 4.0 is a whole number, written as a float.
+            None if value.as_f64().is_some_and(|f| f.fract() == 0.0 && f >= 0.0) => {
+                let n = value.as_f64().expect("checked just above") as u64;
+                match (min..=max).contains(&n) {
+                    true => Ok(n),
+                    false => Err(self.fail(key, &expected, value)),
+                }
+            }
+            _ => Err(self.fail(key, &expected, value)),
+        }
+    }
+
+    /// A number of seconds within `min..=MAX_SECONDS` (fractions allowed); `above_zero`
+    /// excludes `min` itself.
+    fn seconds(&self, key: &str, value: &Value, above_zero: bool) -> Result<f64, Error> {
+        let expected = match above_zero {
+            true => format!("a number of seconds above 0 and at most {MAX_SECONDS}"),
+            false => format!("a number of seconds from 0 to {MAX_SECONDS}"),
+        };
+        match value.as_f64() {
+            Some(s) if s <= MAX_SECONDS && (s > 0.0 || (!above_zero && s == 0.0)) => Ok(s),
+            _ => Err(self.fail(key, &expected, value)),
+        }
+    }
+
+    fn boolean(&self, key: &str, value: &Value) -> Result<bool, Error> {
+        value
+            .as_bool()
+            .ok_or_else(|| self.fail(key, "true or false", value))
+    }
+
+    fn string<'v>(&self, key: &str, value: &'v Value) -> Result<&'v str, Error> {
+        match value.as_str() {
+            Some(s) if !s.is_empty() => Ok(s),
+            _ => Err(self.fail(key, "a non-empty string", value)),
+        }
+    }
+
+    fn object<'v>(
+        &self,
+        key: &str,
+        value: &'v Value,
+        allowed: &[&str],
+    ) -> Result<&'v Map<String, Value>, Error> {
+        let map = value
+            .as_object()
+            .ok_or_else(|| self.fail(key, "an object", value))?;
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(Error::config(
+                self.source,
+                format!(
+                    "key `{key}.{unknown}`: unknown; expected one of {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        Ok(map)
+    }
+}
+
+/// A present, non-null value of a key.
+fn present<'v>(map: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
+    map.get(key).filter(|v| !v.is_null())
+}
+
+impl Settings {
+    /// Validates the supervisor's keys of `value`; every other top-level key is the app's.
+    pub fn from_json(value: &Value, source: &str) -> Result<Settings, Error> {
+        let r = Reader { source };
+        let top = value.as_object().ok_or_else(|| {
+            Error::config(
+                source,
+                format!(
+                    "expected a JSON object at the top level, found {}",
+                    short_kind(value)
+                ),
+            )
+        })?;
+        let mut s = Settings::default();
+
+        let use_apache = present(top, "use_apache")
+            .map(|v| r.boolean("use_apache", v))
+            .transpose()?;
+        match (present(top, "mode"), use_apache) {
+            (Some(v), _) => {
+                s.mode = match v.as_str() {
+                    Some("dev") => Mode::Dev,
+                    Some("production") => Mode::Production,
+                    _ => return Err(r.fail("mode", "\"dev\" or \"production\"", v)),
+                };
+                if use_apache == Some(true) && s.mode == Mode::Dev {
+                    return Err(Error::config(
+                        source,
+                        "key `use_apache`: true means production, but `mode` is \"dev\"; \
+                         keep one of them",
+                    ));
+                }
+            }
+            (None, Some(true)) => s.mode = Mode::Production,
+            (None, _) => {}
+        }
+
+        let threads_expected = (1, MAX_THREADS);
+        if let Some(v) = present(top, "threads") {
+            s.threads = r.whole("threads", v, threads_expected.0, threads_expected.1)? as usize;
+        }
+        if let Some(apache) = present(top, "apache_config") {
+            let map = apache
+                .as_object()
+                .ok_or_else(|| r.fail("apache_config", "an object", apache))?;
+            let key = "apache_config.wsgi_worker_threads_count";
+            if let Some(v) = present(map, "wsgi_worker_threads_count") {
+                let n = r.whole(key, v, threads_expected.0, threads_expected.1)? as usize;
+                if present(top, "threads").is_some() && n != s.threads {
+                    return Err(Error::config(
+                        source,
+                        format!("key `{key}`: {n} disagrees with `threads` {}", s.threads),
+                    ));
+                }
+                s.threads = n;
+            }
+        }
+        if let Some(v) = present(top, "workers") {
+            s.workers = r.whole("workers", v, 1, MAX_WORKERS)? as usize;
+        }
+        if let Some(v) = present(top, "host") {
+            s.host = v
+                .as_str()
+                .and_then(|h| h.parse().ok())
+                .ok_or_else(|| r.fail("host", "an IP address such as \"0.0.0.0\"", v))?;
+        }
+        if let Some(v) = present(top, "port") {
+            s.port = r.whole("port", v, 0, u16::MAX as u64)? as u16;
+        }
+        if let Some(v) = present(top, "app") {
+            s.app = Some(PathBuf::from(r.string("app", v)?));
+        }
+        if let Some(v) = present(top, "request_timeout_s") {
+            s.request_timeout_s = Some(r.seconds("request_timeout_s", v, false)?);
+        }
+        if let Some(v) = present(top, "keep_alive_timeout_s") {
+            s.keep_alive_timeout_s = r.seconds("keep_alive_timeout_s", v, true)?;
+        }
+        if let Some(v) = present(top, "max_body_bytes") {
+            s.max_body_bytes = r.whole("max_body_bytes", v, 0, 1 << 40)?;
+        }
+        if let Some(v) = present(top, "watchdog") {
+            s.watchdog = watchdog(&r, v)?;
+        }
+        if let Some(v) = present(top, "drain_time_s") {
+            s.drain_time_s = r.seconds("drain_time_s", v, false)?;
+        }
+        if let Some(v) = present(top, "stop_timeout_s") {
+            s.stop_timeout_s = r.seconds("stop_timeout_s", v, false)?;
+        }
+        if let Some(v) = present(top, "dev") {
+            s.dev = dev(&r, v)?;
+        }
+        Ok(s)
+    }
+}
+
+fn watchdog(r: &Reader, value: &Value) -> Result<Watchdog, Error> {
+    let mut w = Settings::default().watchdog;
+    if let Some(on) = value.as_bool() {
+        w.enabled = Some(on);
+        return Ok(w);
+    }
+    let keys = ["enabled", "interval_s", "timeout_s", "failures"];
+    if !value.is_object() {
+        return Err(r.fail("watchdog", "true, false or an object", value));
+    }
+    let map = r.object("watchdog", value, &keys)?;
+    if let Some(v) = present(map, "enabled") {
+        w.enabled = Some(r.boolean("watchdog.enabled", v)?);
+    }
+    if let Some(v) = present(map, "interval_s") {
+        w.interval_s = r.seconds("watchdog.interval_s", v, true)?;
+    }
+    if let Some(v) = present(map, "timeout_s") {
+        w.timeout_s = r.seconds("watchdog.timeout_s", v, true)?;
+    }
+    if let Some(v) = present(map, "failures") {
+        w.failures = r.whole("watchdog.failures", v, 1, 1000)? as u32;
+    }
+    Ok(w)
+}
+
+fn dev(r: &Reader, value: &Value) -> Result<DevSettings, Error> {
+    let mut d = Settings::default().dev;
+    let map = r.object("dev", value, &["watch", "build_command"])?;
+    if let Some(v) = present(map, "watch") {
+        let list = v
+            .as_array()
+            .ok_or_else(|| r.fail("dev.watch", "an array of paths", v))?;
+        for (i, item) in list.iter().enumerate() {
+            d.watch
+                .push(r.string(&format!("dev.watch[{i}]"), item)?.to_string());
+        }
+    }
+    if let Some(v) = present(map, "build_command") {
+        d.build_command = Some(r.string("dev.build_command", v)?.to_string());
+    }
+    Ok(d)
+}
+
+fn short_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Where to look, taken from the command line and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Lookup {
+    /// `--config FILE`.
+    pub file: Option<PathBuf>,
+    /// `--env`, `MICROSERVICE_ENV` or `dev`.
+    pub env: String,
+    pub config_path: Option<String>,
+    pub microservice_name: Option<String>,
+    pub config_dir: String,
+    pub app_id: Option<String>,
+    pub image_defaults: PathBuf,
+}
+
+impl Lookup {
+    /// The lookup as this process's environment describes it.
+    pub fn from_environment(file: Option<PathBuf>, env: Option<String>) -> Lookup {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Lookup {
+            file,
+            env: env
+                .or_else(|| var("MICROSERVICE_ENV"))
+                .unwrap_or_else(|| "dev".into()),
+            config_path: var("CONFIG_PATH"),
+            microservice_name: var("MICROSERVICE_NAME"),
+            config_dir: var("CONFIG_DIR").unwrap_or_else(|| "config".into()),
+            app_id: var("MICROSERVICE_APP_ID"),
+            image_defaults: PathBuf::from(IMAGE_DEFAULTS),
+        }
+    }
+
+    /// The directories searched for `config.json`, in order (without `--config`).
+    pub fn directories(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = self
+            .config_path
+            .iter()
+            .flat_map(|p| p.split(':'))
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        if let Some(name) = &self.microservice_name {
+            let base = Path::new("/opt").join(name).join(&self.config_dir);
+            dirs.extend(
+                env_subdirectories(&self.env, self.app_id.as_deref())
+                    .into_iter()
+                    .map(|sub| base.join(sub)),
+            );
+        }
+        if let Some(parent) = self.image_defaults.parent() {
+            dirs.push(parent.to_path_buf());
+        }
+        dirs
+    }
+
+    /// Finds, reads and validates the config.
+    pub fn resolve(&self) -> Result<Loaded, Error> {
+        check_env_name(&self.env)?;
+        if let Some(file) = &self.file {
+            return Loaded::read(file);
+        }
+        for dir in self.directories() {
+            let file = dir.join("config.json");
+            if file.is_file() {
+                return Loaded::read(&file);
+            }
+        }
+        Loaded::from_value(json!({}), None)
+    }
+}
+
+fn check_env_name(env: &str) -> Result<(), Error> {
+    let ok = !env.is_empty()
+        && !env.starts_with('/')
+        && env
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    match ok {
+        true => Ok(()),
+        false => Err(Error::config(
+            "--env / MICROSERVICE_ENV",
+            format!("expected a name such as `production` or `production/eu`, found {env:?}"),
+        )),
+    }
+}
+
+/// The sub-directories of `$CONFIG_DIR` for an environment, deepest first, as Armada builds
+/// them: the environment, `env/app_id` and `app_id/env`, each with all its parents, and
+/// finally `$CONFIG_DIR` itself (the empty path).
+pub fn env_subdirectories(env: &str, app_id: Option<&str>) -> Vec<String> {
+    let mut combos = Vec::new();
+    if let Some(app) = app_id {
+        combos.push(format!("{env}/{app}"));
+        combos.push(format!("{app}/{env}"));
+    }
+    combos.push(env.to_string());
+    let mut dirs: Vec<String> = Vec::new();
+    for combo in &combos {
+        let parts: Vec<&str> = combo.split('/').collect();
+        for depth in (1..=parts.len()).rev() {
+            let dir = parts[..depth].join("/");
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+    }
+    // Stable: among equal depths the order above (env/app, app/env, env) is kept.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.split('/').count()));
+    dirs.push(String::new());
+    dirs
+}
+
+/// A resolved config: the typed supervisor settings and the whole object for the app.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub settings: Settings,
+    /// The object as read, with command-line overrides applied.
+    pub value: Value,
+    /// The file it came from; `None` for the built-in defaults.
+    pub source: Option<PathBuf>,
+}
+
+impl Loaded {
+    pub fn read(file: &Path) -> Result<Loaded, Error> {
+        let shown = file.display().to_string();
+        let text = std::fs::read_to_string(file).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::config(&shown, "file not found"),
+            _ => Error::config(&shown, format!("cannot read it: {e}")),
+        })?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::config(&shown, format!("not valid JSON: {e}")))?;
+        Loaded::from_value(value, Some(file.to_path_buf()))
+    }
+
+    pub fn from_value(value: Value, source: Option<PathBuf>) -> Result<Loaded, Error> {
+        let settings = Settings::from_json(&value, &source_name(source.as_deref()))?;
+        Ok(Loaded {
+            settings,
+            value,
+            source,
+        })
+    }
+
+    /// Applies a command-line value over the file's, re-validating it under `flag`'s name.
+    pub fn set(&mut self, key: &str, value: Value, flag: &str) -> Result<(), Error> {
+        let mut candidate = self.value.clone();
+        match candidate.as_object_mut() {
+            Some(map) => map.insert(key.to_string(), value),
+            None => unreachable!("validated as an object when loaded"),
+        };
+        self.settings = Settings::from_json(&candidate, flag)?;
+        self.value = candidate;
+        Ok(())
+    }
+
+    /// The object handed to the app and printed by `check-config`: the app's keys as read,
+    /// and every supervisor key with the value in force.
+    pub fn effective(&self) -> Value {
+        let mut out = self.value.as_object().cloned().unwrap_or_default();
+        for key in ["use_apache", "apache_config"] {
+            out.remove(key);
+        }
+        if let Value::Object(supervisor) = self.settings.to_json(true) {
+            out.extend(supervisor);
+        }
+        Value::Object(out)
+    }
+
+    pub fn source_name(&self) -> String {
+        source_name(self.source.as_deref())
+    }
+}
+
+fn source_name(source: Option<&Path>) -> String {
+    source.map_or_else(
+        || "built-in defaults".to_string(),
+        |p| p.display().to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root_config() -> Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.json");
+        serde_json::from_str(&std::fs::read_to_string(path).expect("config.json at the root"))
+            .expect("config.json is JSON")
+    }
+
+    #[test]
+    fn root_config_json_equals_the_built_in_defaults() {
+        assert_eq!(root_config(), Settings::default().to_json(false));
+        let parsed = Settings::from_json(&root_config(), "config.json").expect("valid");
+        assert_eq!(parsed, Settings::default());
+    }
+
+    #[test]
+    fn subdirectories_are_deepest_first_with_app_id_combinations() {
+        assert_eq!(
+            env_subdirectories("production/eu", Some("shop")),
+            [
+                "production/eu/shop",
+                "shop/production/eu",
+                "production/eu",
+                "shop/production",
+                "production",
+                "shop",
+                ""
+            ]
+        );
+        assert_eq!(env_subdirectories("dev", None), ["dev", ""]);
+    }
+
+    #[test]
+    fn mode_decides_timeout_and_watchdog_unless_set() {
+        let prod = Settings::from_json(&json!({"use_apache": true}), "t").expect("valid");
+        assert_eq!(prod.mode, Mode::Production);
+        assert_eq!(prod.request_timeout(), Some(Duration::from_secs(60)));
+        assert!(prod.watchdog_enabled());
+        let dev = Settings::default();
+        assert_eq!(dev.request_timeout(), None);
+        assert!(!dev.watchdog_enabled());
+        assert_eq!(dev.pool_threads(), 1);
+        let off = Settings::from_json(
+            &json!({"mode": "production", "request_timeout_s": 0, "watchdog": false}),
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(off.request_timeout(), None);
+        assert!(!off.watchdog_enabled());
+    }
+
+    #[test]
+    fn flask_thread_key_is_the_same_as_threads() {
+        let s = Settings::from_json(
+            &json!({"apache_config": {"wsgi_worker_threads_count": 4, "other": 1}}),
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(s.threads, 4);
+        let err = Settings::from_json(
+            &json!({"threads": 3, "apache_config": {"wsgi_worker_threads_count": 4}}),
+            "f.json",
+        )
+        .expect_err("disagreement");
+        assert_eq!(
+            err.to_string(),
+            "config error: f.json: key `apache_config.wsgi_worker_threads_count`: \
+             4 disagrees with `threads` 3"
+        );
+    }
+
+    #[test]
+    fn effective_config_resolves_the_mode_dependent_keys_and_keeps_app_keys() {
+        let loaded =
+            Loaded::from_value(json!({"mode": "production", "rums_limit": 2}), None).expect("ok");
+        let effective = loaded.effective();
+        assert_eq!(effective["rums_limit"], 2);
+        assert_eq!(effective["request_timeout_s"], 60.0);
+        assert_eq!(effective["watchdog"]["enabled"], true);
+        // The effective object is itself a valid config with the same settings.
+        let again = Settings::from_json(&effective, "t").expect("valid");
+        assert_eq!(again.request_timeout(), loaded.settings.request_timeout());
+    }
+}

@@ -1,0 +1,238 @@
+//! Loading an app library: `dlopen`, the ABI handshake, and building the app.
+//!
+//! Each check names the file and what was wrong, because "could not load" is the most common
+//! first-day error of an app author. A worker process loads one library once and never
+//! unloads it (a new version gets a new worker process), so `dlopen`'s cache by path never
+//! serves a stale copy.
+
+use std::ffi::c_void;
+use std::path::{Path, PathBuf};
+
+use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+use microservice_rust::abi::{self, MsrAppApi, MsrRequest, MsrResponse};
+
+use crate::error::Error;
+
+/// Room for the app's error and health messages.
+const MESSAGE_CAP: usize = 1024;
+
+/// A loaded, started app.
+pub struct LoadedApp {
+    api: &'static MsrAppApi,
+    app: *mut c_void,
+    path: PathBuf,
+    /// Kept open for the life of the process: `api` and `app` point into it.
+    _library: Library,
+}
+
+// SAFETY: the ABI requires `handle` and `health` to be callable from any thread at once (the
+// SDK enforces `App: Send + Sync`), and `app` is only freed by `shutdown`, which takes `self`.
+unsafe impl Send for LoadedApp {}
+unsafe impl Sync for LoadedApp {}
+
+impl LoadedApp {
+    /// Loads `path`, checks the ABI version and builds the app from `config_json`.
+    pub fn load(path: &Path, config_json: &str) -> Result<LoadedApp, Error> {
+        let fail = |problem: String| Error::app(path, problem);
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(fail("file not found".into()))
+            }
+            Err(e) => return Err(fail(format!("cannot read it: {e}"))),
+            Ok(m) if m.is_dir() => return Err(fail("is a directory, not a library".into())),
+            Ok(_) => {}
+        }
+        // A bare name would make dlopen search the system's library path instead.
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+
+        // SAFETY: loading runs the library's initialisers; loading app code is this
+        // process's purpose, and a crash here is contained by the process boundary.
+        let library = unsafe { Library::open(Some(&absolute), RTLD_NOW | RTLD_LOCAL) }
+            .map_err(|e| fail(format!("not a shared library that can be loaded: {e}")))?;
+
+        // SAFETY: the symbol's type is fixed by the ABI; a foreign library that exports the
+        // same name with another type is outside what can be checked.
+        let version = unsafe { library.get::<unsafe extern "C" fn() -> u32>(abi::VERSION_SYMBOL) }
+            .map_err(|_| {
+                fail(format!(
+                    "symbol `{}` not found: not a microservice-rust app (a Rust app calls \
+                     `export_app!`; a C app defines it as include/microservice_rust.h says)",
+                    abi::VERSION_SYMBOL
+                ))
+            })?;
+        let found = unsafe { version() };
+        if found != abi::ABI_VERSION {
+            return Err(fail(wrong_version(found)));
+        }
+
+        let entry =
+            unsafe { library.get::<unsafe extern "C" fn() -> *const MsrAppApi>(abi::ENTRY_SYMBOL) }
+                .map_err(|_| {
+                    fail(format!(
+                        "symbol `{}` not found: the library answers the ABI handshake but \
+                         exports no app",
+                        abi::ENTRY_SYMBOL
+                    ))
+                })?;
+        // SAFETY: the ABI says the table is static data of the library, which stays loaded.
+        let api: &'static MsrAppApi = match unsafe { entry().as_ref() } {
+            Some(api) => unsafe { &*(api as *const MsrAppApi) },
+            None => return Err(fail(format!("`{}` returned NULL", abi::ENTRY_SYMBOL))),
+        };
+        if api.abi_version != abi::ABI_VERSION {
+            return Err(fail(wrong_version(api.abi_version)));
+        }
+
+        let mut message = [0u8; MESSAGE_CAP];
+        let app = unsafe {
+            (api.create)(
+                config_json.as_ptr(),
+                config_json.len(),
+                message.as_mut_ptr(),
+                message.len(),
+            )
+        };
+        if app.is_null() {
+            return Err(fail(format!(
+                "the app refused to start: {}",
+                c_message(&message)
+            )));
+        }
+        Ok(LoadedApp {
+            api,
+            app,
+            path: absolute,
+            _library: library,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Calls the app's `handle`; the response is released when the returned value drops.
+    pub fn handle(&self, request: &MsrRequest) -> AppResponse<'_> {
+        let mut raw = MsrResponse::empty();
+        // SAFETY: `request` and everything it points at outlive the call; `raw` is ours.
+        unsafe { (self.api.handle)(self.app, request, &mut raw) };
+        AppResponse { app: self, raw }
+    }
+
+    /// The app's own health; `Err` carries its reason.
+    pub fn health(&self) -> Result<(), String> {
+        let Some(health) = self.api.health else {
+            return Ok(());
+        };
+        let mut message = [0u8; MESSAGE_CAP];
+        match unsafe { health(self.app, message.as_mut_ptr(), message.len()) } {
+            0 => Ok(()),
+            _ => Err(c_message(&message)),
+        }
+    }
+
+    /// Stops the app. Its library stays mapped until the process exits.
+    pub fn shutdown(self) {
+        if let Some(shutdown) = self.api.shutdown {
+            unsafe { shutdown(self.app) };
+        }
+    }
+}
+
+fn wrong_version(found: u32) -> String {
+    format!(
+        "built for ABI version {found}, but this worker speaks version {}: rebuild the app \
+         against microservice-rust {}",
+        abi::ABI_VERSION,
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// A NUL-terminated message written by the app into our buffer.
+fn c_message(buffer: &[u8]) -> String {
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    match &buffer[..end] {
+        [] => "(no message)".to_string(),
+        text => String::from_utf8_lossy(text).into_owned(),
+    }
+}
+
+/// The app's answer to one request, owned by the app until this drops.
+pub struct AppResponse<'a> {
+    app: &'a LoadedApp,
+    raw: MsrResponse,
+}
+
+impl AppResponse<'_> {
+    pub fn status(&self) -> u16 {
+        self.raw.status
+    }
+
+    /// Header name and value pairs as the app gave them.
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let headers = match self.raw.header_count {
+            0 => &[][..],
+            // SAFETY: the ABI: `headers` points at `header_count` entries until `release`.
+            n => unsafe { std::slice::from_raw_parts(self.raw.headers, n) },
+        };
+        headers
+            .iter()
+            .map(|h| unsafe { (h.name.as_slice(), h.value.as_slice()) })
+    }
+
+    pub fn body(&self) -> &[u8] {
+        // SAFETY: as for `headers`.
+        unsafe { self.raw.body.as_slice() }
+    }
+}
+
+impl Drop for AppResponse<'_> {
+    fn drop(&mut self) {
+        if let Some(release) = self.app.api.release {
+            unsafe { release(self.app.app, &mut self.raw) };
+        }
+    }
+}
+
+/// The app library to serve: `app` from the config (or `--app`), else the single `*.so` in
+/// `/opt/$MICROSERVICE_NAME/lib/`.
+pub fn find_app(
+    configured: Option<&Path>,
+    microservice_name: Option<&str>,
+) -> Result<PathBuf, Error> {
+    if let Some(path) = configured {
+        return Ok(path.to_path_buf());
+    }
+    let Some(name) = microservice_name else {
+        return Err(Error::app(
+            Path::new("(none)"),
+            "no app library given: set `app` in config.json, pass --app, or set \
+             MICROSERVICE_NAME and put the library in /opt/$MICROSERVICE_NAME/lib/",
+        ));
+    };
+    let dir = Path::new("/opt").join(name).join("lib");
+    let entries = std::fs::read_dir(&dir)
+        .map_err(|e| Error::app(&dir, format!("cannot list the app directory: {e}")))?;
+    let mut libraries: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "so"))
+        .collect();
+    libraries.sort();
+    match libraries.len() {
+        1 => Ok(libraries.remove(0)),
+        0 => Err(Error::app(
+            &dir,
+            "holds no *.so library; set `app` or pass --app",
+        )),
+        _ => Err(Error::app(
+            &dir,
+            format!(
+                "holds several libraries ({}); set `app` or pass --app to choose one",
+                libraries
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}

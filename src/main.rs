@@ -1,0 +1,30 @@
+//! `microservice-rust`: the supervisor, and (as `microservice-rust worker`) the worker.
+//!
+//! Module map: `cli` (command line) → `config` (lookup, keys, validation) → `supervisor`
+//! (PID 1: socket, worker processes, signals, reaping) → `worker` (one process: `loader`
+//! loads the app, `acceptor` receives from tiny_http, `pool` runs requests with deadlines,
+//! `bridge` converts between tiny_http and the app's C ABI).
+
+mod acceptor;
+mod bridge;
+mod cli;
+mod config;
+mod error;
+mod exit;
+mod loader;
+mod log;
+mod pool;
+mod socket;
+mod supervisor;
+mod worker;
+
+fn main() {
+    let code = match cli::try_main() {
+        Ok(code) => code,
+        Err(error) => {
+            say!("{error}");
+            error.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

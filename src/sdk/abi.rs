@@ -1,0 +1,150 @@
+//! The C ABI between the worker and an app library.
+//!
+//! `include/microservice_rust.h` describes the same ABI for C; the two must agree field by
+//! field. The worker first calls [`VERSION_SYMBOL`] and refuses a library whose answer is not
+//! [`ABI_VERSION`], so a layout change below must come with a new version number.
+//!
+//! Memory rule: each side frees what it allocated. The request, and every byte it points at,
+//! belong to the worker and are valid only during `handle`. The response's headers and body
+//! belong to the app; the worker copies nothing out of them and hands the response back to
+//! `release` once it has been sent.
+
+use std::ffi::c_void;
+
+/// The version of this ABI. Raised on any change to the types or functions below.
+pub const ABI_VERSION: u32 = 1;
+
+/// `uint32_t msr_abi_version(void)`: the handshake, called before anything else.
+pub const VERSION_SYMBOL: &str = "msr_abi_version";
+
+/// `const msr_app_api *msr_app_entry(void)`: the table of the app's functions.
+pub const ENTRY_SYMBOL: &str = "msr_app_entry";
+
+/// A run of bytes that someone else owns. Not NUL-terminated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MsrBytes {
+    pub ptr: *const u8,
+    pub len: usize,
+}
+
+impl MsrBytes {
+    pub const EMPTY: MsrBytes = MsrBytes {
+        ptr: std::ptr::null(),
+        len: 0,
+    };
+
+    pub fn from_slice(bytes: &[u8]) -> MsrBytes {
+        MsrBytes {
+            ptr: bytes.as_ptr(),
+            len: bytes.len(),
+        }
+    }
+
+    /// # Safety
+    /// `ptr` must point at `len` readable bytes that outlive `'a` (or `len` must be 0).
+    pub unsafe fn as_slice<'a>(&self) -> &'a [u8] {
+        if self.len == 0 || self.ptr.is_null() {
+            &[]
+        } else {
+            std::slice::from_raw_parts(self.ptr, self.len)
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MsrHeader {
+    pub name: MsrBytes,
+    pub value: MsrBytes,
+}
+
+/// A request as the worker hands it to the app.
+#[repr(C)]
+#[derive(Debug)]
+pub struct MsrRequest {
+    pub method: MsrBytes,
+    /// The path without the query string, as sent (not percent-decoded).
+    pub path: MsrBytes,
+    /// The query string without the `?`; empty when there is none.
+    pub query: MsrBytes,
+    pub headers: *const MsrHeader,
+    pub header_count: usize,
+    pub body: MsrBytes,
+    /// The client's address as `ip:port`.
+    pub peer: MsrBytes,
+}
+
+/// A response as the app fills it in.
+#[repr(C)]
+#[derive(Debug)]
+pub struct MsrResponse {
+    pub status: u16,
+    pub headers: *const MsrHeader,
+    pub header_count: usize,
+    pub body: MsrBytes,
+    /// The app's own handle on this response's memory, handed back to `release`.
+    pub owner: *mut c_void,
+}
+
+impl MsrResponse {
+    pub const fn empty() -> MsrResponse {
+        MsrResponse {
+            status: 0,
+            headers: std::ptr::null(),
+            header_count: 0,
+            body: MsrBytes::EMPTY,
+            owner: std::ptr::null_mut(),
+        }
+    }
+}
+
+/// Builds the app. Returns NULL on failure after writing a NUL-terminated message of at most
+/// `error_cap` bytes into `error`.
+pub type CreateFn = unsafe extern "C" fn(
+    config_json: *const u8,
+    config_len: usize,
+    error: *mut u8,
+    error_cap: usize,
+) -> *mut c_void;
+
+/// Answers one request; called from many threads at once.
+pub type HandleFn =
+    unsafe extern "C" fn(app: *mut c_void, request: *const MsrRequest, response: *mut MsrResponse);
+
+/// Returns 0 when healthy; otherwise non-zero after writing a NUL-terminated reason.
+pub type HealthFn =
+    unsafe extern "C" fn(app: *mut c_void, message: *mut u8, message_cap: usize) -> i32;
+
+/// Frees what `handle` allocated for `response`.
+pub type ReleaseFn = unsafe extern "C" fn(app: *mut c_void, response: *mut MsrResponse);
+
+/// Stops the app and frees it; no other call follows.
+pub type ShutdownFn = unsafe extern "C" fn(app: *mut c_void);
+
+/// What `msr_app_entry` returns. Optional functions may be NULL.
+#[repr(C)]
+pub struct MsrAppApi {
+    pub abi_version: u32,
+    pub create: CreateFn,
+    pub handle: HandleFn,
+    pub health: Option<HealthFn>,
+    pub release: Option<ReleaseFn>,
+    pub shutdown: Option<ShutdownFn>,
+}
+
+/// Writes `message` into a caller-owned buffer as a NUL-terminated string, truncated to fit.
+///
+/// # Safety
+/// `buffer` must be writable for `cap` bytes (or `cap` must be 0).
+pub unsafe fn write_message(buffer: *mut u8, cap: usize, message: &str) {
+    if buffer.is_null() || cap == 0 {
+        return;
+    }
+    let mut len = message.len().min(cap - 1);
+    while !message.is_char_boundary(len) {
+        len -= 1;
+    }
+    std::ptr::copy_nonoverlapping(message.as_ptr(), buffer, len);
+    *buffer.add(len) = 0;
+}

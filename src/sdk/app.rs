@@ -1,0 +1,202 @@
+//! The [`App`] trait and the C entry points that [`export_app!`](crate::export_app) emits.
+//!
+//! Every exported function catches panics: unwinding across `extern "C"` would abort the
+//! worker, so a panic in `handle` becomes a 500 and the worker lives on.
+
+use std::any::Any;
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::abi::{self, MsrAppApi, MsrBytes, MsrHeader, MsrRequest, MsrResponse};
+use crate::{Request, Response};
+
+/// The whole configuration object the worker resolved, as JSON text.
+///
+/// Supervisor keys (`threads`, `port`, …) and the app's own keys live side by side.
+#[derive(Clone, Copy, Debug)]
+pub struct Config<'a> {
+    json: &'a str,
+}
+
+impl<'a> Config<'a> {
+    pub fn from_json(json: &'a str) -> Config<'a> {
+        Config { json }
+    }
+
+    /// The configuration as JSON text.
+    pub fn json(&self) -> &'a str {
+        self.json
+    }
+
+    /// The configuration parsed (feature `json`).
+    #[cfg(feature = "json")]
+    pub fn value(&self) -> Result<serde_json::Value, String> {
+        serde_json::from_str(self.json).map_err(|e| format!("config is not JSON: {e}"))
+    }
+
+    /// One top-level key, deserialized (feature `json`); `Ok(None)` when it is absent.
+    #[cfg(feature = "json")]
+    pub fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
+        let value = self.value()?;
+        match value.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| format!("config key `{key}`: {e}")),
+        }
+    }
+}
+
+/// An HTTP app that the worker loads from a dynamic library.
+///
+/// `handle` is called from every thread of the pool at once, hence `Sync`.
+pub trait App: Send + Sync + Sized + 'static {
+    /// Builds the app from the resolved configuration. An `Err` stops the worker with the
+    /// message.
+    fn new(config: &Config) -> Result<Self, String>;
+
+    /// Answers one request.
+    fn handle(&self, request: &Request) -> Response;
+
+    /// The app's own health, asked by `/healthz`. `Err` makes `/healthz` answer 503.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Called once before the worker exits.
+    fn shutdown(&self) {}
+}
+
+/// The table `msr_app_entry` returns for `A`.
+pub const fn api<A: App>() -> MsrAppApi {
+    MsrAppApi {
+        abi_version: abi::ABI_VERSION,
+        create: create::<A>,
+        handle: handle::<A>,
+        health: Some(health::<A>),
+        release: Some(release),
+        shutdown: Some(shutdown::<A>),
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+unsafe extern "C" fn create<A: App>(
+    config_json: *const u8,
+    config_len: usize,
+    error: *mut u8,
+    error_cap: usize,
+) -> *mut c_void {
+    let json = std::str::from_utf8(MsrBytes::from_raw(config_json, config_len).as_slice())
+        .map_err(|e| format!("config is not UTF-8: {e}"));
+    let built = catch_unwind(|| json.and_then(|json| A::new(&Config::from_json(json))));
+    let message = match built {
+        Ok(Ok(app)) => return Box::into_raw(Box::new(app)).cast(),
+        Ok(Err(message)) => message,
+        Err(panic) => format!(
+            "the app panicked while starting: {}",
+            panic_message(&*panic)
+        ),
+    };
+    abi::write_message(error, error_cap, &message);
+    std::ptr::null_mut()
+}
+
+unsafe extern "C" fn handle<A: App>(
+    app: *mut c_void,
+    request: *const MsrRequest,
+    response: *mut MsrResponse,
+) {
+    let app = &*(app as *const A);
+    let request = Request::from_raw(&*request);
+    let answer = catch_unwind(AssertUnwindSafe(|| app.handle(&request)))
+        .unwrap_or_else(|_| Response::text(500, "Internal Server Error\n"));
+    fill_response(answer, &mut *response);
+}
+
+unsafe extern "C" fn health<A: App>(app: *mut c_void, message: *mut u8, message_cap: usize) -> i32 {
+    let app = &*(app as *const A);
+    let outcome = catch_unwind(AssertUnwindSafe(|| app.health()))
+        .unwrap_or_else(|panic| Err(format!("health check panicked: {}", panic_message(&*panic))));
+    match outcome {
+        Ok(()) => 0,
+        Err(reason) => {
+            abi::write_message(message, message_cap, &reason);
+            1
+        }
+    }
+}
+
+unsafe extern "C" fn shutdown<A: App>(app: *mut c_void) {
+    let app = Box::from_raw(app as *mut A);
+    // A panic here must not unwind into the worker; the app is dropped either way.
+    let _ = catch_unwind(AssertUnwindSafe(|| app.shutdown()));
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(app)));
+}
+
+/// A response kept alive, with its C view of the headers, until `release`.
+struct Sent {
+    response: Response,
+    headers: Vec<MsrHeader>,
+}
+
+fn fill_response(response: Response, out: &mut MsrResponse) {
+    let mut sent = Box::new(Sent {
+        headers: Vec::with_capacity(response.headers.len()),
+        response,
+    });
+    let Sent { response, headers } = &mut *sent;
+    headers.extend(response.headers.iter().map(|(name, value)| MsrHeader {
+        name: MsrBytes::from_slice(name.as_bytes()),
+        value: MsrBytes::from_slice(value.as_bytes()),
+    }));
+    out.status = response.status;
+    out.headers = headers.as_ptr();
+    out.header_count = headers.len();
+    out.body = MsrBytes::from_slice(&response.body);
+    out.owner = Box::into_raw(sent).cast();
+}
+
+unsafe extern "C" fn release(_app: *mut c_void, response: *mut MsrResponse) {
+    let owner = std::mem::replace(&mut (*response).owner, std::ptr::null_mut());
+    if !owner.is_null() {
+        drop(Box::from_raw(owner as *mut Sent));
+    }
+}
+
+impl MsrBytes {
+    fn from_raw(ptr: *const u8, len: usize) -> MsrBytes {
+        MsrBytes { ptr, len }
+    }
+}
+
+/// Exports `$app` (a type implementing [`App`]) as the library's C entry points.
+///
+/// ```ignore
+/// struct Hello;
+/// impl microservice_rust::App for Hello { /* … */ }
+/// microservice_rust::export_app!(Hello);
+/// ```
+#[macro_export]
+macro_rules! export_app {
+    ($app:ty) => {
+        /// The ABI handshake: the worker refuses a library built for another version.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn msr_abi_version() -> u32 {
+            $crate::abi::ABI_VERSION
+        }
+
+        /// The app's function table.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn msr_app_entry() -> *const $crate::abi::MsrAppApi {
+            static API: $crate::abi::MsrAppApi = $crate::api::<$app>();
+            &API
+        }
+    };
+}

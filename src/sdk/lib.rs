@@ -1,0 +1,35 @@
+//! The app SDK of microservice-rust.
+//!
+//! An app is a `cdylib` that implements [`App`] and calls [`export_app!`]. The
+//! `microservice-rust` worker loads it with `dlopen`, checks the ABI version, builds it from
+//! the resolved configuration and calls [`App::handle`] from its thread pool.
+//!
+//! ```ignore
+//! use microservice_rust::{export_app, App, Config, Request, Response};
+//!
+//! struct Hello;
+//!
+//! impl App for Hello {
+//!     fn new(_config: &Config) -> Result<Self, String> {
+//!         Ok(Hello)
+//!     }
+//!     fn handle(&self, request: &Request) -> Response {
+//!         Response::text(200, format!("hello from {}\n", request.path()))
+//!     }
+//! }
+//!
+//! export_app!(Hello);
+//! ```
+//!
+//! Depend on this crate with `default-features = false` (add `features = ["json"]` for the
+//! serde helpers): the default features build the server, which an app does not need.
+//!
+//! Build the app with unwinding panics (the default `panic = "unwind"`): the exported entry
+//! points catch a panic and answer 500, which `panic = "abort"` makes impossible.
+
+pub mod abi;
+mod app;
+mod http;
+
+pub use app::{api, App, Config};
+pub use http::{Request, Response};
