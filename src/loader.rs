@@ -21,12 +21,14 @@ pub struct LoadedApp {
     api: &'static MsrAppApi,
     app: *mut c_void,
     path: PathBuf,
+    stopped: std::sync::atomic::AtomicBool,
     /// Kept open for the life of the process: `api` and `app` point into it.
     _library: Library,
 }
 
 // SAFETY: the ABI requires `handle` and `health` to be callable from any thread at once (the
-// SDK enforces `App: Send + Sync`), and `app` is only freed by `shutdown`, which takes `self`.
+// SDK enforces `App: Send + Sync`); `app` is freed only by `shutdown`, which the pool calls
+// behind its gate, when no call is under way and none can follow.
 unsafe impl Send for LoadedApp {}
 unsafe impl Sync for LoadedApp {}
 
@@ -47,8 +49,13 @@ impl LoadedApp {
 
         // SAFETY: loading runs the library's initialisers; loading app code is this
         // process's purpose, and a crash here is contained by the process boundary.
-        let library = unsafe { Library::open(Some(&absolute), RTLD_NOW | RTLD_LOCAL) }
-            .map_err(|e| fail(format!("not a shared library that can be loaded: {e}")))?;
+        let library =
+            unsafe { Library::open(Some(&absolute), RTLD_NOW | RTLD_LOCAL) }.map_err(|e| {
+                fail(format!(
+                    "not a shared library that can be loaded: {}",
+                    with_sources(&e)
+                ))
+            })?;
 
         // SAFETY: the symbol's type is fixed by the ABI; a foreign library that exports the
         // same name with another type is outside what can be checked.
@@ -102,6 +109,7 @@ impl LoadedApp {
             api,
             app,
             path: absolute,
+            stopped: std::sync::atomic::AtomicBool::new(false),
             _library: library,
         })
     }
@@ -130,12 +138,29 @@ impl LoadedApp {
         }
     }
 
-    /// Stops the app. Its library stays mapped until the process exits.
-    pub fn shutdown(self) {
+    /// Runs the app's shutdown hook, which frees the app: the caller guarantees that no
+    /// call into the app is under way or follows (the pool's gate). Runs once at most.
+    pub fn shutdown(&self) {
+        if self.stopped.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
         if let Some(shutdown) = self.api.shutdown {
             unsafe { shutdown(self.app) };
         }
     }
+}
+
+/// An error and its chain of causes, as one line (libloading puts dlerror's text in the
+/// source).
+fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 fn wrong_version(found: u32) -> String {

@@ -19,8 +19,8 @@
 //!   a queued request's deadline comes after the deadline of every request ahead of it, and
 //!   by then each of those has finished or been written off and replaced.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,10 @@ struct Shared {
     written_off: AtomicUsize,
     quarantined: AtomicUsize,
     watcher: OnceLock<Thread>,
+    /// Set when the worker stops: requests that have not reached the app get 503.
+    closing: AtomicBool,
+    /// Held for reading by every call into the app; taken for writing to shut it down.
+    gate: RwLock<()>,
 }
 
 /// What one pool thread is doing, as the deadline watcher sees it.
@@ -102,6 +106,8 @@ impl Pool {
             written_off: AtomicUsize::new(0),
             quarantined: AtomicUsize::new(0),
             watcher: OnceLock::new(),
+            closing: AtomicBool::new(false),
+            gate: RwLock::new(()),
         });
         if watch {
             let watcher = shared.clone();
@@ -119,6 +125,25 @@ impl Pool {
 
     pub fn sender(&self) -> Sender<Incoming> {
         self.sender.clone()
+    }
+
+    /// Stops calling the app and runs its `shutdown` hook once no request is inside it,
+    /// waiting at most `grace`. Returns `false` when requests were still inside the app
+    /// then: the hook is skipped rather than run under them.
+    pub fn shut_down_app(&self, grace: Duration) -> bool {
+        let shared = &self.shared;
+        shared.closing.store(true, Ordering::Release);
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Ok(_exclusive) = shared.gate.try_write() {
+                shared.app.shutdown();
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Threads currently written off (stuck in the app past their deadline).
@@ -181,6 +206,11 @@ impl Shared {
         }
         let health_probe = copy.path() == b"/healthz";
 
+        let _inside = shared_gate(&self.gate);
+        if self.closing.load(Ordering::Acquire) {
+            let _ = bridge::send_text(request, 503, "shutting down\n");
+            return Fate::Continue;
+        }
         slot.begin(request, deadline);
         if self.in_app.fetch_add(1, Ordering::AcqRel) == 0 {
             if let Some(watcher) = self.watcher.get() {
@@ -335,6 +365,11 @@ impl Slot {
         let request = state.running.take().and_then(|r| r.request);
         (request, state.written_off)
     }
+}
+
+/// A shared hold on the gate; a poisoned lock still gates (it guards no data).
+fn shared_gate(gate: &RwLock<()>) -> std::sync::RwLockReadGuard<'_, ()> {
+    gate.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn send_timeout(request: Request) {

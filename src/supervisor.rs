@@ -62,13 +62,16 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Binds, starts the workers and runs the loop; returns the exit code.
-    pub fn run(loaded: Loaded) -> Result<i32, Error> {
+    pub fn run(mut loaded: Loaded) -> Result<i32, Error> {
         log::set_role("supervisor");
         let settings = &loaded.settings;
         let listener = socket::bind(settings.host, settings.port, settings.keep_alive_timeout())?;
         let address = listener
             .local_addr()
             .map_err(|e| Error::io("cannot read the bound address", e))?;
+        // Port 0 asks the system for a free port; the app is told the one in force.
+        loaded.set("port", serde_json::json!(address.port()), "the bound port")?;
+        let settings = &loaded.settings;
         let (sender, events) = crossbeam_channel::unbounded();
         forward_signals(sender.clone())?;
         say!(

@@ -95,6 +95,11 @@ pub fn run() -> Result<i32, Error> {
     report_ready();
 
     wait_for_stop(signals);
+    ready.store(false, Ordering::Release);
+    let grace = std::time::Duration::from_secs_f64(settings.stop_timeout_s);
+    if !pool.shut_down_app(grace) {
+        say!("requests still inside the app after {grace:?}; its shutdown hook is skipped");
+    }
     Ok(0)
 }
 

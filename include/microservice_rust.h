@@ -1,0 +1,88 @@
+/*
+ * microservice_rust.h: the ABI between the microservice-rust worker and an app library.
+ *
+ * An app is a shared library that exports two functions:
+ *
+ *   uint32_t msr_abi_version(void);            must return MSR_ABI_VERSION
+ *   const msr_app_api *msr_app_entry(void);    the app's function table (static data)
+ *
+ * The worker calls msr_abi_version first and refuses a library that answers another
+ * version. It then calls `create` once, `handle` from many threads at once, `health` for
+ * /healthz, and `shutdown` once before it exits.
+ *
+ * Memory: each side frees what it allocated. The request and every byte it points at
+ * belong to the worker and are valid only during `handle`. The response's headers and body
+ * belong to the app until the worker passes the response to `release` (which may be NULL
+ * when the app returns only static data). Byte runs are not NUL-terminated.
+ *
+ * src/sdk/abi.rs is the same ABI in Rust; the two change together, with MSR_ABI_VERSION.
+ */
+#ifndef MICROSERVICE_RUST_H
+#define MICROSERVICE_RUST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MSR_ABI_VERSION 1u
+
+typedef struct msr_bytes {
+    const uint8_t *ptr;
+    size_t len;
+} msr_bytes;
+
+typedef struct msr_header {
+    msr_bytes name;
+    msr_bytes value;
+} msr_header;
+
+typedef struct msr_request {
+    msr_bytes method;
+    msr_bytes path;          /* without the query string, not percent-decoded */
+    msr_bytes query;         /* without the '?'; empty when there is none */
+    const msr_header *headers;
+    size_t header_count;
+    msr_bytes body;
+    msr_bytes peer;          /* the client's "ip:port" */
+} msr_request;
+
+typedef struct msr_response {
+    uint16_t status;         /* 100..999; anything else is sent as 500 */
+    const msr_header *headers;
+    size_t header_count;
+    msr_bytes body;
+    void *owner;             /* the app's own handle, passed back to release */
+} msr_response;
+
+typedef struct msr_app_api {
+    uint32_t abi_version;    /* MSR_ABI_VERSION */
+
+    /* Builds the app from the resolved config (JSON text). Returns NULL on failure after
+     * writing a NUL-terminated message of at most error_cap bytes into error. */
+    void *(*create)(const uint8_t *config_json, size_t config_len,
+                    uint8_t *error, size_t error_cap);
+
+    /* Answers one request by filling in *response (zeroed by the worker). */
+    void (*handle)(void *app, const msr_request *request, msr_response *response);
+
+    /* Optional. 0 when healthy; otherwise non-zero after writing a NUL-terminated reason. */
+    int32_t (*health)(void *app, uint8_t *message, size_t message_cap);
+
+    /* Optional. Frees what handle allocated for *response. */
+    void (*release)(void *app, msr_response *response);
+
+    /* Optional. Stops the app and frees it; nothing is called after it. */
+    void (*shutdown)(void *app);
+} msr_app_api;
+
+uint32_t msr_abi_version(void);
+const msr_app_api *msr_app_entry(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MICROSERVICE_RUST_H */

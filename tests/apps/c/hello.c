@@ -1,0 +1,77 @@
+/*
+ * A microservice-rust app in C, for the tests. Built by the tests with `cc`:
+ *
+ *   (no define)       a working app: GET /hello → "hello from C, <method> <path>"
+ *   -DFOREIGN_ABI     answers the handshake with another ABI version
+ *   -DNO_ENTRY        answers the handshake but exports no msr_app_entry
+ *   -DREFUSE          its create fails with a message
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "microservice_rust.h"
+
+#define CONTENT_TYPE "Content-Type"
+#define TEXT_PLAIN "text/plain"
+
+static const msr_header text_header = {
+    {(const uint8_t *)CONTENT_TYPE, sizeof CONTENT_TYPE - 1},
+    {(const uint8_t *)TEXT_PLAIN, sizeof TEXT_PLAIN - 1},
+};
+
+struct app {
+    int requests_seen;
+};
+
+static void *create(const uint8_t *config_json, size_t config_len, uint8_t *error,
+                    size_t error_cap) {
+    (void)config_json;
+    (void)config_len;
+#ifdef REFUSE
+    snprintf((char *)error, error_cap, "the C app refuses to start");
+    return NULL;
+#else
+    (void)error;
+    (void)error_cap;
+    return calloc(1, sizeof(struct app));
+#endif
+}
+
+static void handle(void *app, const msr_request *request, msr_response *response) {
+    ((struct app *)app)->requests_seen++; /* racy, and only a test */
+    char *body = malloc(256);
+    int len = snprintf(body, 256, "hello from C, %.*s %.*s", (int)request->method.len,
+                       (const char *)request->method.ptr, (int)request->path.len,
+                       (const char *)request->path.ptr);
+    response->status = 200;
+    response->headers = &text_header;
+    response->header_count = 1;
+    response->body.ptr = (const uint8_t *)body;
+    response->body.len = (size_t)len;
+    response->owner = body;
+}
+
+static void release(void *app, msr_response *response) {
+    (void)app;
+    free(response->owner);
+}
+
+static void shutdown_app(void *app) { free(app); }
+
+/* Unused in the NO_ENTRY variant. */
+__attribute__((unused)) static const msr_app_api api = {
+    MSR_ABI_VERSION, create, handle, NULL, release, shutdown_app,
+};
+
+uint32_t msr_abi_version(void) {
+#ifdef FOREIGN_ABI
+    return MSR_ABI_VERSION + 1;
+#else
+    return MSR_ABI_VERSION;
+#endif
+}
+
+#ifndef NO_ENTRY
+const msr_app_api *msr_app_entry(void) { return &api; }
+#endif

@@ -1,0 +1,247 @@
+//! `check-config` and the config lookup, through the real binary: which file wins, what the
+//! app receives, and the exact message and exit code 78 of each bad config.
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::Value;
+use support::*;
+
+const CONFIG_EXIT: i32 = 78;
+
+fn check(args: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut all = vec!["check-config"];
+    all.extend_from_slice(args);
+    let output = run(&all, env);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    serde_json::from_slice(&output.stdout).expect("check-config prints JSON")
+}
+
+/// Runs `check-config --config FILE` on `text`; returns the error line.
+fn config_error(text: &str) -> (String, String) {
+    let dir = TempDir::new("bad");
+    let file = dir.write("config.json", text);
+    let output = run(
+        &["check-config", "--config", file.to_str().expect("utf-8")],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(CONFIG_EXIT), "{stderr}");
+    let line = stderr.lines().last().unwrap_or("").to_string();
+    let message = line.split(": ").skip(1).collect::<Vec<_>>().join(": ");
+    (message, file.display().to_string())
+}
+
+#[test]
+fn each_bad_config_names_file_key_and_expectation_with_exit_78() {
+    let cases = [
+        (r#"{"threads": "four"}"#, "key `threads`: expected a whole number from 1 to 1024, found the string \"four\""),
+        (r#"{"threads": 0}"#, "key `threads`: expected a whole number from 1 to 1024, found the number 0"),
+        (r#"{"mode": "prod"}"#, "key `mode`: expected \"dev\" or \"production\", found the string \"prod\""),
+        (r#"{"port": 70000}"#, "key `port`: expected a whole number from 0 to 65535, found the number 70000"),
+        (r#"{"request_timeout_s": -1}"#, "key `request_timeout_s`: expected a number of seconds from 0 to 86400, found the number -1"),
+        (r#"{"keep_alive_timeout_s": 0}"#, "key `keep_alive_timeout_s`: expected a number of seconds above 0 and at most 86400, found the number 0"),
+        (r#"{"watchdog": {"interval": 5}}"#, "key `watchdog.interval`: unknown; expected one of enabled, interval_s, timeout_s, failures"),
+        (r#"{"watchdog": "yes"}"#, "key `watchdog`: expected true, false or an object, found the string \"yes\""),
+        (r#"{"dev": {"watch": ["src", 3]}}"#, "key `dev.watch[1]`: expected a non-empty string, found the number 3"),
+        (r#"{"apache_config": {"wsgi_worker_threads_count": 2.5}}"#, "key `apache_config.wsgi_worker_threads_count`: expected a whole number from 1 to 1024, found the number 2.5"),
+        (r#"{"use_apache": true, "mode": "dev"}"#, "key `use_apache`: true means production, but `mode` is \"dev\"; keep one of them"),
+        (r#"{"host": "localhost"}"#, "key `host`: expected an IP address such as \"0.0.0.0\", found the string \"localhost\""),
+        ("[1, 2]", "expected a JSON object at the top level, found an array"),
+        ("{\"threads\": 4,}", "not valid JSON: trailing comma at line 1 column 15"),
+    ];
+    for (text, expected) in cases {
+        let (message, file) = config_error(text);
+        assert_eq!(
+            message,
+            format!("config error: {file}: {expected}"),
+            "for {text}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_file_and_a_bad_env_name_are_config_errors() {
+    let output = run(
+        &["check-config", "--config", "/nonexistent/config.json"],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(CONFIG_EXIT));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("config error: /nonexistent/config.json: file not found"));
+
+    let output = run(&["check-config", "--env", "../etc"], &[]);
+    assert_eq!(output.status.code(), Some(CONFIG_EXIT));
+    assert!(String::from_utf8_lossy(&output.stderr).contains(
+        "config error: --env / MICROSERVICE_ENV: expected a name such as `production` or \
+         `production/eu`, found \"../etc\""
+    ));
+}
+
+#[test]
+fn run_refuses_a_bad_config_before_binding_anything() {
+    let dir = TempDir::new("runbad");
+    let file = dir.write("config.json", r#"{"workers": 0}"#);
+    let output = run(
+        &["--config", file.to_str().expect("utf-8"), "--app", "/x.so"],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(CONFIG_EXIT));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("key `workers`: expected a whole number from 1 to 64"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening"), "{stderr}");
+}
+
+#[test]
+fn without_any_file_the_built_in_defaults_apply() {
+    let report = check(&[], &[]);
+    assert_eq!(report["source"], "built-in defaults");
+    assert_eq!(report["env"], "dev");
+    let config = &report["config"];
+    assert_eq!(config["mode"], "dev");
+    assert_eq!(config["threads"], 17);
+    assert_eq!(config["request_timeout_s"], 0.0);
+    assert_eq!(config["watchdog"]["enabled"], false);
+    assert_eq!(config["max_body_bytes"], 10485760);
+}
+
+#[test]
+fn the_first_config_path_directory_with_a_file_wins_and_app_keys_pass_through() {
+    let dir = TempDir::new("path");
+    std::fs::create_dir_all(dir.0.join("empty")).expect("mkdir");
+    dir.write("first/config.json", r#"{"use_apache": true, "apache_config": {"wsgi_worker_threads_count": 6}, "rums_limit": 9}"#);
+    dir.write("second/config.json", r#"{"threads": 2}"#);
+    let path = format!(
+        "{}:{}:{}",
+        dir.0.join("empty").display(),
+        dir.0.join("first").display(),
+        dir.0.join("second").display()
+    );
+    let report = check(&[], &[("CONFIG_PATH", &path)]);
+    assert_eq!(
+        report["source"],
+        dir.0.join("first/config.json").display().to_string()
+    );
+    let config = &report["config"];
+    assert_eq!(config["mode"], "production");
+    assert_eq!(config["threads"], 6);
+    assert_eq!(config["rums_limit"], 9);
+    assert_eq!(config["request_timeout_s"], 60.0);
+    assert_eq!(config["watchdog"]["enabled"], true);
+    assert!(
+        config.get("use_apache").is_none(),
+        "the Flask keys are folded into ours"
+    );
+}
+
+#[test]
+fn opt_name_config_env_is_searched_deepest_first_with_app_id() {
+    let name = format!("msr-cfg-{}", std::process::id());
+    let base = Path::new("/opt").join(&name);
+    if std::fs::create_dir_all(&base).is_err() {
+        eprintln!("skipped: cannot write /opt (not root)");
+        return;
+    }
+    let _cleanup = RemoveOnDrop(base.clone());
+    let write = |sub: &str, threads: u32| {
+        let dir = base.join(sub);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("config.json"),
+            format!("{{\"threads\": {threads}}}"),
+        )
+        .expect("write");
+    };
+    write("config", 1);
+    write("config/production", 2);
+    write("config/shop", 3);
+    let source = |env: &[(&str, &str)]| -> (String, u64) {
+        let mut all = vec![("MICROSERVICE_NAME", name.as_str())];
+        all.extend_from_slice(env);
+        let report = check(&[], &all);
+        (
+            report["source"].as_str().expect("source").to_string(),
+            report["config"]["threads"].as_u64().expect("threads"),
+        )
+    };
+    // The environment's parent beats the app id at the same depth.
+    let (file, threads) = source(&[
+        ("MICROSERVICE_ENV", "production/eu"),
+        ("MICROSERVICE_APP_ID", "shop"),
+    ]);
+    assert_eq!(
+        (file.as_str(), threads),
+        (
+            base.join("config/production/config.json").to_str().unwrap(),
+            2
+        )
+    );
+    // A deeper app-id combination beats both.
+    write("config/shop/production", 4);
+    let (_, threads) = source(&[
+        ("MICROSERVICE_ENV", "production/eu"),
+        ("MICROSERVICE_APP_ID", "shop"),
+    ]);
+    assert_eq!(threads, 4);
+    // Another environment falls back to config/ itself; --env beats MICROSERVICE_ENV.
+    let report = check(
+        &["--env", "staging"],
+        &[
+            ("MICROSERVICE_NAME", &name),
+            ("MICROSERVICE_ENV", "production"),
+        ],
+    );
+    assert_eq!(report["config"]["threads"], 1);
+    assert_eq!(report["env"], "staging");
+    // CONFIG_DIR renames the folder.
+    write("settings", 5);
+    let (_, threads) = source(&[("CONFIG_DIR", "settings")]);
+    assert_eq!(threads, 5);
+}
+
+#[test]
+fn the_example_configs_are_valid_and_production_has_4_threads() {
+    let example = root().join("example-rum-counter/config/production/config.json");
+    let report = check(&["--config", example.to_str().expect("utf-8")], &[]);
+    assert_eq!(report["config"]["mode"], "production");
+    assert_eq!(report["config"]["threads"], 4);
+    assert_eq!(report["config"]["rums_limit"], 2);
+    let dev = root().join("example-rum-counter/config/dev/config.json");
+    assert_eq!(
+        check(&["--config", dev.to_str().expect("utf-8")], &[])["config"]["mode"],
+        "dev"
+    );
+}
+
+#[test]
+fn help_lists_every_flag_with_its_environment_twin() {
+    let output = run(&["--help"], &[]);
+    let help = String::from_utf8_lossy(&output.stdout);
+    for twin in [
+        "MICROSERVICE_ENV",
+        "MICROSERVICE_CONFIG",
+        "MICROSERVICE_PORT",
+        "MICROSERVICE_HOST",
+        "MICROSERVICE_APP",
+    ] {
+        assert!(help.contains(twin), "--help lacks {twin}:\n{help}");
+    }
+    let version = run(&["--version"], &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("microservice-rust {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,211 @@
+//! Loading app libraries: every bad library fails with a message naming the file and what
+//! was wrong, and exit code 4; a C app built against the header serves.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::*;
+
+const APP_LOAD_EXIT: i32 = 4;
+
+/// Runs the service on `app` expecting it to fail at start; returns its log.
+fn fails_to_start(app: &Path) -> String {
+    let dir = TempDir::new("load");
+    let config = dir.write("config.json", r#"{"mode": "dev"}"#);
+    let output = run(
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--app",
+            app.to_str().expect("utf-8"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ],
+        &[],
+    );
+    let log = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(APP_LOAD_EXIT), "{log}");
+    log
+}
+
+#[test]
+fn a_missing_library_is_named() {
+    let log = fails_to_start(Path::new("/nonexistent/libapp.so"));
+    assert!(
+        log.contains("cannot load the app /nonexistent/libapp.so: file not found"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_shared_library_is_named() {
+    let dir = TempDir::new("notlib");
+    let path = dir.write("libtext.so", "this is text, not ELF\n");
+    let log = fails_to_start(&path);
+    let expected = format!(
+        "cannot load the app {}: not a shared library that can be loaded: ",
+        path.display()
+    );
+    assert!(log.contains(&expected), "{log}");
+    assert!(
+        log.contains("invalid ELF header") || log.contains("file too short"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_foreign_library_without_the_handshake_is_named() {
+    let dir = TempDir::new("foreign");
+    let source = dir.write("foreign.c", "int not_an_app(void) { return 1; }\n");
+    let path = dir.0.join("libforeign.so");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&path)
+        .arg(&source)
+        .status()
+        .expect("cc");
+    assert!(status.success());
+    let log = fails_to_start(&path);
+    let expected = format!(
+        "cannot load the app {}: symbol `msr_abi_version` not found: not a microservice-rust \
+         app (a Rust app calls `export_app!`; a C app defines it as \
+         include/microservice_rust.h says)",
+        path.display()
+    );
+    assert!(log.contains(&expected), "{log}");
+}
+
+#[test]
+fn a_library_built_for_another_abi_version_is_named() {
+    let dir = TempDir::new("abi");
+    let path = compile_c_app(&dir, "libforeignabi.so", &["-DFOREIGN_ABI"]);
+    let log = fails_to_start(&path);
+    let expected = format!(
+        "cannot load the app {}: built for ABI version 2, but this worker speaks version 1: \
+         rebuild the app against microservice-rust {}",
+        path.display(),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(log.contains(&expected), "{log}");
+}
+
+#[test]
+fn a_library_without_the_entry_symbol_is_named() {
+    let dir = TempDir::new("entry");
+    let path = compile_c_app(&dir, "libnoentry.so", &["-DNO_ENTRY"]);
+    let log = fails_to_start(&path);
+    let expected = format!(
+        "cannot load the app {}: symbol `msr_app_entry` not found: the library answers the \
+         ABI handshake but exports no app",
+        path.display()
+    );
+    assert!(log.contains(&expected), "{log}");
+}
+
+#[test]
+fn an_app_that_refuses_to_start_is_named_with_its_reason() {
+    let dir = TempDir::new("refuse");
+    let c_app = compile_c_app(&dir, "librefuse.so", &["-DREFUSE"]);
+    let log = fails_to_start(&c_app);
+    assert!(
+        log.contains(&format!(
+            "cannot load the app {}: the app refused to start: the C app refuses to start",
+            c_app.display()
+        )),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_rust_app_whose_constructor_fails_or_panics_is_named() {
+    let dir = TempDir::new("rust-refuse");
+    for (key, reason) in [
+        ("fixture_refuse", "fixture_refuse is set"),
+        (
+            "fixture_panic",
+            "the app panicked while starting: fixture_panic is set",
+        ),
+    ] {
+        let config = dir.write(
+            "config.json",
+            &format!(r#"{{"mode": "dev", "{key}": true}}"#),
+        );
+        let lib = fixture_lib();
+        let output = run(
+            &[
+                "--config",
+                config.to_str().expect("utf-8"),
+                "--app",
+                lib.to_str().expect("utf-8"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+            ],
+            &[],
+        );
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(APP_LOAD_EXIT), "{log}");
+        let expected = format!(
+            "cannot load the app {}: the app refused to start: {reason}",
+            lib.display()
+        );
+        assert!(log.contains(&expected), "{log}");
+    }
+}
+
+#[test]
+fn a_c_app_built_against_the_header_serves() {
+    let dir = TempDir::new("capp");
+    let path = compile_c_app(&dir, "libhello.so", &[]);
+    let service = Service::start(&path, r#"{"mode": "production", "threads": 2}"#);
+    let reply = get(service.port, "/hello").expect("a reply");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "hello from C, GET /hello");
+    assert_eq!(reply.header("content-type"), Some("text/plain"));
+    // No health hook in the C app: /healthz answers from the pool alone.
+    assert_eq!(get(service.port, "/healthz").expect("a reply").status, 200);
+}
+
+#[test]
+fn the_single_library_in_opt_name_lib_is_found_and_several_are_refused() {
+    let name = format!("msr-test-{}", std::process::id());
+    let lib_dir = Path::new("/opt").join(&name).join("lib");
+    if std::fs::create_dir_all(&lib_dir).is_err() {
+        eprintln!("skipped: cannot write /opt (not root)");
+        return;
+    }
+    let cleanup = Cleanup(Path::new("/opt").join(&name));
+    std::fs::copy(example_lib(), lib_dir.join("librum.so")).expect("copy");
+    let mut service = Service::spawn(&[], &[("MICROSERVICE_NAME", &name)]);
+    service.wait_ready();
+    assert_eq!(get(service.port, "/").expect("a reply").text(), "OK");
+    service.signal(15);
+    assert_eq!(service.wait_exit(Duration::from_secs(10)), 0);
+
+    std::fs::copy(fixture_lib(), lib_dir.join("libfixture.so")).expect("copy");
+    let output = run(&["--port", "0"], &[("MICROSERVICE_NAME", &name)]);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(APP_LOAD_EXIT), "{log}");
+    assert!(
+        log.contains(&format!(
+            "cannot load the app {}: holds several libraries (libfixture.so, librum.so); set \
+             `app` or pass --app to choose one",
+            lib_dir.display()
+        )),
+        "{log}"
+    );
+    drop(cleanup);
+}
+
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,246 @@
+//! The worker serving real requests: dev one at a time, the production pool, deadlines,
+//! panics, body limits, the supervisor's endpoints. Real binary, real example library,
+//! real sockets on loopback.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Completion times of a batch may stray this far from the ideal (a 2-core CI machine).
+const TOLERANCE_S: f64 = 0.45;
+
+fn near(actual: f64, ideal: f64) -> bool {
+    (actual - ideal).abs() <= TOLERANCE_S
+}
+
+#[test]
+fn dev_mode_answers_one_request_at_a_time() {
+    let _serial = serial();
+    let service = Service::start(&example_lib(), r#"{"mode": "dev"}"#);
+    let results = parallel_gets(service.port, "/delay/1", 4);
+    let times: Vec<f64> = results.iter().map(|(t, _)| *t).collect();
+    for (i, (time, reply)) in results.iter().enumerate() {
+        assert_eq!(reply.status, 200);
+        assert!(reply.text().contains("rnd="), "{}", reply.text());
+        assert!(
+            near(*time, (i + 1) as f64),
+            "answer {} at {time:.2}s; all: {times:.2?}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn production_pool_of_4_answers_11_requests_in_three_batches() {
+    let _serial = serial();
+    let service = Service::start(&example_lib(), r#"{"mode": "production", "threads": 4}"#);
+    let results = parallel_gets(service.port, "/delay/1", 11);
+    let times: Vec<f64> = results.iter().map(|(t, _)| *t).collect();
+    assert!(results
+        .iter()
+        .all(|(_, r)| r.status == 200 && r.text().contains("rnd=")));
+    for (batch, size) in [(1.0, 4), (2.0, 4), (3.0, 3)] {
+        let in_batch = times.iter().filter(|t| near(**t, batch)).count();
+        assert_eq!(in_batch, size, "answers near {batch}s; all: {times:.2?}");
+    }
+}
+
+#[test]
+fn production_pool_of_17_answers_11_requests_at_once() {
+    let _serial = serial();
+    let service = Service::start(&example_lib(), r#"{"mode": "production"}"#);
+    let results = parallel_gets(service.port, "/delay/1", 11);
+    let times: Vec<f64> = results.iter().map(|(t, _)| *t).collect();
+    assert!(results.iter().all(|(_, r)| r.status == 200));
+    assert!(times.iter().all(|t| near(*t, 1.0)), "all: {times:.2?}");
+}
+
+#[test]
+fn requests_past_the_timeout_get_504_at_their_deadline_also_from_the_queue() {
+    let _serial = serial();
+    let service = Service::start(
+        &example_lib(),
+        r#"{"mode": "production", "threads": 2, "request_timeout_s": 1}"#,
+    );
+    let results = parallel_gets(service.port, "/delay/5", 5);
+    let times: Vec<f64> = results.iter().map(|(t, _)| *t).collect();
+    for (time, reply) in &results {
+        assert_eq!(reply.status, 504, "{}", reply.text());
+        assert!(near(*time, 1.0), "a 504 at {time:.2}s; all: {times:.2?}");
+    }
+    // The two stuck threads were written off and replaced: the pool answers at once.
+    let start = Instant::now();
+    let reply = get(service.port, "/").expect("a reply");
+    assert_eq!((reply.status, reply.text().as_str()), (200, "OK"));
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_panicking_handler_is_a_500_and_the_same_worker_serves_on() {
+    let service = Service::start(&fixture_lib(), r#"{"mode": "production", "threads": 2}"#);
+    let worker_pids = |s: &Service| -> Vec<String> {
+        s.log_lines()
+            .into_iter()
+            .filter(|l| l.contains("started worker"))
+            .collect()
+    };
+    let before = worker_pids(&service);
+    let reply = get(service.port, "/panic").expect("a reply");
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (500, "Internal Server Error\n")
+    );
+    for _ in 0..3 {
+        let reply = get(service.port, "/").expect("a reply");
+        assert_eq!((reply.status, reply.text().as_str()), (200, "fixture"));
+    }
+    assert_eq!(worker_pids(&service), before, "no worker was restarted");
+    assert!(service
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("the fixture was asked to panic")));
+}
+
+#[test]
+fn the_app_sees_method_path_query_headers_body_and_peer() {
+    let service = Service::start(&fixture_lib(), r#"{"mode": "dev"}"#);
+    let raw = b"POST /echo?a=1&b=two HTTP/1.1\r\nHost: t\r\nContent-Type: text/x-test\r\n\
+                Connection: close\r\nContent-Length: 5\r\n\r\nhello";
+    let reply = send(service.port, raw).expect("a reply");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "hello");
+    assert_eq!(reply.header("x-method"), Some("POST"));
+    assert_eq!(reply.header("x-query"), Some("a=1&b=two"));
+    assert_eq!(reply.header("x-content-type"), Some("text/x-test"));
+    assert_eq!(reply.header("x-header-count"), Some("4"));
+    assert!(reply
+        .header("x-peer")
+        .is_some_and(|p| p.starts_with("127.0.0.1:")));
+}
+
+#[test]
+fn the_whole_config_object_reaches_the_app() {
+    let service = Service::start(&fixture_lib(), r#"{"mode": "dev", "my_key": [1, 2]}"#);
+    let reply = get(service.port, "/config").expect("a reply");
+    let config: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+    assert_eq!(config["my_key"], serde_json::json!([1, 2]));
+    assert_eq!(config["mode"], "dev");
+    assert_eq!(config["threads"], 17);
+    assert_eq!(config["port"], service.port);
+}
+
+#[test]
+fn bodies_over_the_limit_get_413_and_the_worker_lives_on() {
+    let service = Service::start(&fixture_lib(), r#"{"mode": "dev", "max_body_bytes": 100}"#);
+    assert_eq!(
+        post(service.port, "/echo", &[b'x'; 100])
+            .expect("reply")
+            .status,
+        200
+    );
+    assert_eq!(
+        post(service.port, "/echo", &[b'x'; 101])
+            .expect("reply")
+            .status,
+        413
+    );
+    // A chunked body past the limit.
+    let chunked = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+                    c8\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\
+                    xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\
+                    xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n0\r\n\r\n";
+    assert_eq!(send(service.port, chunked).expect("reply").status, 413);
+    // A declared length far past memory: tiny_http alone would abort the process when the
+    // unread request is dropped.
+    let huge = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999\r\n\r\nabc";
+    assert_eq!(send(service.port, huge).expect("reply").status, 413);
+    let reply = get(service.port, "/").expect("the worker still serves");
+    assert_eq!(reply.status, 200);
+    assert!(service
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("parked a connection")));
+    assert!(!service
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("exited") || l.contains("killed")));
+}
+
+#[test]
+fn healthz_goes_through_the_pool_and_asks_the_app() {
+    let service = Service::start(&fixture_lib(), r#"{"mode": "dev"}"#);
+    let reply = get(service.port, "/healthz").expect("a reply");
+    assert_eq!((reply.status, reply.text().as_str()), (200, "ok\n"));
+    get(service.port, "/health/fail").expect("a reply");
+    let reply = get(service.port, "/healthz").expect("a reply");
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.text(), "unhealthy: the fixture was told to fail\n");
+    assert_eq!(get(service.port, "/readyz").expect("a reply").status, 200);
+}
+
+#[test]
+fn healthz_waits_in_the_queue_behind_user_requests_and_readyz_does_not() {
+    let _serial = serial();
+    let service = Service::start(&fixture_lib(), r#"{"mode": "dev"}"#);
+    let port = service.port;
+    let slow = std::thread::spawn(move || get(port, "/sleep/1").expect("a reply"));
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    assert_eq!(get(port, "/readyz").expect("a reply").status, 200);
+    assert!(
+        start.elapsed() < Duration::from_millis(300),
+        "readyz took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(get(port, "/healthz").expect("a reply").status, 200);
+    let waited = start.elapsed().as_secs_f64();
+    assert!(
+        waited >= 0.6,
+        "healthz answered after {waited:.2}s, before the pool was free"
+    );
+    assert_eq!(slow.join().expect("slow request").status, 200);
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_keep_alive_timeout() {
+    use std::io::Read;
+    let service = Service::start(
+        &fixture_lib(),
+        r#"{"mode": "dev", "keep_alive_timeout_s": 1}"#,
+    );
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", service.port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = stream
+        .read(&mut buf)
+        .expect("the server closes, no timeout");
+    assert_eq!(n, 0);
+    let lived = start.elapsed().as_secs_f64();
+    assert!(
+        (0.8..2.5).contains(&lived),
+        "idle connection lived {lived:.2}s"
+    );
+    // Accepting still works after the idle accept timed out.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(get(service.port, "/").expect("a reply").status, 200);
+}
+
+#[test]
+fn sigterm_is_forwarded_and_the_exit_status_passed_through() {
+    let mut service = Service::start(&fixture_lib(), r#"{"mode": "dev"}"#);
+    service.signal(15);
+    assert_eq!(service.wait_exit(Duration::from_secs(10)), 0);
+    let log = service.log_lines().join("\n");
+    assert!(log.contains("worker: stopping on SIGTERM"), "{log}");
+    assert!(log.contains("exited with code 0"), "{log}");
+    assert!(log.contains("fixture: shutdown hook ran"), "{log}");
+}

@@ -1,0 +1,364 @@
+//! What the integration tests share: building the app libraries, starting the real binary
+//! on a free loopback port, a raw HTTP client, and polling up to a deadline.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_microservice-rust")
+}
+
+/// Builds the example and fixture libraries once per test binary; returns the target dir.
+pub fn libraries() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "example-rum-counter",
+                "-p",
+                "fixture-app",
+            ])
+            .current_dir(root())
+            .status()
+            .expect("running cargo to build the app libraries");
+        assert!(status.success(), "building the app libraries failed");
+        // The binary under test lives in target/<profile>/; the libraries land beside it.
+        Path::new(binary())
+            .parent()
+            .expect("the binary has a directory")
+            .to_path_buf()
+    })
+}
+
+pub fn example_lib() -> PathBuf {
+    libraries().join("libexample_rum_counter.so")
+}
+
+pub fn fixture_lib() -> PathBuf {
+    libraries().join("libfixture_app.so")
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("msr-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a temp dir");
+        TempDir(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("creating a temp subdir");
+        }
+        std::fs::write(&path, text).expect("writing a temp file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Timing tests run one at a time: on a 2-core machine a parallel test would skew them.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the binary to completion with `args` and a clean environment of our choosing.
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(args, env)
+        .output()
+        .expect("running microservice-rust")
+}
+
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+/// A running `microservice-rust` on 127.0.0.1 and a free port.
+pub struct Service {
+    child: Child,
+    pub port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Service {
+    /// Starts the service with a config file written from `config` (JSON) and waits until
+    /// /readyz answers 200.
+    pub fn start(app: &Path, config: &str) -> Service {
+        let dir = TempDir::new("svc");
+        let file = dir.write("config.json", config);
+        let service = Service::spawn(
+            &[
+                "--config",
+                file.to_str().expect("utf-8 path"),
+                "--app",
+                app.to_str().expect("utf-8 path"),
+            ],
+            &[],
+        );
+        service.wait_ready();
+        service
+    }
+
+    /// Starts the binary with `args` (plus `--host 127.0.0.1 --port 0`) and waits until it
+    /// says which port it listens on.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Service {
+        let mut child = command(args, env)
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting microservice-rust");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                eprintln!("  | {line}");
+                lines.lock().expect("log lock").push(line);
+            }
+        });
+        let mut service = Service {
+            child,
+            port: 0,
+            log,
+        };
+        service.port = wait_for("the listening line", Duration::from_secs(10), || {
+            service.log_lines().iter().find_map(|line| {
+                let rest = line.split("listening on http://127.0.0.1:").nth(1)?;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+        });
+        service
+    }
+
+    pub fn wait_ready(&self) {
+        wait_for("/readyz to answer 200", Duration::from_secs(10), || {
+            get(self.port, "/readyz").ok().filter(|r| r.status == 200)
+        });
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc_kill(self.pid(), signal) };
+    }
+
+    /// Waits for the process to exit; its exit code (128 + signal for a signal death).
+    pub fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let status = wait_for("the service to exit", limit, || {
+            self.child.try_wait().expect("try_wait")
+        });
+        use std::os::unix::process::ExitStatusExt;
+        status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(15);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+/// An HTTP response as the raw client read it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn get(port: u16, path: &str) -> std::io::Result<Reply> {
+    send(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+pub fn post(port: u16, path: &str, body: &[u8]) -> std::io::Result<Reply> {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    send(port, &raw)
+}
+
+/// Sends raw bytes and reads one response (until the server closes or the body is complete).
+pub fn send(port: u16, raw: &[u8]) -> std::io::Result<Reply> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(raw)?;
+    read_reply(&mut stream)
+}
+
+pub fn read_reply(stream: &mut TcpStream) -> std::io::Result<Reply> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(reply) = parse_reply(&data) {
+            return Ok(reply);
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return parse_reply(&data).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "closed after {} bytes: {:?}",
+                        data.len(),
+                        String::from_utf8_lossy(&data)
+                    ),
+                )
+            });
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A complete response with a Content-Length body (the only kind these tests expect).
+fn parse_reply(data: &[u8]) -> Option<Reply> {
+    let end = data.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&data[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let body = data.get(end + 4..end + 4 + length)?.to_vec();
+    Some(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Sends `count` GETs at once, each on its own connection; returns (seconds since the
+/// start, reply) for each, sorted by time.
+pub fn parallel_gets(port: u16, path: &str, count: usize) -> Vec<(f64, Reply)> {
+    let start = Instant::now();
+    let barrier = Arc::new(std::sync::Barrier::new(count));
+    let handles: Vec<_> = (0..count)
+        .map(|_| {
+            let path = path.to_string();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let reply = get(port, &path).expect("a reply");
+                (start.elapsed().as_secs_f64(), reply)
+            })
+        })
+        .collect();
+    let mut results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("request thread"))
+        .collect();
+    results.sort_by(|a, b| a.0.total_cmp(&b.0));
+    results
+}
+
+/// Compiles `tests/apps/c/hello.c` with `defines` into a shared library in `dir`.
+pub fn compile_c_app(dir: &TempDir, name: &str, defines: &[&str]) -> PathBuf {
+    let out = dir.0.join(name);
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wall", "-Werror", "-o"])
+        .arg(&out)
+        .arg("-I")
+        .arg(root().join("include"))
+        .args(defines)
+        .arg(root().join("tests/apps/c/hello.c"))
+        .status()
+        .expect("running cc");
+    assert!(status.success(), "cc failed for {name}");
+    out
+}
