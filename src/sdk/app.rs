@@ -178,9 +178,9 @@ impl MsrBytes {
 
 /// Exports `$app` (a type implementing [`App`]) as the library's C entry points.
 ///
-/// ```ignore
+/// ```text
 /// struct Hello;
-/// impl microservice_rust::App for Hello { /* … */ }
+/// impl microservice_rust::App for Hello { … }
 /// microservice_rust::export_app!(Hello);
 /// ```
 #[macro_export]

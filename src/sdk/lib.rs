@@ -4,7 +4,7 @@
 //! `microservice-rust` worker loads it with `dlopen`, checks the ABI version, builds it from
 //! the resolved configuration and calls [`App::handle`] from its thread pool.
 //!
-//! ```ignore
+//! ```
 //! use microservice_rust::{export_app, App, Config, Request, Response};
 //!
 //! struct Hello;
