@@ -12,8 +12,20 @@ const APP_LOAD_EXIT: i32 = 4;
 
 /// Runs the service on `app` expecting it to fail at start; returns its log.
 fn fails_to_start(app: &Path) -> String {
+    fails_to_start_with(app, r#"{"mode": "dev"}"#)
+}
+
+/// Asserts that the service refuses `app` with `cannot load the app APP: problem`.
+fn refuses(app: &Path, problem: &str) {
+    let log = fails_to_start(app);
+    let expected = format!("cannot load the app {}: {problem}", app.display());
+    assert!(log.contains(&expected), "expected {expected:?} in:\n{log}");
+}
+
+/// `fails_to_start` with a config of our choosing.
+fn fails_to_start_with(app: &Path, config: &str) -> String {
     let dir = TempDir::new("load");
-    let config = dir.write("config.json", r#"{"mode": "dev"}"#);
+    let config = dir.write("config.json", config);
     let output = run(
         &[
             "--config",
@@ -34,11 +46,7 @@ fn fails_to_start(app: &Path) -> String {
 
 #[test]
 fn a_missing_library_is_named() {
-    let log = fails_to_start(Path::new("/nonexistent/libapp.so"));
-    assert!(
-        log.contains("cannot load the app /nonexistent/libapp.so: file not found"),
-        "{log}"
-    );
+    refuses(Path::new("/nonexistent/libapp.so"), "file not found");
 }
 
 #[test]
@@ -69,60 +77,50 @@ fn a_foreign_library_without_the_handshake_is_named() {
         .status()
         .expect("cc");
     assert!(status.success());
-    let log = fails_to_start(&path);
-    let expected = format!(
-        "cannot load the app {}: symbol `msr_abi_version` not found: not a microservice-rust \
-         app (a Rust app calls `export_app!`; a C app defines it as \
-         include/microservice_rust.h says)",
-        path.display()
+    refuses(
+        &path,
+        "symbol `msr_abi_version` not found: not a microservice-rust app (a Rust app calls \
+         `export_app!`; a C app defines it as include/microservice_rust.h says)",
     );
-    assert!(log.contains(&expected), "{log}");
 }
 
 #[test]
 fn a_library_built_for_another_abi_version_is_named() {
     let dir = TempDir::new("abi");
     let path = compile_c_app(&dir, "libforeignabi.so", &["-DFOREIGN_ABI"]);
-    let log = fails_to_start(&path);
-    let expected = format!(
-        "cannot load the app {}: built for ABI version 2, but this worker speaks version 1: \
-         rebuild the app against microservice-rust {}",
-        path.display(),
-        env!("CARGO_PKG_VERSION")
+    refuses(
+        &path,
+        &format!(
+            "built for ABI version 2, but this worker speaks version 1: rebuild the app \
+             against microservice-rust {}",
+            env!("CARGO_PKG_VERSION")
+        ),
     );
-    assert!(log.contains(&expected), "{log}");
 }
 
 #[test]
 fn a_library_without_the_entry_symbol_is_named() {
     let dir = TempDir::new("entry");
     let path = compile_c_app(&dir, "libnoentry.so", &["-DNO_ENTRY"]);
-    let log = fails_to_start(&path);
-    let expected = format!(
-        "cannot load the app {}: symbol `msr_app_entry` not found: the library answers the \
-         ABI handshake but exports no app",
-        path.display()
+    refuses(
+        &path,
+        "symbol `msr_app_entry` not found: the library answers the ABI handshake but \
+         exports no app",
     );
-    assert!(log.contains(&expected), "{log}");
 }
 
 #[test]
 fn an_app_that_refuses_to_start_is_named_with_its_reason() {
     let dir = TempDir::new("refuse");
     let c_app = compile_c_app(&dir, "librefuse.so", &["-DREFUSE"]);
-    let log = fails_to_start(&c_app);
-    assert!(
-        log.contains(&format!(
-            "cannot load the app {}: the app refused to start: the C app refuses to start",
-            c_app.display()
-        )),
-        "{log}"
+    refuses(
+        &c_app,
+        "the app refused to start: the C app refuses to start",
     );
 }
 
 #[test]
 fn a_rust_app_whose_constructor_fails_or_panics_is_named() {
-    let dir = TempDir::new("rust-refuse");
     for (key, reason) in [
         ("fixture_refuse", "fixture_refuse is set"),
         (
@@ -130,26 +128,8 @@ fn a_rust_app_whose_constructor_fails_or_panics_is_named() {
             "the app panicked while starting: fixture_panic is set",
         ),
     ] {
-        let config = dir.write(
-            "config.json",
-            &format!(r#"{{"mode": "dev", "{key}": true}}"#),
-        );
         let lib = fixture_lib();
-        let output = run(
-            &[
-                "--config",
-                config.to_str().expect("utf-8"),
-                "--app",
-                lib.to_str().expect("utf-8"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-            ],
-            &[],
-        );
-        let log = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(APP_LOAD_EXIT), "{log}");
+        let log = fails_to_start_with(&lib, &format!(r#"{{"mode": "dev", "{key}": true}}"#));
         let expected = format!(
             "cannot load the app {}: the app refused to start: {reason}",
             lib.display()

@@ -235,12 +235,21 @@ fn an_idle_connection_is_closed_after_the_keep_alive_timeout() {
 }
 
 #[test]
-fn sigterm_is_forwarded_and_the_exit_status_passed_through() {
-    let mut service = Service::start(&fixture_lib(), r#"{"mode": "dev"}"#);
-    service.signal(15);
-    assert_eq!(service.wait_exit(Duration::from_secs(10)), 0);
-    let log = service.log_lines().join("\n");
-    assert!(log.contains("worker: stopping on SIGTERM"), "{log}");
-    assert!(log.contains("exited with code 0"), "{log}");
-    assert!(log.contains("fixture: shutdown hook ran"), "{log}");
+fn sigterm_and_sigint_are_forwarded_and_the_exit_status_passed_through() {
+    for (signal, name) in [(15, "SIGTERM"), (2, "SIGINT")] {
+        let mut service = Service::start(&fixture_lib(), r#"{"mode": "dev"}"#);
+        service.signal(signal);
+        assert_eq!(service.wait_exit(Duration::from_secs(10)), 0);
+        let log = service.log_lines().join("\n");
+        assert!(
+            log.contains(&format!("supervisor: {name}: stopping the workers")),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("worker: stopping on {name}")),
+            "{log}"
+        );
+        assert!(log.contains("exited with code 0"), "{log}");
+        assert!(log.contains("fixture: shutdown hook ran"), "{log}");
+    }
 }
