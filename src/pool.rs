@@ -7,7 +7,8 @@
 //!   that takes a request whose deadline has passed answers 504 at once, so time spent in
 //!   the queue counts (as mod_wsgi's queue-timeout does).
 //! * While the app handles a request, the thread's [`Slot`] holds tiny_http's `Request`.
-//!   The deadline watcher (one thread, asleep unless a request is inside the app) takes the
+//!   The deadline watcher (one thread, asleep until the earliest deadline it knows of, and
+//!   woken by a request that enters the app with an earlier one) takes the
 //!   `Request` out of a slot whose deadline has passed and answers 504 itself; the app keeps
 //!   its own copy of the request (see `bridge`) and is never interrupted.
 //! * A thread whose request timed out inside the app is *written off*: a replacement is
@@ -19,7 +20,7 @@
 //!   a queued request's deadline comes after the deadline of every request ahead of it, and
 //!   by then each of those has finished or been written off and replaced.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
@@ -30,9 +31,6 @@ use tiny_http::{Request, Response};
 use crate::bridge::{self, BodyError, Incoming, RequestCopy};
 use crate::loader::LoadedApp;
 use crate::say;
-
-/// The longest the deadline watcher sleeps while requests are inside the app.
-const MAX_WATCH_SLEEP: Duration = Duration::from_secs(1);
 
 /// A declared body above this size is never drained or dropped, see [`Shared::reject_body`].
 const QUARANTINE_ABOVE_BYTES: usize = 1 << 30;
@@ -55,8 +53,12 @@ struct Shared {
     queue: Receiver<Incoming>,
     settings: PoolSettings,
     slots: Mutex<Vec<Arc<Slot>>>,
-    /// Requests inside the app right now; the watcher sleeps while it is 0.
-    in_app: AtomicUsize,
+    /// The pool's time origin: deadlines and the watcher's wake time count from it.
+    epoch: Instant,
+    /// When the watcher will look next (nanoseconds since `epoch`); `u64::MAX` while it
+    /// scans or has nothing to wait for. A request entering the app with an earlier
+    /// deadline wakes it.
+    watcher_wakes_at: AtomicU64,
     written_off: AtomicUsize,
     quarantined: AtomicUsize,
     watcher: OnceLock<Thread>,
@@ -102,7 +104,8 @@ impl Pool {
             queue,
             settings,
             slots: Mutex::new(Vec::new()),
-            in_app: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            watcher_wakes_at: AtomicU64::new(u64::MAX),
             written_off: AtomicUsize::new(0),
             quarantined: AtomicUsize::new(0),
             watcher: OnceLock::new(),
@@ -144,12 +147,6 @@ impl Pool {
             }
             thread::sleep(Duration::from_millis(10));
         }
-    }
-
-    /// Threads currently written off (stuck in the app past their deadline).
-    #[allow(dead_code)] // reported by /metrics (issue "operations")
-    pub fn written_off(&self) -> usize {
-        self.shared.written_off.load(Ordering::Relaxed)
     }
 }
 
@@ -212,8 +209,8 @@ impl Shared {
             return Fate::Continue;
         }
         slot.begin(request, deadline);
-        if self.in_app.fetch_add(1, Ordering::AcqRel) == 0 {
-            if let Some(watcher) = self.watcher.get() {
+        if let (Some(deadline), Some(watcher)) = (deadline, self.watcher.get()) {
+            if self.nanos(deadline) < self.watcher_wakes_at.load(Ordering::SeqCst) {
                 watcher.unpark();
             }
         }
@@ -221,7 +218,6 @@ impl Shared {
             true => Answer::Health(self.app.health()),
             false => Answer::App(self.app.handle(&copy.as_raw())),
         };
-        self.in_app.fetch_sub(1, Ordering::AcqRel);
         let (request, written_off) = slot.end();
 
         if let Some(request) = request {
@@ -284,13 +280,18 @@ impl Shared {
         }
     }
 
+    fn nanos(&self, instant: Instant) -> u64 {
+        instant.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
     /// The deadline watcher's loop; see the module docs.
+    ///
+    /// While it scans it publishes `u64::MAX` as its wake time, so a request that enters
+    /// the app after the scan passed its slot wakes it (the unpark is kept until the next
+    /// park); after the scan it publishes the earliest deadline it saw.
     fn watch_deadlines(self: Arc<Self>) {
         loop {
-            if self.in_app.load(Ordering::Acquire) == 0 {
-                thread::park();
-                continue;
-            }
+            self.watcher_wakes_at.store(u64::MAX, Ordering::SeqCst);
             let now = Instant::now();
             let slots = self.slots.lock().expect("slot list lock").clone();
             let mut next: Option<Instant> = None;
@@ -308,11 +309,14 @@ impl Shared {
                     Expiry::Idle => {}
                 }
             }
-            let sleep = next.map_or(MAX_WATCH_SLEEP, |n| {
-                n.saturating_duration_since(Instant::now())
-                    .min(MAX_WATCH_SLEEP)
-            });
-            thread::park_timeout(sleep);
+            match next {
+                None => thread::park(),
+                Some(next) => {
+                    self.watcher_wakes_at
+                        .store(self.nanos(next), Ordering::SeqCst);
+                    thread::park_timeout(next.saturating_duration_since(Instant::now()));
+                }
+            }
         }
     }
 

@@ -186,17 +186,17 @@ impl Supervisor {
             };
             let worker = self.workers.remove(index);
             say!("worker {pid} {}", exit::describe_wait_status(status));
-            let code = exit::from_wait_status(status);
-            if worker.state == WorkerState::Starting && !self.stopping {
-                say!("the worker could not start; stopping");
-                self.stopping = true;
-                self.signal_workers(SIGTERM);
-            } else if !self.stopping {
-                say!("the worker ended unexpectedly; stopping");
+            if !self.stopping {
+                // Restarting with back-off belongs to the supervision issue; until then a
+                // worker's end is the service's end, with the worker's status.
+                match worker.state {
+                    WorkerState::Starting => say!("the worker could not start; stopping"),
+                    _ => say!("the worker ended unexpectedly; stopping"),
+                }
                 self.stopping = true;
                 self.signal_workers(SIGTERM);
             }
-            last_code = Some(code);
+            last_code = Some(exit::from_wait_status(status));
         }
         match self.workers.is_empty() {
             true => last_code,

@@ -82,6 +82,31 @@ fn requests_past_the_timeout_get_504_at_their_deadline_also_from_the_queue() {
 }
 
 #[test]
+fn a_queued_request_that_enters_the_app_after_a_write_off_gets_its_504_on_time() {
+    // One thread. A gets stuck; B, read 0.3 s later, waits in the queue. At 1 s A is written
+    // off and B enters the app on the replacement thread, after the deadline watcher's scan:
+    // B's 504 is due at 1.3 s, not at the watcher's next routine look.
+    let _serial = serial();
+    let service = Service::start(
+        &example_lib(),
+        r#"{"mode": "production", "threads": 1, "request_timeout_s": 1}"#,
+    );
+    let port = service.port;
+    let start = Instant::now();
+    let a = std::thread::spawn(move || (get(port, "/delay/5"), start.elapsed().as_secs_f64()));
+    std::thread::sleep(Duration::from_millis(300));
+    let b = std::thread::spawn(move || (get(port, "/delay/5"), start.elapsed().as_secs_f64()));
+    for (thread, due) in [(a, 1.0), (b, 1.3)] {
+        let (reply, at) = thread.join().expect("request thread");
+        assert_eq!(reply.expect("a reply").status, 504);
+        assert!(
+            (at - due).abs() <= 0.25,
+            "504 at {at:.2}s, due at {due}s (±0.25)"
+        );
+    }
+}
+
+#[test]
 fn a_panicking_handler_is_a_500_and_the_same_worker_serves_on() {
     let service = Service::start(&fixture_lib(), r#"{"mode": "production", "threads": 2}"#);
     let worker_pids = |s: &Service| -> Vec<String> {
