@@ -7,12 +7,14 @@
 
 use std::io::{self, Read};
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use microservice_rust::abi::{MsrBytes, MsrHeader, MsrRequest};
-use tiny_http::{Header, Request, Response, StatusCode};
+use tiny_http::{Header, Method, Request, Response, StatusCode};
 
 use crate::loader::AppResponse;
+use crate::say;
 
 /// A request as the acceptor handed it to the pool, stamped when the worker read it.
 pub struct Incoming {
@@ -117,17 +119,61 @@ fn read_body(request: &mut Request, max_body: u64, body: &mut Vec<u8>) -> Result
     Ok(())
 }
 
+/// A declared body above this size is never drained or dropped unread: tiny_http 0.12
+/// drains an unread body when the request is dropped, and first allocates a buffer of the
+/// whole remaining declared length, so a `Content-Length` of 100 TB aborts the process.
+/// Such a request is answered and its connection parked instead (see [`park`]).
+pub const PARK_ABOVE_BYTES: usize = 1 << 30;
+
+/// Connections parked so far.
+static PARKED: AtomicUsize = AtomicUsize::new(0);
+
+/// How a response goes out.
+#[derive(Clone, Copy, Debug)]
+pub struct How {
+    /// Send `Connection: close`, so the client opens its next request on a new connection
+    /// (while a worker drains; tiny_http itself never sends it).
+    pub close: bool,
+    /// The request body has been read to its end (so dropping the request reads nothing).
+    pub body_read: bool,
+}
+
 /// Sends the app's response. A status the app left at 0 or set out of range is a 500.
-pub fn send_app_response(request: Request, answer: &AppResponse) -> io::Result<()> {
-    let headers = answer
-        .headers()
-        .filter_map(|(name, value)| Header::from_bytes(name, value).ok())
-        .collect();
+pub fn send_app_response(request: Request, answer: &AppResponse, how: How) -> io::Result<()> {
     let status = match answer.status() {
         s @ 100..=999 => s,
         _ => 500,
     };
-    let body = answer.body();
+    send(request, status, answer.headers(), answer.body(), how)
+}
+
+/// Sends a short plain-text answer of the worker's own (504, 413, /readyz, …).
+pub fn send_text(request: Request, status: u16, text: &str, how: How) -> io::Result<()> {
+    let headers = [(&b"Content-Type"[..], &b"text/plain; charset=utf-8"[..])];
+    send(request, status, headers.into_iter(), text.as_bytes(), how)
+}
+
+fn send<'h>(
+    request: Request,
+    status: u16,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    body: &[u8],
+    how: How,
+) -> io::Result<()> {
+    if !how.body_read
+        && request
+            .body_length()
+            .is_some_and(|len| len > PARK_ABOVE_BYTES)
+    {
+        park(request, status, body);
+        return Ok(());
+    }
+    if how.close {
+        return send_closing(request, status, headers, body);
+    }
+    let headers = headers
+        .filter_map(|(name, value)| Header::from_bytes(name, value).ok())
+        .collect();
     request.respond(Response::new(
         StatusCode(status),
         headers,
@@ -137,13 +183,49 @@ pub fn send_app_response(request: Request, answer: &AppResponse) -> io::Result<(
     ))
 }
 
-/// Sends a short plain-text answer of the worker's own (504, 413, /readyz, …).
-pub fn send_text(request: Request, status: u16, text: &str) -> io::Result<()> {
-    let content_type = Header::from_bytes(&b"Content-Type"[..], &b"text/plain; charset=utf-8"[..])
-        .expect("a valid static header");
-    request.respond(
-        Response::from_string(text)
-            .with_status_code(StatusCode(status))
-            .with_header(content_type),
-    )
+/// Writes the response itself, with `Connection: close` (tiny_http drops that header from
+/// responses it writes).
+fn send_closing<'h>(
+    request: Request,
+    status: u16,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    body: &[u8],
+) -> io::Result<()> {
+    use std::io::Write;
+    let head_only = *request.method() == Method::Head;
+    let mut out = Vec::with_capacity(256 + body.len());
+    let reason = StatusCode(status).default_reason_phrase();
+    write!(out, "HTTP/1.1 {status} {reason}\r\n")?;
+    for (name, value) in headers {
+        let framing = [&b"connection"[..], b"content-length", b"transfer-encoding"];
+        if framing.iter().any(|f| name.eq_ignore_ascii_case(f)) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    write!(
+        out,
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    let mut writer = request.into_writer();
+    writer.write_all(&out)?;
+    writer.flush()
+}
+
+/// Answers a request whose huge declared body was not read, and keeps its connection open
+/// for good instead of letting tiny_http drain it (see [`PARK_ABOVE_BYTES`]): a leak of one
+/// connection, logged and counted, instead of a crash.
+fn park(request: Request, status: u16, body: &[u8]) {
+    let declared = request.body_length().unwrap_or(0);
+    let response = Response::new(StatusCode(status), Vec::new(), body, Some(body.len()), None);
+    std::mem::forget(request.upgrade("close", response));
+    let parked = PARKED.fetch_add(1, Ordering::Relaxed) + 1;
+    say!("parked a connection that declared a {declared}-byte body ({parked} parked)");
 }

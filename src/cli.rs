@@ -93,6 +93,13 @@ fn resolve(args: &ConfigArgs) -> Result<Loaded, Error> {
 }
 
 fn run(args: RunArgs) -> Result<i32, Error> {
+    let loaded = resolve_run(&args)?;
+    // SIGHUP re-reads the config the same way, with the same command line.
+    Supervisor::run(loaded, Box::new(move || resolve_run(&args)))
+}
+
+/// The config for `run`: looked up, with the command line's overrides and the app path.
+fn resolve_run(args: &RunArgs) -> Result<Loaded, Error> {
     let mut loaded = resolve(&args.config)?;
     if let Some(port) = args.port {
         loaded.set("port", json!(port), "--port")?;
@@ -106,7 +113,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
     let name = std::env::var("MICROSERVICE_NAME").ok();
     let app = loader::find_app(loaded.settings.app.as_deref(), name.as_deref())?;
     loaded.set("app", json!(app.display().to_string()), "the app path")?;
-    Supervisor::run(loaded)
+    Ok(loaded)
 }
 
 fn check_config(args: ConfigArgs) -> Result<i32, Error> {

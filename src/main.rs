@@ -14,7 +14,10 @@ mod exit;
 mod loader;
 mod log;
 mod pool;
+mod reload;
+mod signals;
 mod socket;
+mod status;
 mod supervisor;
 mod worker;
 

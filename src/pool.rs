@@ -19,6 +19,10 @@
 //! * Queued requests need no watcher: requests leave the queue in the order they arrived, so
 //!   a queued request's deadline comes after the deadline of every request ahead of it, and
 //!   by then each of those has finished or been written off and replaced.
+//! * The watchdog's probes are jobs in the same queue, answered by a pool thread that asks
+//!   the app's health hook: a probe gets through exactly when a request would.
+//! * Stopping: a *drain* keeps serving but answers with `Connection: close`; an *abandon*
+//!   (a hung worker being replaced) answers everything already read with 503 at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -26,14 +30,12 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use tiny_http::{Request, Response};
+use tiny_http::Request;
 
-use crate::bridge::{self, BodyError, Incoming, RequestCopy};
-use crate::loader::LoadedApp;
+use crate::bridge::{self, BodyError, How, Incoming, RequestCopy};
+use crate::loader::{AppResponse, LoadedApp};
 use crate::say;
-
-/// A declared body above this size is never drained or dropped, see [`Shared::reject_body`].
-const QUARANTINE_ABOVE_BYTES: usize = 1 << 30;
+use crate::status::StatusPipe;
 
 #[derive(Clone, Debug)]
 pub struct PoolSettings {
@@ -42,16 +44,24 @@ pub struct PoolSettings {
     pub max_body_bytes: u64,
 }
 
-/// The pool's handle: where the acceptor sends requests.
+/// What waits in the pool's queue.
+pub enum Job {
+    Http(Incoming),
+    /// A watchdog probe: ask the app's health hook, answer on the status pipe.
+    Probe(u64),
+}
+
+/// The pool's handle: where the acceptor sends requests, and the worker's controls.
 pub struct Pool {
     shared: Arc<Shared>,
-    sender: Sender<Incoming>,
+    sender: Sender<Job>,
 }
 
 struct Shared {
     app: Arc<LoadedApp>,
-    queue: Receiver<Incoming>,
+    queue: Receiver<Job>,
     settings: PoolSettings,
+    status: Arc<StatusPipe>,
     slots: Mutex<Vec<Arc<Slot>>>,
     /// The pool's time origin: deadlines and the watcher's wake time count from it.
     epoch: Instant,
@@ -60,10 +70,11 @@ struct Shared {
     /// deadline wakes it.
     watcher_wakes_at: AtomicU64,
     written_off: AtomicUsize,
-    quarantined: AtomicUsize,
     watcher: OnceLock<Thread>,
-    /// Set when the worker stops: requests that have not reached the app get 503.
-    closing: AtomicBool,
+    /// Draining: responses carry `Connection: close`.
+    draining: AtomicBool,
+    /// Stopped: nothing more enters the app; what is taken from the queue gets 503.
+    stopped: AtomicBool,
     /// Held for reading by every call into the app; taken for writing to shut it down.
     gate: RwLock<()>,
 }
@@ -83,33 +94,51 @@ struct SlotState {
 }
 
 struct Running {
-    /// `None` once the watcher has answered 504 in the app's place.
+    /// `None` once the watcher (or an abandon) has answered in the app's place.
     request: Option<Request>,
+    received: Instant,
     deadline: Option<Instant>,
 }
 
-/// What a pool thread does after a request.
+/// What a pool thread does after a job.
 #[derive(PartialEq, Eq)]
 enum Fate {
     Continue,
     Exit,
 }
 
+/// A response for a request whose body was read, in the current drain state.
+fn read_body(close: bool) -> How {
+    How {
+        close,
+        body_read: true,
+    }
+}
+
+/// A response for a request whose body was not read.
+fn unread_body(close: bool) -> How {
+    How {
+        close,
+        body_read: false,
+    }
+}
+
 impl Pool {
-    pub fn start(app: Arc<LoadedApp>, settings: PoolSettings) -> Pool {
+    pub fn start(app: Arc<LoadedApp>, settings: PoolSettings, status: Arc<StatusPipe>) -> Pool {
         let (sender, queue) = crossbeam_channel::unbounded();
         let watch = settings.timeout.is_some();
         let shared = Arc::new(Shared {
             app,
             queue,
             settings,
+            status,
             slots: Mutex::new(Vec::new()),
             epoch: Instant::now(),
             watcher_wakes_at: AtomicU64::new(u64::MAX),
             written_off: AtomicUsize::new(0),
-            quarantined: AtomicUsize::new(0),
             watcher: OnceLock::new(),
-            closing: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             gate: RwLock::new(()),
         });
         if watch {
@@ -126,8 +155,97 @@ impl Pool {
         Pool { shared, sender }
     }
 
-    pub fn sender(&self) -> Sender<Incoming> {
+    pub fn sender(&self) -> Sender<Job> {
         self.sender.clone()
+    }
+
+    /// Queues a watchdog probe behind the requests already waiting.
+    pub fn probe(&self, id: u64) {
+        let _ = self.sender.send(Job::Probe(id));
+    }
+
+    /// From now on every response says `Connection: close`.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+    }
+
+    /// Requests waiting in the queue, and requests inside the app still awaiting their
+    /// answer (a written-off thread's request has had its 504).
+    pub fn busy(&self) -> (usize, usize) {
+        let in_app = self
+            .shared
+            .slots
+            .lock()
+            .expect("slot list lock")
+            .iter()
+            .filter(|slot| {
+                let state = slot.state.lock().expect("slot lock");
+                state.running.as_ref().is_some_and(|r| r.request.is_some())
+            })
+            .count();
+        (self.shared.queue.len(), in_app)
+    }
+
+    /// Answers 503 to every request already read (queued or inside the app) and lets no
+    /// further request into the app. The app's threads are left where they are.
+    pub fn abandon(&self) -> usize {
+        let shared = &self.shared;
+        shared.stopped.store(true, Ordering::Release);
+        let mut answered = 0;
+        while let Ok(job) = shared.queue.try_recv() {
+            if let Job::Http(incoming) = job {
+                answered += 1;
+                let _ = bridge::send_text(
+                    incoming.request,
+                    503,
+                    "worker replaced\n",
+                    unread_body(true),
+                );
+            }
+        }
+        let slots = shared.slots.lock().expect("slot list lock").clone();
+        for slot in slots {
+            let request = slot
+                .state
+                .lock()
+                .expect("slot lock")
+                .running
+                .as_mut()
+                .and_then(|running| running.request.take());
+            if let Some(request) = request {
+                answered += 1;
+                let _ = bridge::send_text(request, 503, "worker replaced\n", read_body(true));
+            }
+        }
+        answered
+    }
+
+    /// Logs every request inside the app with its path and age, and the queue's length.
+    pub fn report(&self) {
+        let now = Instant::now();
+        let slots = self.shared.slots.lock().expect("slot list lock").clone();
+        let mut inside = 0;
+        for slot in slots {
+            let state = slot.state.lock().expect("slot lock");
+            let Some(running) = state.running.as_ref() else {
+                continue;
+            };
+            inside += 1;
+            let age = now.duration_since(running.received).as_secs_f64();
+            match &running.request {
+                Some(request) => say!(
+                    "in flight: {} {} for {age:.3}s",
+                    request.method(),
+                    request.url()
+                ),
+                None => say!("in flight: (answered 504, still inside the app) for {age:.3}s"),
+            }
+        }
+        say!(
+            "{inside} request(s) inside the app, {} queued, {} thread(s) written off",
+            self.shared.queue.len(),
+            self.shared.written_off.load(Ordering::Relaxed)
+        );
     }
 
     /// Stops calling the app and runs its `shutdown` hook once no request is inside it,
@@ -135,7 +253,7 @@ impl Pool {
     /// then: the hook is skipped rather than run under them.
     pub fn shut_down_app(&self, grace: Duration) -> bool {
         let shared = &self.shared;
-        shared.closing.store(true, Ordering::Release);
+        shared.stopped.store(true, Ordering::Release);
         let deadline = Instant::now() + grace;
         loop {
             if let Ok(_exclusive) = shared.gate.try_write() {
@@ -160,8 +278,12 @@ impl Shared {
         let shared = self.clone();
         let spawned = thread::Builder::new().name("pool".into()).spawn(move || {
             let mut copy = RequestCopy::default();
-            while let Ok(incoming) = shared.queue.recv() {
-                if shared.serve(incoming, &slot, &mut copy) == Fate::Exit {
+            while let Ok(job) = shared.queue.recv() {
+                let fate = match job {
+                    Job::Http(incoming) => shared.serve(incoming, &slot, &mut copy),
+                    Job::Probe(id) => shared.answer_probe(id),
+                };
+                if fate == Fate::Exit {
                     break;
                 }
             }
@@ -182,33 +304,58 @@ impl Shared {
         self.slots.lock().expect("slot list lock").pop();
     }
 
+    fn closing(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    fn answer_probe(&self, id: u64) -> Fate {
+        let health = {
+            let _inside = shared_gate(&self.gate);
+            match self.stopped.load(Ordering::Acquire) {
+                true => Err("stopping".to_string()),
+                false => self.app.health(),
+            }
+        };
+        let line = match health {
+            Ok(()) => format!("probe {id} ok"),
+            Err(reason) => format!("probe {id} fail {}", reason.replace('\n', " ")),
+        };
+        self.status.send(&line);
+        Fate::Continue
+    }
+
     fn serve(&self, incoming: Incoming, slot: &Slot, copy: &mut RequestCopy) -> Fate {
         let Incoming {
             mut request,
             received,
         } = incoming;
+        let close = self.closing();
         let deadline = self.settings.timeout.map(|t| received + t);
         let expired = || deadline.is_some_and(|d| Instant::now() >= d);
+        if self.stopped.load(Ordering::Acquire) {
+            let _ = bridge::send_text(request, 503, "shutting down\n", unread_body(true));
+            return Fate::Continue;
+        }
         if expired() {
-            send_timeout(request);
+            send_timeout(request, unread_body(close));
             return Fate::Continue;
         }
         if let Err(e) = copy.fill(&mut request, self.settings.max_body_bytes) {
-            self.reject_body(request, e);
+            self.reject_body(request, e, close);
             return Fate::Continue;
         }
         if expired() {
-            send_timeout(request);
+            send_timeout(request, read_body(close));
             return Fate::Continue;
         }
         let health_probe = copy.path() == b"/healthz";
 
         let _inside = shared_gate(&self.gate);
-        if self.closing.load(Ordering::Acquire) {
-            let _ = bridge::send_text(request, 503, "shutting down\n");
+        if self.stopped.load(Ordering::Acquire) {
+            let _ = bridge::send_text(request, 503, "shutting down\n", read_body(true));
             return Fate::Continue;
         }
-        slot.begin(request, deadline);
+        slot.begin(request, received, deadline);
         if let (Some(deadline), Some(watcher)) = (deadline, self.watcher.get()) {
             if self.nanos(deadline) < self.watcher_wakes_at.load(Ordering::SeqCst) {
                 watcher.unpark();
@@ -221,12 +368,13 @@ impl Shared {
         let (request, written_off) = slot.end();
 
         if let Some(request) = request {
+            let how = read_body(self.closing());
             let _ = match &answer {
-                Answer::Health(Ok(())) => bridge::send_text(request, 200, "ok\n"),
+                Answer::Health(Ok(())) => bridge::send_text(request, 200, "ok\n", how),
                 Answer::Health(Err(reason)) => {
-                    bridge::send_text(request, 503, &format!("unhealthy: {reason}\n"))
+                    bridge::send_text(request, 503, &format!("unhealthy: {reason}\n"), how)
                 }
-                Answer::App(response) => bridge::send_app_response(request, response),
+                Answer::App(response) => bridge::send_app_response(request, response, how),
             };
         }
         drop(answer);
@@ -239,42 +387,32 @@ impl Shared {
         }
     }
 
-    /// Answers a request whose body was not read.
-    ///
-    /// tiny_http 0.12 drains an unread body when the request is dropped, and first allocates
-    /// a buffer of the whole remaining declared length: a `Content-Length` of 100 TB aborts
-    /// the process. Bodies up to [`QUARANTINE_ABOVE_BYTES`] are answered and drained on a
-    /// thread of their own (the allocation is virtual; the drain runs at the client's pace and
-    /// a stalled client is cut off by the socket timeout). Above that the connection is
-    /// answered and then parked, never dropped: a leak of one connection, counted, instead
-    /// of a crash.
-    fn reject_body(&self, request: Request, error: BodyError) {
+    /// Answers a request whose body was not read. A body with a declared length is drained
+    /// by tiny_http when the request drops, at the client's pace, so that answer goes out
+    /// on a thread of its own; the bridge parks a huge one instead (see
+    /// `bridge::PARK_ABOVE_BYTES`).
+    fn reject_body(&self, request: Request, error: BodyError, close: bool) {
         let limit = self.settings.max_body_bytes;
         match error {
             BodyError::TooLarge {
                 declared: Some(len),
-            } if len > QUARANTINE_ABOVE_BYTES => {
-                let response = Response::from_string(too_large(limit)).with_status_code(413);
-                std::mem::forget(request.upgrade("close", response));
-                let parked = self.quarantined.fetch_add(1, Ordering::Relaxed) + 1;
-                say!("parked a connection that declared a {len}-byte body ({parked} parked)");
-            }
-            BodyError::TooLarge { declared: Some(_) } => {
-                let drain = thread::Builder::new()
-                    .name("drain".into())
-                    .spawn(move || bridge::send_text(request, 413, &too_large(limit)));
+            } if len <= bridge::PARK_ABOVE_BYTES => {
+                let drain = thread::Builder::new().name("drain".into()).spawn(move || {
+                    bridge::send_text(request, 413, &too_large(limit), unread_body(close))
+                });
                 if let Err(e) = drain {
                     say!("cannot start a thread to answer 413: {e}");
                 }
             }
-            BodyError::TooLarge { declared: None } => {
-                let _ = bridge::send_text(request, 413, &too_large(limit));
+            BodyError::TooLarge { .. } => {
+                let _ = bridge::send_text(request, 413, &too_large(limit), unread_body(close));
             }
             BodyError::Read(e) => {
                 let _ = bridge::send_text(
                     request,
                     400,
                     &format!("could not read the request body: {e}\n"),
+                    unread_body(close),
                 );
             }
         }
@@ -304,7 +442,7 @@ impl Shared {
                         if replace {
                             Shared::spawn_thread(&self);
                         }
-                        send_timeout(request);
+                        send_timeout(request, read_body(self.closing()));
                     }
                     Expiry::Idle => {}
                 }
@@ -352,18 +490,20 @@ enum Expiry {
 
 enum Answer<'a> {
     Health(Result<(), String>),
-    App(crate::loader::AppResponse<'a>),
+    App(AppResponse<'a>),
 }
 
 impl Slot {
-    fn begin(&self, request: Request, deadline: Option<Instant>) {
+    fn begin(&self, request: Request, received: Instant, deadline: Option<Instant>) {
         self.state.lock().expect("slot lock").running = Some(Running {
             request: Some(request),
+            received,
             deadline,
         });
     }
 
-    /// The request, unless the watcher answered it, and whether this thread was written off.
+    /// The request, unless someone answered it meanwhile, and whether this thread was
+    /// written off.
     fn end(&self) -> (Option<Request>, bool) {
         let mut state = self.state.lock().expect("slot lock");
         let request = state.running.take().and_then(|r| r.request);
@@ -376,8 +516,8 @@ fn shared_gate(gate: &RwLock<()>) -> std::sync::RwLockReadGuard<'_, ()> {
     gate.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn send_timeout(request: Request) {
-    let _ = bridge::send_text(request, 504, "request timed out\n");
+fn send_timeout(request: Request, how: How) {
+    let _ = bridge::send_text(request, 504, "request timed out\n", how);
 }
 
 fn too_large(limit: u64) -> String {

@@ -49,3 +49,82 @@ pub fn set_timeouts(listener: &TcpListener, timeout: Duration) -> std::io::Resul
     }
     Ok(())
 }
+
+/// This process's accepted connections on `listener`'s port: sockets with that local port
+/// that are not the listening socket itself (tiny_http holds two fds per connection, a read
+/// and a write half).
+pub fn accepted_connections(listener: &TcpListener) -> Vec<std::os::fd::RawFd> {
+    let Ok(port) = listener.local_addr().map(|a| a.port()) else {
+        return Vec::new();
+    };
+    let own = inode(listener.as_raw_fd());
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| inode(fd) != own && is_accepted_on(fd, port))
+        .collect()
+}
+
+/// The inode an fd refers to; every duplicate of a socket shares it.
+pub fn inode(fd: std::os::fd::RawFd) -> Option<u64> {
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat fills `stat` for a valid fd and fails otherwise.
+    (unsafe { libc::fstat(fd, &mut stat) } == 0).then_some(stat.st_ino)
+}
+
+fn is_accepted_on(fd: std::os::fd::RawFd, port: u16) -> bool {
+    let mut address: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getsockname fills at most `length` bytes and fails on a non-socket.
+    if unsafe {
+        libc::getsockname(
+            fd,
+            (&mut address as *mut libc::sockaddr_storage).cast(),
+            &mut length,
+        )
+    } != 0
+    {
+        return false;
+    }
+    let local_port = match address.ss_family as i32 {
+        libc::AF_INET => {
+            let v4 = unsafe { &*(&address as *const _ as *const libc::sockaddr_in) };
+            u16::from_be(v4.sin_port)
+        }
+        libc::AF_INET6 => {
+            let v6 = unsafe { &*(&address as *const _ as *const libc::sockaddr_in6) };
+            u16::from_be(v6.sin6_port)
+        }
+        _ => return false,
+    };
+    let mut listening: libc::c_int = 0;
+    let mut size = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_ACCEPTCONN writes one int.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut listening as *mut libc::c_int).cast(),
+            &mut size,
+        )
+    };
+    local_port == port && rc == 0 && listening == 0
+}
+
+/// Shuts down both directions of each socket: its reader sees the end, the client a FIN.
+pub fn shut_down(fds: &[std::os::fd::RawFd]) {
+    for &fd in fds {
+        // SAFETY: shutdown on a socket fd; an fd closed meanwhile just fails.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+}
+
+/// Stops listening, for every process that shares the socket: new connections are refused
+/// and each waiting `accept()` returns. Connections already accepted are not touched.
+pub fn stop_listening(listener: &TcpListener) {
+    // SAFETY: shutdown on our listening socket; on Linux this ends its LISTEN state.
+    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
+}

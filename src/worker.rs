@@ -1,20 +1,25 @@
 //! The worker process: started by the supervisor as `microservice-rust worker`, it takes the
-//! listening socket on fd [`LISTEN_FD`], reads its resolved config on stdin, loads the app
-//! and serves until told to stop.
+//! listening socket on fd [`LISTEN_FD`], reads its resolved config as the first line of
+//! stdin, loads the app and serves until told to stop.
 //!
-//! It says "ready" on the status pipe (fd [`STATUS_FD`]) once it accepts connections, and
-//! exits with a reserved code (see `exit`) when it cannot start, so the supervisor can tell
-//! a worker that never came up from one that crashed.
+//! The supervisor controls it with lines on stdin (`probe ID`, `unready`, `stop`,
+//! `abandon`, `report`); the worker answers on the status pipe (fd [`STATUS_FD`]): `ready`
+//! once it accepts connections, `probe ID ok` or `probe ID fail REASON`. SIGTERM and SIGINT
+//! mean `stop`, SIGUSR1 means `report`. It exits with a reserved code (see `exit`) when it
+//! cannot start, so the supervisor can tell a worker that never came up from one that
+//! crashed.
 
-use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::acceptor::Acceptor;
@@ -25,26 +30,48 @@ use crate::loader::LoadedApp;
 use crate::log;
 use crate::pool::{Pool, PoolSettings};
 use crate::say;
+use crate::socket;
+use crate::status::StatusPipe;
 
 /// Where the worker finds the listening socket (as systemd's socket activation does).
 pub const LISTEN_FD: RawFd = 3;
-/// Where the worker writes `ready`.
+/// Where the worker writes its status lines.
 pub const STATUS_FD: RawFd = 4;
+/// The environment variable naming the supervisor's PID for its workers.
+pub const SUPERVISOR_PID_VAR: &str = "MICROSERVICE_RUST_SUPERVISOR";
 
-/// What the supervisor writes on the worker's stdin.
+/// How long the work must have been quiet before a draining worker closes the keep-alive
+/// connections that are still open but idle.
+const IDLE_CLOSE_AFTER: Duration = Duration::from_millis(200);
+
+/// The first line the supervisor writes on the worker's stdin.
 pub fn handoff(source: &str, config: &Value) -> String {
-    serde_json::json!({ "source": source, "config": config }).to_string()
+    format!(
+        "{}\n",
+        serde_json::json!({ "source": source, "config": config })
+    )
+}
+
+/// What the supervisor (or a signal) asks of the worker.
+#[derive(Debug)]
+enum Command {
+    Probe(u64),
+    Unready,
+    Stop,
+    Abandon,
+    Report,
 }
 
 pub fn run() -> Result<i32, Error> {
     log::set_role("worker");
     die_with_parent();
 
-    let mut text = String::new();
-    std::io::stdin()
-        .read_to_string(&mut text)
+    let mut control = BufReader::new(std::io::stdin());
+    let mut first = String::new();
+    control
+        .read_line(&mut first)
         .map_err(|e| Error::boot("cannot read the config from the supervisor", e))?;
-    let handoff: Value = serde_json::from_str(&text).map_err(|e| {
+    let handoff: Value = serde_json::from_str(&first).map_err(|e| {
         Error::boot(
             "the worker is started by the supervisor, not by hand",
             std::io::Error::other(e),
@@ -65,8 +92,13 @@ pub fn run() -> Result<i32, Error> {
     listener
         .local_addr()
         .map_err(|e| Error::boot(format!("fd {LISTEN_FD} is not a listening socket"), e))?;
-    let signals = Signals::new([SIGTERM, SIGINT])
+    let control_listener = listener
+        .try_clone()
+        .map_err(|e| Error::boot("cannot duplicate the listening socket", e))?;
+    let signals = Signals::new([SIGTERM, SIGINT, SIGUSR1])
         .map_err(|e| Error::boot("cannot install signal handlers", e))?;
+    // SAFETY: the supervisor placed the status pipe on this fd before exec.
+    let status = Arc::new(unsafe { StatusPipe::from_fd(STATUS_FD) });
 
     let app = Arc::new(LoadedApp::load(&app_path, &config.to_string())?);
     let threads = settings.pool_threads();
@@ -77,9 +109,10 @@ pub fn run() -> Result<i32, Error> {
             timeout: settings.request_timeout(),
             max_body_bytes: settings.max_body_bytes,
         },
+        status.clone(),
     );
     let ready = Arc::new(AtomicBool::new(false));
-    Acceptor::start(
+    let acceptor = Acceptor::start(
         listener,
         pool.sender(),
         ready.clone(),
@@ -92,33 +125,140 @@ pub fn run() -> Result<i32, Error> {
         app.path().display(),
         settings.mode.name()
     );
-    report_ready();
+    status.send("ready");
 
-    wait_for_stop(signals);
-    ready.store(false, Ordering::Release);
-    let grace = std::time::Duration::from_secs_f64(settings.stop_timeout_s);
-    if !pool.shut_down_app(grace) {
-        say!("requests still inside the app after {grace:?}; its shutdown hook is skipped");
+    let worker = Worker {
+        pool,
+        acceptor,
+        ready,
+        listener: control_listener,
+        stop_timeout: Duration::from_secs_f64(settings.stop_timeout_s),
+    };
+    for command in commands(control, signals) {
+        match command {
+            Command::Probe(id) => worker.pool.probe(id),
+            Command::Unready => worker.ready.store(false, Ordering::Release),
+            Command::Report => worker.pool.report(),
+            Command::Stop => {
+                worker.drain();
+                break;
+            }
+            Command::Abandon => {
+                worker.abandon();
+                break;
+            }
+        }
     }
     Ok(0)
 }
 
-/// Tells the supervisor we accept connections. A missing pipe only means nobody listens.
-fn report_ready() {
-    // SAFETY: the supervisor placed the status pipe on this fd before exec.
-    let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
-    let _ = status.write_all(b"ready\n");
-    std::mem::forget(status); // keep the fd open: EOF means this worker is gone
+struct Worker {
+    pool: Pool,
+    acceptor: Arc<Acceptor>,
+    ready: Arc<AtomicBool>,
+    /// The listening socket, to tell it from accepted connections.
+    listener: TcpListener,
+    stop_timeout: Duration,
 }
 
-fn wait_for_stop(mut signals: Signals) {
-    if let Some(signal) = signals.forever().next() {
-        say!("stopping on {}", exit::signal_name(signal));
+impl Worker {
+    /// Stops accepting, finishes what was read and lets clients close their connections,
+    /// all within `stop_timeout`; then answers what is left with 503 and shuts the app down.
+    fn drain(&self) {
+        let started = Instant::now();
+        let deadline = started + self.stop_timeout;
+        self.ready.store(false, Ordering::Release);
+        self.pool.drain();
+        if !self.acceptor.retire(deadline) {
+            say!("still accepting after {:?}", self.stop_timeout);
+        }
+        let mut quiet_since: Option<Instant> = None;
+        loop {
+            let (queued, in_app) = self.pool.busy();
+            let connections = socket::accepted_connections(&self.listener);
+            if queued + in_app + connections.len() == 0 || Instant::now() >= deadline {
+                break;
+            }
+            if queued + in_app > 0 {
+                quiet_since = None;
+            } else if quiet_since.get_or_insert_with(Instant::now).elapsed() >= IDLE_CLOSE_AFTER {
+                // Nothing in flight: what is still open is idle keep-alive connections.
+                socket::shut_down(&connections);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let left = self.pool.abandon();
+        if left > 0 {
+            say!("answered {left} unfinished request(s) with 503 at the stop timeout");
+        }
+        let grace = deadline.saturating_duration_since(Instant::now());
+        if !self.pool.shut_down_app(grace) {
+            say!("requests still inside the app; its shutdown hook is skipped");
+        }
+        say!("drained in {} ms", started.elapsed().as_millis());
+    }
+
+    /// Answers everything already read with 503 at once and stops accepting: this worker
+    /// is being replaced because it stopped answering.
+    fn abandon(&self) {
+        self.ready.store(false, Ordering::Release);
+        self.acceptor.abandon();
+        let mut answered = self.pool.abandon();
+        self.acceptor
+            .retire(Instant::now() + Duration::from_secs(1));
+        answered += self.pool.abandon();
+        say!("abandoned: answered {answered} request(s) with 503");
     }
 }
 
-/// The environment variable naming the supervisor's PID for its workers.
-pub const SUPERVISOR_PID_VAR: &str = "MICROSERVICE_RUST_SUPERVISOR";
+/// Commands from stdin lines and from signals, in one stream. The end of stdin (the
+/// supervisor is gone) reads as `stop`.
+fn commands(control: BufReader<std::io::Stdin>, mut signals: Signals) -> Receiver<Command> {
+    let (sender, receiver) = crossbeam_channel::unbounded();
+    let from_signals: Sender<Command> = sender.clone();
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let command = match signal {
+                    SIGUSR1 => Command::Report,
+                    _ => {
+                        say!("stopping on {}", exit::signal_name(signal));
+                        Command::Stop
+                    }
+                };
+                if from_signals.send(command).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("starting the signal thread");
+    thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for line in control.lines() {
+                let Ok(line) = line else { break };
+                let mut words = line.split_whitespace();
+                let command = match (words.next(), words.next().and_then(|w| w.parse().ok())) {
+                    (Some("probe"), Some(id)) => Command::Probe(id),
+                    (Some("unready"), _) => Command::Unready,
+                    (Some("stop"), _) => Command::Stop,
+                    (Some("abandon"), _) => Command::Abandon,
+                    (Some("report"), _) => Command::Report,
+                    _ => {
+                        say!("unknown command from the supervisor: {line:?}");
+                        continue;
+                    }
+                };
+                if sender.send(command).is_err() {
+                    return;
+                }
+            }
+            let _ = sender.send(Command::Stop);
+        })
+        .expect("starting the control thread");
+    receiver
+}
 
 /// A worker must not outlive its supervisor (e.g. after `kill -9` of the supervisor).
 fn die_with_parent() {

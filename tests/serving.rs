@@ -267,14 +267,10 @@ fn sigterm_and_sigint_are_forwarded_and_the_exit_status_passed_through() {
         assert_eq!(service.wait_exit(Duration::from_secs(10)), 0);
         let log = service.log_lines().join("\n");
         assert!(
-            log.contains(&format!("supervisor: {name}: stopping the workers")),
+            log.contains(&format!("supervisor: {name}: draining for 0s")),
             "{log}"
         );
-        assert!(
-            log.contains(&format!("worker: stopping on {name}")),
-            "{log}"
-        );
-        assert!(log.contains("exited with code 0"), "{log}");
+        assert!(log.contains("stopped (exited with code 0)"), "{log}");
         assert!(log.contains("fixture: shutdown hook ran"), "{log}");
     }
 }
