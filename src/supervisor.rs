@@ -152,6 +152,8 @@ pub struct Supervisor {
     library: Identity,
     /// Dev: `dev.build_command` is running; changes meanwhile wait for it.
     building: bool,
+    /// Some worker has been ready since start: a later start-up failure may be passing.
+    ever_ready: bool,
     exit_code: Option<i32>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
@@ -200,6 +202,7 @@ impl Supervisor {
             handoff: worker::handoff(&loaded.source_name(), &loaded.effective()),
             library: reload::identity(&app),
             building: false,
+            ever_ready: false,
             loaded,
             resolve,
             workers: Vec::new(),
@@ -396,6 +399,7 @@ impl Supervisor {
             "worker {pid} ready after {} ms",
             worker.started.elapsed().as_millis()
         );
+        self.ever_ready = true;
         if !serving {
             self.stop(pid, Stop::Drain);
             return;
@@ -741,10 +745,13 @@ impl Supervisor {
                 return;
             }
         }
+        // A reserved code means it will fail again; so will a crash before any worker
+        // was ever ready (the app cannot start at all). Either way: stop, don't loop.
         let boot_failure = [exit::APP_LOAD, exit::BOOT, exit::CONFIG].contains(&code);
+        let none_ready = !self.workers.iter().any(|w| w.state == WorkerState::Ready);
         if self.phase != Phase::Serving {
             say!("worker {pid} {how}");
-        } else if boot_failure && !self.workers.iter().any(|w| w.state == WorkerState::Ready) {
+        } else if none_ready && (boot_failure || !self.ever_ready) {
             say!("worker {pid} {how}: the worker could not start; stopping");
             self.exit_code = Some(code);
             self.phase = Phase::Stopping;

@@ -24,6 +24,13 @@ fn refuses(app: &Path, problem: &str) {
 
 /// `fails_to_start` with a config of our choosing.
 fn fails_to_start_with(app: &Path, config: &str) -> String {
+    let (code, log) = start_once(app, config);
+    assert_eq!(code, Some(APP_LOAD_EXIT), "{log}");
+    log
+}
+
+/// Runs the service on `app` with `config` until it exits; its exit code and log.
+fn start_once(app: &Path, config: &str) -> (Option<i32>, String) {
     let dir = TempDir::new("load");
     let config = dir.write("config.json", config);
     let output = run(
@@ -40,8 +47,7 @@ fn fails_to_start_with(app: &Path, config: &str) -> String {
         &[],
     );
     let log = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(APP_LOAD_EXIT), "{log}");
-    log
+    (output.status.code(), log)
 }
 
 #[test]
@@ -136,6 +142,21 @@ fn a_rust_app_whose_constructor_fails_or_panics_is_named() {
         );
         assert!(log.contains(&expected), "{log}");
     }
+}
+
+#[test]
+fn an_app_that_crashes_while_loading_stops_the_service_with_128_plus_the_signal() {
+    let (code, log) = start_once(&fixture_lib(), r#"{"mode": "dev", "fixture_segv": true}"#);
+    assert_eq!(code, Some(128 + 11), "{log}");
+    assert!(
+        log.contains("was killed by signal SIGSEGV (11): the worker could not start; stopping"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("started worker").count(),
+        1,
+        "no restart loop: {log}"
+    );
 }
 
 #[test]

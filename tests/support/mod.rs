@@ -148,7 +148,18 @@ impl Service {
     /// Starts the binary with `args` (plus `--host 127.0.0.1 --port 0`) and waits until it
     /// says which port it listens on.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Service {
-        let mut child = command(args, env)
+        Service::launch(command(args, env))
+    }
+
+    /// Like `spawn`, through another program (e.g. `unshare … microservice-rust …`).
+    pub fn spawn_program(program: &str, args: &[&str]) -> Service {
+        let mut command = Command::new(program);
+        command.args(args);
+        Service::launch(command)
+    }
+
+    fn launch(mut command: Command) -> Service {
+        let mut child = command
             .args(["--host", "127.0.0.1", "--port", "0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -361,4 +372,156 @@ pub fn compile_c_app(dir: &TempDir, name: &str, defines: &[&str]) -> PathBuf {
         .expect("running cc");
     assert!(status.success(), "cc failed for {name}");
     out
+}
+
+/// One answer the load generator got: when (seconds since the load started), status, body.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub at: f64,
+    pub status: u16,
+    pub body: String,
+}
+
+/// What the load generator saw.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub answers: Vec<Answer>,
+    /// Requests that got no HTTP answer: connection refused, reset, or closed mid-way.
+    pub errors: Vec<String>,
+    /// Requests re-sent because a reused keep-alive connection was closed before any
+    /// byte of the answer (what HTTP clients do).
+    pub retried: usize,
+}
+
+impl Tally {
+    pub fn count(&self, status: u16) -> usize {
+        self.answers.iter().filter(|a| a.status == status).count()
+    }
+}
+
+/// `clients` threads sending `GET path` back to back on keep-alive connections.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<Tally>>,
+}
+
+impl Load {
+    pub fn start(port: u16, path: &str, clients: usize) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let start = Instant::now();
+        let handles = (0..clients)
+            .map(|_| {
+                let stop = stop.clone();
+                let path = path.to_string();
+                std::thread::spawn(move || client(port, &path, start, &stop))
+            })
+            .collect();
+        Load { stop, handles }
+    }
+
+    pub fn finish(self) -> Tally {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut tally = Tally::default();
+        for handle in self.handles {
+            let part = handle.join().expect("load client");
+            tally.answers.extend(part.answers);
+            tally.errors.extend(part.errors);
+            tally.retried += part.retried;
+        }
+        tally.answers.sort_by(|a, b| a.at.total_cmp(&b.at));
+        tally
+    }
+}
+
+fn client(port: u16, path: &str, start: Instant, stop: &std::sync::atomic::AtomicBool) -> Tally {
+    let mut tally = Tally::default();
+    let mut connection: Option<(TcpStream, usize)> = None; // (stream, answers on it)
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let mut retried = false;
+        loop {
+            let (stream, used) = match connection.take() {
+                Some(open) => open,
+                None => match TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(stream) => {
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                        (stream, 0)
+                    }
+                    Err(e) => {
+                        tally.errors.push(format!("connect: {e}"));
+                        break;
+                    }
+                },
+            };
+            let mut stream = stream;
+            let sent = stream.write_all(request.as_bytes());
+            let (reply, got_bytes) = match sent {
+                Ok(()) => read_reply_counting(&mut stream),
+                Err(e) => (Err(e), false),
+            };
+            match reply {
+                Ok(reply) => {
+                    let close = reply
+                        .header("connection")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                    tally.answers.push(Answer {
+                        at: start.elapsed().as_secs_f64(),
+                        status: reply.status,
+                        body: reply.text(),
+                    });
+                    if !close {
+                        connection = Some((stream, used + 1));
+                    }
+                    break;
+                }
+                Err(_) if used > 0 && !got_bytes && !retried => {
+                    retried = true;
+                    tally.retried += 1;
+                }
+                Err(e) => {
+                    tally.errors.push(format!("exchange: {e}"));
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    tally
+}
+
+/// Reads one reply; also says whether any byte arrived before a failure.
+fn read_reply_counting(stream: &mut TcpStream) -> (std::io::Result<Reply>, bool) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(reply) = parse_reply(&data) {
+            return (Ok(reply), true);
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                let err = std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("closed after {} bytes", data.len()),
+                );
+                return (Err(err), !data.is_empty());
+            }
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(e) => return (Err(e), !data.is_empty()),
+        }
+    }
+}
+
+/// The worker PIDs the supervisor's log names as started.
+pub fn started_workers(log: &[String]) -> Vec<i32> {
+    log.iter()
+        .filter_map(|line| {
+            let rest = line.split("started worker ").nth(1)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Whether a line containing `needle` is in the service's log by now.
+pub fn logged(service: &Service, needle: &str) -> bool {
+    service.log_lines().iter().any(|line| line.contains(needle))
 }
