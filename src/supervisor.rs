@@ -523,7 +523,8 @@ impl Supervisor {
         );
     }
 
-    /// Replaces the next worker of a rolling restart once no replacement is under way.
+    /// Replaces the next worker of a rolling restart once no replacement is under way; after
+    /// the last one, brings the number of workers to `workers` (it may have changed).
     fn roll_on(&mut self) {
         if self.phase != Phase::Serving || self.workers.iter().any(|w| w.replaces.is_some()) {
             return;
@@ -535,6 +536,29 @@ impl Supervisor {
             {
                 self.replace(old, Reason::Config);
                 return;
+            }
+        }
+        let wanted = self.loaded.settings.workers;
+        let serving = self.pids(|w| w.state != WorkerState::Stopping);
+        let planned = serving.len() + self.restarts_due.len();
+        if planned < wanted {
+            say!(
+                "starting {} more worker(s) (workers: {wanted})",
+                wanted - planned
+            );
+            for _ in planned..wanted {
+                if let Err(e) = self.spawn_worker(None) {
+                    say!("{e}; trying again");
+                    self.schedule_restart(None);
+                }
+            }
+        } else if planned > wanted && self.restarts_due.is_empty() {
+            say!(
+                "stopping {} worker(s) (workers: {wanted})",
+                planned - wanted
+            );
+            for pid in serving.into_iter().take(planned - wanted) {
+                self.stop(pid, Stop::Drain);
             }
         }
     }

@@ -387,6 +387,23 @@ fn sighup_replaces_every_worker_under_load_without_a_failed_request() {
     });
     assert!(logged(&service, "key `threads`: expected a whole number"));
     assert_eq!(get(port, "/").expect("still serving").status, 200);
+
+    // A new number of workers is applied after the rolling restart.
+    std::fs::write(
+        &config,
+        r#"{"mode": "production", "threads": 2, "workers": 3}"#,
+    )
+    .expect("write");
+    service.signal(SIGHUP);
+    wait_for("a third worker", Duration::from_secs(20), || {
+        logged(&service, "starting 1 more worker(s) (workers: 3)").then_some(())
+    });
+    let third = wait_for("its start", Duration::from_secs(5), || {
+        started_workers(&service.log_lines()).last().copied()
+    });
+    wait_for("the third worker ready", Duration::from_secs(10), || {
+        logged(&service, &format!("worker {third} ready")).then_some(())
+    });
 }
 
 #[test]
