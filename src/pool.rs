@@ -107,16 +107,16 @@ enum Fate {
     Exit,
 }
 
-/// A response for a request whose body was read, in the current drain state.
-fn read_body(close: bool) -> How {
+/// How to answer a request whose body has been read.
+fn after_body(close: bool) -> How {
     How {
         close,
         body_read: true,
     }
 }
 
-/// A response for a request whose body was not read.
-fn unread_body(close: bool) -> How {
+/// How to answer a request whose body has not been read.
+fn before_body(close: bool) -> How {
     How {
         close,
         body_read: false,
@@ -199,7 +199,7 @@ impl Pool {
                     incoming.request,
                     503,
                     "worker replaced\n",
-                    unread_body(true),
+                    before_body(true),
                 );
             }
         }
@@ -214,7 +214,7 @@ impl Pool {
                 .and_then(|running| running.request.take());
             if let Some(request) = request {
                 answered += 1;
-                let _ = bridge::send_text(request, 503, "worker replaced\n", read_body(true));
+                let _ = bridge::send_text(request, 503, "worker replaced\n", after_body(true));
             }
         }
         answered
@@ -333,11 +333,11 @@ impl Shared {
         let deadline = self.settings.timeout.map(|t| received + t);
         let expired = || deadline.is_some_and(|d| Instant::now() >= d);
         if self.stopped.load(Ordering::Acquire) {
-            let _ = bridge::send_text(request, 503, "shutting down\n", unread_body(true));
+            let _ = bridge::send_text(request, 503, "shutting down\n", before_body(true));
             return Fate::Continue;
         }
         if expired() {
-            send_timeout(request, unread_body(close));
+            send_timeout(request, before_body(close));
             return Fate::Continue;
         }
         if let Err(e) = copy.fill(&mut request, self.settings.max_body_bytes) {
@@ -345,14 +345,14 @@ impl Shared {
             return Fate::Continue;
         }
         if expired() {
-            send_timeout(request, read_body(close));
+            send_timeout(request, after_body(close));
             return Fate::Continue;
         }
         let health_probe = copy.path() == b"/healthz";
 
         let _inside = shared_gate(&self.gate);
         if self.stopped.load(Ordering::Acquire) {
-            let _ = bridge::send_text(request, 503, "shutting down\n", read_body(true));
+            let _ = bridge::send_text(request, 503, "shutting down\n", after_body(true));
             return Fate::Continue;
         }
         slot.begin(request, received, deadline);
@@ -368,7 +368,7 @@ impl Shared {
         let (request, written_off) = slot.end();
 
         if let Some(request) = request {
-            let how = read_body(self.closing());
+            let how = after_body(self.closing());
             let _ = match &answer {
                 Answer::Health(Ok(())) => bridge::send_text(request, 200, "ok\n", how),
                 Answer::Health(Err(reason)) => {
@@ -398,21 +398,21 @@ impl Shared {
                 declared: Some(len),
             } if len <= bridge::PARK_ABOVE_BYTES => {
                 let drain = thread::Builder::new().name("drain".into()).spawn(move || {
-                    bridge::send_text(request, 413, &too_large(limit), unread_body(close))
+                    bridge::send_text(request, 413, &too_large(limit), before_body(close))
                 });
                 if let Err(e) = drain {
                     say!("cannot start a thread to answer 413: {e}");
                 }
             }
             BodyError::TooLarge { .. } => {
-                let _ = bridge::send_text(request, 413, &too_large(limit), unread_body(close));
+                let _ = bridge::send_text(request, 413, &too_large(limit), before_body(close));
             }
             BodyError::Read(e) => {
                 let _ = bridge::send_text(
                     request,
                     400,
                     &format!("could not read the request body: {e}\n"),
-                    unread_body(close),
+                    before_body(close),
                 );
             }
         }
@@ -442,7 +442,7 @@ impl Shared {
                         if replace {
                             Shared::spawn_thread(&self);
                         }
-                        send_timeout(request, read_body(self.closing()));
+                        send_timeout(request, after_body(self.closing()));
                     }
                     Expiry::Idle => {}
                 }

@@ -134,7 +134,9 @@ pub fn run() -> Result<i32, Error> {
         listener: control_listener,
         stop_timeout: Duration::from_secs_f64(settings.stop_timeout_s),
     };
-    for command in commands(control, signals) {
+    let commands = commands(control, signals)
+        .map_err(|e| Error::boot("cannot start the control threads", e))?;
+    for command in commands {
         match command {
             Command::Probe(id) => worker.pool.probe(id),
             Command::Unready => worker.ready.store(false, Ordering::Release),
@@ -213,7 +215,10 @@ impl Worker {
 
 /// Commands from stdin lines and from signals, in one stream. The end of stdin (the
 /// supervisor is gone) reads as `stop`.
-fn commands(control: BufReader<std::io::Stdin>, mut signals: Signals) -> Receiver<Command> {
+fn commands(
+    control: BufReader<std::io::Stdin>,
+    mut signals: Signals,
+) -> std::io::Result<Receiver<Command>> {
     let (sender, receiver) = crossbeam_channel::unbounded();
     let from_signals: Sender<Command> = sender.clone();
     thread::Builder::new()
@@ -231,8 +236,7 @@ fn commands(control: BufReader<std::io::Stdin>, mut signals: Signals) -> Receive
                     return;
                 }
             }
-        })
-        .expect("starting the signal thread");
+        })?;
     thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -255,9 +259,8 @@ fn commands(control: BufReader<std::io::Stdin>, mut signals: Signals) -> Receive
                 }
             }
             let _ = sender.send(Command::Stop);
-        })
-        .expect("starting the control thread");
-    receiver
+        })?;
+    Ok(receiver)
 }
 
 /// A worker must not outlive its supervisor (e.g. after `kill -9` of the supervisor).
