@@ -3,6 +3,8 @@
 #   make test    every test: unit, integration (real binary, real sockets), `make run` itself
 #   make lint    rustfmt and clippy, as CI runs them
 #   make bench   the production hot path against bare tiny_http, in one run
+#   make image   the images microservice-rust and example-rum-counter (no registry needed)
+#   make test-docker  the images in a real Docker engine
 
 CARGO ?= cargo
 HOST ?= 127.0.0.1
@@ -10,7 +12,9 @@ PORT ?= 8080
 BIN := target/debug/microservice-rust
 EXAMPLE_LIB := target/debug/libexample_rum_counter.so
 
-.PHONY: build run test lint bench clean
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+
+.PHONY: build run test lint bench image test-docker clean
 
 build:
 	$(CARGO) build --workspace
@@ -30,5 +34,20 @@ lint:
 bench:
 	bash bench/hot-path.sh
 
+image:
+	$(CARGO) build --release -p microservice-rust -p example-rum-counter
+	bash docker/rootfs.sh
+	docker build -q -t microservice-rust:$(VERSION) -t microservice-rust --build-arg VERSION=$(VERSION) docker
+	mkdir -p example-rum-counter/build/lib
+	strip -o example-rum-counter/build/lib/libexample_rum_counter.so \
+		target/release/libexample_rum_counter.so
+	docker build -q -t example-rum-counter example-rum-counter
+	@docker images --format '{{.Repository}}:{{.Tag}}  {{.Size}}' microservice-rust
+	@docker images --format '{{.Repository}}:{{.Tag}}  {{.Size}}' example-rum-counter
+
+test-docker: image
+	python3 tests/docker_test.py
+
 clean:
 	$(CARGO) clean
+	rm -rf docker/build example-rum-counter/build

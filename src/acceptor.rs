@@ -79,13 +79,7 @@ impl Acceptor {
         ready: Arc<AtomicBool>,
         keep_alive: Duration,
     ) -> std::io::Result<Arc<Acceptor>> {
-        let mut poke_address = listener.local_addr()?;
-        if poke_address.ip().is_unspecified() {
-            poke_address.set_ip(match poke_address {
-                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
+        let poke_address = socket::reachable_address(&listener)?;
         let acceptor = Arc::new(Acceptor {
             listener,
             poke_address,

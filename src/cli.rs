@@ -1,7 +1,7 @@
 //! The command line. Every flag has an environment-variable twin, listed by `--help`.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::config::{Loaded, Lookup};
 use crate::error::Error;
 use crate::loader;
+use crate::socket;
 use crate::supervisor::Supervisor;
 use crate::worker;
 
@@ -71,7 +72,8 @@ struct RunArgs {
 struct HealthArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// The port the service listens on; else the one its config gives.
+    /// The port the service listens on; else the address PID 1 recorded, else the
+    /// config's port.
     #[arg(long, env = "MICROSERVICE_PORT", value_name = "PORT")]
     port: Option<u16>,
 }
@@ -129,28 +131,43 @@ fn check_config(args: ConfigArgs) -> Result<i32, Error> {
     Ok(0)
 }
 
+/// Probes `/readyz` of the service: at `--port` on the loopback, else at the address the
+/// container's supervisor (PID 1) recorded, else at the port its config gives.
 fn healthcheck(args: HealthArgs) -> Result<i32, Error> {
-    let port = match args.port {
-        Some(port) => port,
-        None => resolve(&args.config)?.settings.port,
+    let address = match args.port {
+        Some(port) => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+        None => match recorded_address() {
+            Some(address) => address,
+            None => {
+                let port = resolve(&args.config)?.settings.port;
+                SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))
+            }
+        },
     };
-    match probe_readyz(port) {
+    match probe_readyz(address) {
         Ok(200) => Ok(0),
         Ok(status) => {
-            eprintln!("/readyz on port {port} answered {status}");
+            eprintln!("/readyz at {address} answered {status}");
             Ok(1)
         }
         Err(e) => {
-            eprintln!("/readyz on port {port}: {e}");
+            eprintln!("/readyz at {address}: {e}");
             Ok(1)
         }
     }
 }
 
-/// GET /readyz on the loopback; the status code it answers.
-fn probe_readyz(port: u16) -> std::io::Result<u16> {
+fn recorded_address() -> Option<SocketAddr> {
+    std::fs::read_to_string(socket::address_file(1))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// GET /readyz; the status code it answers.
+fn probe_readyz(address: SocketAddr) -> std::io::Result<u16> {
     let timeout = Duration::from_secs(3);
-    let address = (std::net::Ipv4Addr::LOCALHOST, port).into();
     let mut stream = TcpStream::connect_timeout(&address, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;

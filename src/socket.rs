@@ -128,3 +128,21 @@ pub fn stop_listening(listener: &TcpListener) {
     // SAFETY: shutdown on our listening socket; on Linux this ends its LISTEN state.
     unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
 }
+
+/// Where a supervisor with this PID records the address it serves on, for `healthcheck`.
+pub fn address_file(pid: u32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("microservice-rust-{pid}.addr"))
+}
+
+/// The address a client on this machine reaches the service at: the bound one, with a
+/// wildcard replaced by the loopback.
+pub fn reachable_address(listener: &TcpListener) -> std::io::Result<std::net::SocketAddr> {
+    let mut address = listener.local_addr()?;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(address)
+}

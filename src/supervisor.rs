@@ -170,6 +170,7 @@ impl Supervisor {
             .map_err(|e| Error::io("cannot read the bound address", e))?;
         // Port 0 asks the system for a free port; the app is told the one in force.
         loaded.set("port", serde_json::json!(address.port()), "the bound port")?;
+        let address_file = AddressFile::write(&listener);
         let (sender, events) = crossbeam_channel::unbounded();
         signals::forward(sender.clone())?;
         let settings = &loaded.settings;
@@ -219,7 +220,9 @@ impl Supervisor {
         for _ in 0..supervisor.loaded.settings.workers {
             supervisor.spawn_worker(None)?;
         }
-        Ok(supervisor.supervise())
+        let code = supervisor.supervise();
+        drop(address_file);
+        Ok(code)
     }
 
     fn supervise(&mut self) -> i32 {
@@ -788,6 +791,33 @@ impl Supervisor {
                 "worker {pid} {how} while starting; restarting it in {} ms",
                 delay.as_millis()
             );
+        }
+    }
+}
+
+/// The file naming the address this supervisor serves on (see `socket::address_file`),
+/// removed when the supervisor ends.
+struct AddressFile(Option<std::path::PathBuf>);
+
+impl AddressFile {
+    fn write(listener: &TcpListener) -> AddressFile {
+        let path = socket::address_file(std::process::id());
+        let written = socket::reachable_address(listener)
+            .and_then(|address| std::fs::write(&path, format!("{address}\n")));
+        match written {
+            Ok(()) => AddressFile(Some(path)),
+            Err(e) => {
+                say!("cannot record the address in {}: {e}", path.display());
+                AddressFile(None)
+            }
+        }
+    }
+}
+
+impl Drop for AddressFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
         }
     }
 }

@@ -274,3 +274,24 @@ fn sigterm_and_sigint_are_forwarded_and_the_exit_status_passed_through() {
         assert!(log.contains("fixture: shutdown hook ran"), "{log}");
     }
 }
+
+#[test]
+fn healthcheck_exits_0_while_serving_and_the_address_file_goes_with_the_supervisor() {
+    let mut service = Service::start(&fixture_lib(), r#"{"mode": "dev"}"#);
+    let port = service.port.to_string();
+    let file = std::env::temp_dir().join(format!("microservice-rust-{}.addr", service.pid()));
+    let recorded = std::fs::read_to_string(&file).expect("the address file");
+    assert_eq!(recorded.trim(), format!("127.0.0.1:{port}"));
+    assert_eq!(
+        run(&["healthcheck", "--port", &port], &[]).status.code(),
+        Some(0)
+    );
+    service.signal(15);
+    assert_eq!(service.wait_exit(Duration::from_secs(10)), 0);
+    assert!(!file.exists(), "{} outlived the supervisor", file.display());
+    let after = run(&["healthcheck", "--port", &port], &[]);
+    assert_eq!(after.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&after.stderr).contains(&format!("/readyz at 127.0.0.1:{port}"))
+    );
+}

@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""The images in a real Docker engine: `make test-docker`.
+
+Every container runs with --network host on a free loopback port (the workplace has no
+bridge network). Timing checks state their tolerance. Prints one line per check and a
+closing "N passed, M failed"; exits non-zero on any failure.
+"""
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+IMAGE = "example-rum-counter"
+BASE = "microservice-rust"
+TOLERANCE_S = 0.45
+CONTAINERS = []
+
+
+def docker(*args, check=True):
+    result = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def logs(name):
+    """What the container wrote (the service logs on stderr)."""
+    result = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
+    return result.stdout + result.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port, path, timeout=30):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def wait_for(what, limit, check):
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            value = check()
+        except OSError:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def run_container(*args, docker_args=(), port=None):
+    """Starts the example image; returns (name, port) once /readyz is 200. Without `port`
+    it picks a free one and passes it as --port; with one, the config must give it."""
+    port_args = ()
+    if port is None:
+        port = free_port()
+        port_args = ("--port", str(port))
+    name = f"msr-test-{os.getpid()}-{len(CONTAINERS)}"
+    docker("run", "-d", "--network", "host", "--name", name, *docker_args, IMAGE,
+           *port_args, *args)
+    CONTAINERS.append(name)
+    wait_for("/readyz", 20, lambda: get(port, "/readyz", timeout=2)[0] == 200)
+    return name, port
+
+
+def parallel_gets(port, path, count):
+    """Sends `count` GETs at once; returns sorted (seconds, status, body)."""
+    start = time.monotonic()
+    results = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(count)
+
+    def one():
+        barrier.wait()
+        status, body = get(port, path)
+        with lock:
+            results.append((time.monotonic() - start, status, body))
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(results)
+
+
+def near(actual, ideal):
+    return abs(actual - ideal) <= TOLERANCE_S
+
+
+def test_dev_answers_one_request_at_a_time():
+    _, port = run_container()
+    results = parallel_gets(port, "/delay/1", 4)
+    times = [round(t, 2) for t, _, _ in results]
+    assert all(s == 200 and "rnd=" in b for _, s, b in results), results
+    for i, t in enumerate(times):
+        assert near(t, i + 1), f"answer {i + 1} at {t}s; all {times}"
+    return f"answers at {times} s"
+
+
+def test_production_answers_in_batches_of_4():
+    _, port = run_container("--env", "production")
+    results = parallel_gets(port, "/delay/1", 11)
+    times = [round(t, 2) for t, _, _ in results]
+    assert all(s == 200 and "rnd=" in b for _, s, b in results), results
+    for batch, size in ((1, 4), (2, 4), (3, 3)):
+        got = sum(1 for t in times if near(t, batch))
+        assert got == size, f"{got} answers near {batch}s; all {times}"
+    return f"answers at {times} s"
+
+
+def test_the_environment_variable_selects_production_too():
+    for args, env in (((), ("-e", "MICROSERVICE_ENV=production")), (("--env", "production"), ())):
+        out = docker("run", "--rm", "--network", "host", *env, IMAGE, "check-config", *args)
+        report = json.loads(out)
+        config = report["config"]
+        assert report["source"] == "/opt/example-rum-counter/config/production/config.json", report
+        assert (config["mode"], config["threads"], config["rums_limit"]) == ("production", 4, 2)
+    return "check-config: production, 4 threads, from /opt/example-rum-counter/config/production/"
+
+
+def test_docker_reports_healthy_on_a_port_given_on_the_command_line():
+    name, _ = run_container()
+    started = time.monotonic()
+    wait_for("healthy", 30,
+             lambda: docker("inspect", "-f", "{{.State.Health.Status}}", name) == "healthy")
+    return f"healthy after {time.monotonic() - started:.1f}s (HEALTHCHECK interval 5s)"
+
+
+def mounted_config(config):
+    """A directory with config.json holding `config`, as docker arguments for CONFIG_PATH."""
+    config_dir = tempfile.mkdtemp(prefix="msr-docker-")
+    with open(os.path.join(config_dir, "config.json"), "w") as f:
+        json.dump(config, f)
+    os.chmod(config_dir, 0o755)
+    return ("-v", f"{config_dir}:/cfg:ro", "-e", "CONFIG_PATH=/cfg")
+
+
+def test_docker_reports_healthy_on_a_port_given_by_the_config():
+    port = free_port()
+    name, _ = run_container(docker_args=mounted_config({"port": port}), port=port)
+    started = time.monotonic()
+    wait_for("healthy", 30,
+             lambda: docker("inspect", "-f", "{{.State.Health.Status}}", name) == "healthy")
+    return f"port {port} from the config; healthy after {time.monotonic() - started:.1f}s"
+
+
+def test_docker_stop_lets_a_slow_request_finish_and_exits_0():
+    name, port = run_container()
+    outcome = {}
+
+    def slow():
+        outcome["reply"] = get(port, "/delay/3")
+
+    request = threading.Thread(target=slow)
+    request.start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    docker("stop", name)
+    stopped = time.monotonic() - started
+    request.join()
+    status, body = outcome["reply"]
+    assert status == 200 and "rnd=" in body, outcome
+    code = docker("inspect", "-f", "{{.State.ExitCode}}", name)
+    assert code == "0", f"exit code {code}"
+    assert stopped < 10, f"docker stop took {stopped:.1f}s"
+    return f"slow request 200, exit 0, docker stop took {stopped:.1f}s"
+
+
+def test_the_watchdog_replaces_a_hung_worker_in_the_container():
+    name, port = run_container(docker_args=mounted_config(
+        {"mode": "production", "threads": 2, "request_timeout_s": 0,
+         "watchdog": {"interval_s": 1, "timeout_s": 0.5, "failures": 2}}))
+    hung = [threading.Thread(target=lambda: get(port, "/delay/1000", timeout=60))
+            for _ in range(2)]
+    for t in hung:
+        t.start()
+    started = time.monotonic()
+    wait_for("the watchdog's replacement", 15,
+             lambda: "took over from" in logs(name) and "(watchdog)" in logs(name))
+    replaced = time.monotonic() - started
+    assert get(port, "/")[0] == 200
+    assert docker("inspect", "-f", "{{.State.Running}}", name) == "true"
+    for t in hung:
+        t.join()
+    return f"replaced {replaced:.1f}s after the hang; the container stays up"
+
+
+def test_pid_1_is_the_supervisor_running_as_the_unprivileged_user():
+    name, _ = run_container()
+    host_pid = docker("inspect", "-f", "{{.State.Pid}}", name)
+    with open(f"/proc/{host_pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f if ":" in line)
+    with open(f"/proc/{host_pid}/cmdline") as f:
+        command = f.read().split("\0")
+    assert command[0] == "/usr/local/bin/microservice-rust", command
+    assert status["NSpid"].split()[-1] == "1", status["NSpid"]
+    assert status["Uid"].split()[0] == "10001", status["Uid"]
+    children = open(f"/proc/{host_pid}/task/{host_pid}/children").read().split()
+    for child in children:
+        with open(f"/proc/{child}/status") as f:
+            uid = [line for line in f if line.startswith("Uid:")][0].split()[1]
+        assert uid == "10001", f"worker {child} runs as {uid}"
+    return f"PID 1 is {' '.join(command).strip()}, uid 10001; {len(children)} worker(s) uid 10001"
+
+
+def test_image_sizes():
+    sizes = {image: int(docker("image", "inspect", "-f", "{{.Size}}", image))
+             for image in (BASE, IMAGE)}
+    assert sizes[BASE] < 20 * 1024 * 1024, sizes
+    return ", ".join(f"{image} {size / 1e6:.1f} MB" for image, size in sizes.items())
+
+
+def main():
+    tests = [(name, fn) for name, fn in globals().items() if name.startswith("test_")]
+    passed = failed = 0
+    for name, test in tests:
+        try:
+            detail = test()
+            passed += 1
+            print(f"ok    {name}: {detail}", flush=True)
+        except Exception:  # noqa: BLE001 - every failure is reported, the run goes on
+            failed += 1
+            print(f"FAIL  {name}", flush=True)
+            traceback.print_exc()
+        finally:
+            for container in CONTAINERS:
+                subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+            CONTAINERS.clear()
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
