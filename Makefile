@@ -47,6 +47,7 @@ image:
 
 test-docker: image
 	python3 tests/docker_test.py
+	bash docker/examples/check.sh
 
 clean:
 	$(CARGO) clean
