@@ -137,6 +137,17 @@ def test_the_environment_variable_selects_production_too():
     return "check-config: production, 4 threads, from /opt/example-rum-counter/config/production/"
 
 
+def test_the_base_image_default_config_is_the_last_fallback():
+    report = json.loads(docker("run", "--rm", "--network", "host", BASE, "check-config"))
+    assert report["source"] == "/etc/microservice-rust/config.json", report
+    with open(os.path.join(os.path.dirname(__file__), "..", "config.json")) as f:
+        shipped = json.load(f)
+    config = report["config"]
+    for key in ("mode", "threads", "workers", "port", "max_body_bytes", "stop_timeout_s"):
+        assert config[key] == shipped[key], (key, config[key], shipped[key])
+    return "check-config in the base image reads /etc/microservice-rust/config.json"
+
+
 def test_docker_reports_healthy_on_a_port_given_on_the_command_line():
     name, _ = run_container()
     started = time.monotonic()
