@@ -2,7 +2,7 @@
 #   make run     build and serve the example in dev mode on 127.0.0.1:8080 (no Docker)
 #   make test    every test: unit, integration (real binary, real sockets), `make run` itself
 #   make lint    rustfmt and clippy, as CI runs them
-#   make bench   the production hot path against bare tiny_http, in one run
+#   make bench   the product's figures beside bare tiny_http's, in one run: bench/RESULTS.md
 #   make image   the images microservice-rust and example-rum-counter (no registry needed)
 #   make test-docker  the images in a real Docker engine
 
@@ -32,7 +32,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench:
-	bash bench/hot-path.sh
+	python3 bench/run.py
 
 image:
 	$(CARGO) build --release -p microservice-rust -p example-rum-counter

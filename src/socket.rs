@@ -146,3 +146,21 @@ pub fn reachable_address(listener: &TcpListener) -> std::io::Result<std::net::So
     }
     Ok(address)
 }
+
+/// Accepted connections on `listener`'s port with input waiting to be read, as
+/// (socket inode, unread bytes); each connection once (tiny_http holds two fds for one).
+pub fn unread_input(listener: &TcpListener) -> Vec<(u64, usize)> {
+    let mut found: Vec<(u64, usize)> = Vec::new();
+    for fd in accepted_connections(listener) {
+        let Some(inode) = inode(fd) else { continue };
+        if found.iter().any(|(i, _)| *i == inode) {
+            continue;
+        }
+        let mut waiting: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int for a socket.
+        if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut waiting) } == 0 && waiting > 0 {
+            found.push((inode, waiting as usize));
+        }
+    }
+    found
+}

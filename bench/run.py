@@ -1,0 +1,445 @@
+#!/usr/bin/env python3
+"""`make bench`: the product's numbers beside bare tiny_http, measured in the same run.
+
+Product: microservice-rust in production mode with default settings (17 threads) serving
+the example app. Baseline: examples/bare-tiny-http.rs, 17 threads calling recv(). Load:
+wrk on loopback, each run bounded in time. Product and baseline alternate, ROUNDS times,
+and the medians are reported. Writes bench/RESULTS.md and bench/chart.png.
+
+Environment: ROUNDS (default 3), DURATION (seconds per wrk run, default 5),
+CONNECTIONS (default "1,16,64,256,1024").
+"""
+
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+BINARY = os.path.join(RELEASE, "microservice-rust")
+BASELINE = os.path.join(RELEASE, "examples", "bare-tiny-http")
+EXAMPLE_LIB = os.path.join(RELEASE, "libexample_rum_counter.so")
+FIXTURE_LIB = os.path.join(RELEASE, "libfixture_app.so")
+
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+DURATION = int(os.environ.get("DURATION", "5"))
+CONNECTIONS = [int(c) for c in os.environ.get("CONNECTIONS", "1,16,64,256,1024").split(",")]
+
+
+def step(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def prepare():
+    if not shutil.which("wrk"):
+        step("installing wrk (apt)")
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    step("building release binaries")
+    for args in (["-p", "microservice-rust", "-p", "example-rum-counter", "-p", "fixture-app"],
+                 ["-p", "microservice-rust", "--example", "bare-tiny-http"]):
+        subprocess.run(["cargo", "build", "--release", "--quiet", *args], cwd=ROOT, check=True)
+    # 1024 connections need more than 1024 fds on both sides.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port, path="/", timeout=5):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return r.status, r.read().decode()
+
+
+def wait_answer(port, limit=30, expect=None):
+    """Polls GET / every millisecond; returns when it answers (with `expect`, if given)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            status, body = get(port, timeout=2)
+            if status == 200 and (expect is None or body == expect):
+                return
+        except OSError:
+            pass
+        time.sleep(0.001)
+    raise RuntimeError(f"port {port} did not answer {expect!r} within {limit}s")
+
+
+class Server:
+    """A server process; `kind` is "product" or "baseline"."""
+
+    def __init__(self, kind, config=None, app=EXAMPLE_LIB):
+        self.kind = kind
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="msr-bench-")
+        if kind == "product":
+            path = os.path.join(self.dir, "config.json")
+            with open(path, "w") as f:
+                json.dump(config or {"mode": "production"}, f)
+            command = [BINARY, "--host", "127.0.0.1", "--port", str(self.port),
+                       "--app", app, "--config", path]
+        else:
+            command = [BASELINE, f"127.0.0.1:{self.port}"]
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True)
+        self.log = []
+        threading.Thread(target=self._read_log, daemon=True).start()
+
+    def _read_log(self):
+        for line in self.process.stderr:
+            self.log.append(line)
+
+    def ready(self):
+        wait_answer(self.port)
+        return time.monotonic() - self.started
+
+    def rss_kib(self):
+        """Resident memory of the process and its children (the workers)."""
+        pids = [self.process.pid]
+        try:
+            with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+        total = 0
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    total += next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+            except (OSError, StopIteration):
+                pass
+        return total
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wrk(port, connections):
+    """One bounded wrk run; returns requests/s, p50 and p99 in milliseconds, errors."""
+    threads = min(2, connections)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{DURATION}s", "--latency",
+         "--timeout", "5s", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, timeout=DURATION + 30).stdout
+    result = {"rps": 0.0, "p50": None, "p99": None, "mean": None, "errors": 0}
+    for line in out.splitlines():
+        words = line.split()
+        if line.strip().startswith("Latency") and len(words) >= 3:
+            result["mean"] = milliseconds(words[1])
+        if line.startswith("Requests/sec:"):
+            result["rps"] = float(words[1])
+        elif len(words) == 2 and words[0] in ("50%", "99%"):
+            result["p" + words[0][:-1]] = milliseconds(words[1])
+        elif line.strip().startswith("Socket errors:"):
+            result["errors"] += sum(int(w.strip(",")) for w in words if w.strip(",").isdigit())
+        elif line.strip().startswith("Non-2xx"):
+            result["errors"] += int(words[-1])
+    # Little's law: the connections actually in service. wrk's latencies count answered
+    # requests only, so a server that leaves connections unread shows fast percentiles
+    # and low throughput; this figure shows it.
+    result["served"] = result["rps"] * (result["mean"] or 0) / 1000
+    return result
+
+
+def milliseconds(text):
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+def measure_throughput():
+    """Alternates product and baseline at each connection count; medians per figure."""
+    samples = {(kind, c): [] for kind in ("product", "baseline") for c in CONNECTIONS}
+    memory = {"product": [], "baseline": []}
+    servers = {"product": Server("product"), "baseline": Server("baseline")}
+    try:
+        for server in servers.values():
+            server.ready()
+        time.sleep(0.5)
+        idle = {kind: s.rss_kib() for kind, s in servers.items()}
+        for round_ in range(1, ROUNDS + 1):
+            for c in CONNECTIONS:
+                for kind in ("product", "baseline"):
+                    server = servers[kind]
+                    peak = [0]
+                    done = threading.Event()
+
+                    def sample(server=server, peak=peak, done=done):
+                        while not done.wait(0.25):
+                            peak[0] = max(peak[0], server.rss_kib())
+
+                    sampler = threading.Thread(target=sample)
+                    sampler.start()
+                    result = wrk(server.port, c)
+                    done.set()
+                    sampler.join()
+                    if c == 64:
+                        memory[kind].append(peak[0])
+                    samples[(kind, c)].append(result)
+                    step(f"round {round_}/{ROUNDS}, {c:4} connections, {kind:8}: "
+                         f"{result['rps']:9.0f} req/s, p50 {result['p50']:.3f} ms, "
+                         f"p99 {result['p99']:.3f} ms, in service {result['served']:6.1f}, "
+                         f"errors {result['errors']}")
+    finally:
+        for server in servers.values():
+            server.stop()
+    medians = {}
+    for key, runs in samples.items():
+        medians[key] = {
+            "rps": statistics.median(r["rps"] for r in runs),
+            "p50": statistics.median(r["p50"] for r in runs),
+            "p99": statistics.median(r["p99"] for r in runs),
+            "errors": sum(r["errors"] for r in runs),
+            "runs": [round(r["rps"]) for r in runs],
+            "served": statistics.median(r["served"] for r in runs),
+            "served_runs": [round(r["served"], 1) for r in runs],
+            "p99_runs": [r["p99"] for r in runs],
+        }
+    loaded = {kind: statistics.median(values) for kind, values in memory.items()}
+    return medians, idle, loaded
+
+
+def measure_start():
+    times = {"product": [], "baseline": []}
+    for _ in range(5):
+        for kind in times:
+            server = Server(kind)
+            times[kind].append(server.ready())
+            server.stop()
+    step(f"start to first 200: product {statistics.median(times['product']) * 1000:.1f} ms, "
+         f"baseline {statistics.median(times['baseline']) * 1000:.1f} ms")
+    return {kind: statistics.median(values) for kind, values in times.items()}
+
+
+def measure_reload():
+    """Dev mode: the app library replaced (renamed over, as a build does) to new code."""
+    directory = tempfile.mkdtemp(prefix="msr-bench-reload-")
+    app = os.path.join(directory, "libapp.so")
+    shutil.copy(EXAMPLE_LIB, app)
+    server = Server("product", config={"mode": "dev"}, app=app)
+    took = []
+    try:
+        server.ready()
+        for i in range(6):
+            source, answer = (FIXTURE_LIB, "fixture") if i % 2 == 0 else (EXAMPLE_LIB, "OK")
+            time.sleep(0.3)
+            shutil.copy(source, app + ".tmp")
+            os.rename(app + ".tmp", app)
+            started = time.monotonic()
+            wait_answer(server.port, expect=answer)
+            took.append(time.monotonic() - started)
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    step(f"dev reload: new code answering after {statistics.median(took) * 1000:.0f} ms "
+         f"(median of {len(took)})")
+    return statistics.median(took)
+
+
+def measure_watchdog():
+    """Default watchdog (interval 5 s, timeout 2 s, 3 failures): all 17 threads hang."""
+    server = Server("product", config={"mode": "production", "request_timeout_s": 0})
+    try:
+        server.ready()
+        for _ in range(17):
+            threading.Thread(target=lambda: _quietly(get, server.port, "/delay/1000", 120),
+                             daemon=True).start()
+        time.sleep(0.2)
+        started = time.monotonic()
+        while True:
+            if any("took over from" in line for line in server.log):
+                try:
+                    if get(server.port, timeout=2)[0] == 200:
+                        break
+                except OSError:
+                    pass
+            if time.monotonic() - started > 30:
+                raise RuntimeError("no replacement within 30 s")
+            time.sleep(0.01)
+        took = time.monotonic() - started
+    finally:
+        server.stop()
+    step(f"watchdog: a new worker answering {took:.2f} s after all threads hung "
+         f"(bound 5 + 3 x 2 + 1 = 12 s)")
+    return took
+
+
+def _quietly(function, *args):
+    try:
+        function(*args)
+    except OSError:
+        pass
+
+
+def measure_batches():
+    server = Server("product", config={"mode": "production", "threads": 4})
+    try:
+        server.ready()
+        threads = [threading.Thread(target=get, args=(server.port, "/delay/1", 10))
+                   for _ in range(11)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        took = time.monotonic() - started
+    finally:
+        server.stop()
+    step(f"11 parallel /delay/1 with 4 threads: {took:.2f} s")
+    return took
+
+
+def ratio(product, baseline):
+    return product / baseline if baseline else float("nan")
+
+
+def write_results(medians, idle, loaded, start, reload, watchdog, batches):
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                if l.startswith("model name")), "unknown")
+    wrk_version = subprocess.run(["wrk", "--version"], capture_output=True,
+                                 text=True).stdout.split("\n")[0]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "Product: microservice-rust, production mode, default settings (17 threads), the",
+        "example app's `GET /`. Baseline: bare tiny_http, 17 threads calling `recv()`",
+        f"(`examples/bare-tiny-http.rs`). Medians of {ROUNDS} alternating runs of",
+        f"`wrk --latency -d{DURATION}s` each, on loopback.",
+        "",
+        "| figure | product | baseline | ratio |",
+        "|---|---|---|---|",
+    ]
+    for c in CONNECTIONS:
+        p, b = medians[("product", c)], medians[("baseline", c)]
+        lines.append(f"| `GET /` throughput, {c} connections (req/s) | {p['rps']:,.0f} | "
+                     f"{b['rps']:,.0f} | {ratio(p['rps'], b['rps']):.2f} |")
+        lines.append(f"| `GET /` p50 / p99 latency, {c} connections (ms) | "
+                     f"{p['p50']:.3f} / {p['p99']:.3f} | {b['p50']:.3f} / {b['p99']:.3f} | "
+                     f"{ratio(p['p50'], b['p50']):.2f} / {ratio(p['p99'], b['p99']):.2f} |")
+        lines.append(f"| connections in service, {c} connections (req/s × mean latency) | "
+                     f"{p['served']:.1f} | {b['served']:.1f} | {ratio(p['served'], b['served']):.2f} |")
+    lines += [
+        f"| resident memory, idle (MiB; product: supervisor + worker) | {idle['product'] / 1024:.1f} | "
+        f"{idle['baseline'] / 1024:.1f} | {ratio(idle['product'], idle['baseline']):.2f} |",
+        f"| resident memory, peak under 64 connections (MiB) | {loaded['product'] / 1024:.1f} | "
+        f"{loaded['baseline'] / 1024:.1f} | {ratio(loaded['product'], loaded['baseline']):.2f} |",
+        f"| start to first 200 (ms) | {start['product'] * 1000:.1f} | "
+        f"{start['baseline'] * 1000:.1f} | {ratio(start['product'], start['baseline']):.2f} |",
+        f"| dev reload: library replaced to new code answering (ms) | {reload * 1000:.0f} | – | – |",
+        f"| watchdog (defaults): all threads hung to a new worker answering (s) | {watchdog:.2f} | – | – |",
+        f"| 11 parallel `/delay/1`, 4 threads, wall time (s) | {batches:.2f} | – | – |",
+        "",
+        "Errors (wrk socket errors and non-2xx answers, all runs): " + ", ".join(
+            f"{kind} {sum(medians[(kind, c)]['errors'] for c in CONNECTIONS)}"
+            for kind in ("product", "baseline")) + ".",
+        "",
+        "Throughput of each run (req/s), in order:",
+        "",
+    ]
+    for c in CONNECTIONS:
+        lines.append(f"- {c} connections: product {medians[('product', c)]['runs']}, "
+                     f"baseline {medians[('baseline', c)]['runs']}")
+    lines += [
+        "",
+        "p99 (ms) and connections in service of each run, product | baseline. A run in",
+        "which a server kept far fewer connections in service than wrk opened left some",
+        "unread: its percentiles then describe only the connections it served.",
+        "",
+    ]
+    for c in CONNECTIONS:
+        p, b = medians[("product", c)], medians[("baseline", c)]
+        lines.append(f"- {c} connections: p99 {p['p99_runs']} | {b['p99_runs']}; "
+                     f"in service {p['served_runs']} | {b['served_runs']}")
+    lines += [
+        "",
+        "Machine: " + f"{os.cpu_count()} cores ({cpu}), {platform.system()} "
+        f"{platform.release()}, {wrk_version}. wrk, both servers and everything else on",
+        "the machine share these cores, so absolute figures move from run to run; the ratio",
+        "of two servers measured in turn in the same run is the figure to read.",
+        "",
+        "![throughput and p99 latency against connections](chart.png)",
+        "",
+    ]
+    with open(os.path.join(ROOT, "bench", "RESULTS.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def write_chart(medians):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
+                        "--disable-pip-version-check", "matplotlib"], check=True)
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    for kind, label in (("product", "microservice-rust (17 threads)"),
+                        ("baseline", "bare tiny_http (17 threads)")):
+        top.plot(CONNECTIONS, [medians[(kind, c)]["rps"] for c in CONNECTIONS],
+                 marker="o", label=label)
+        bottom.plot(CONNECTIONS, [medians[(kind, c)]["p99"] for c in CONNECTIONS],
+                    marker="o", label=label)
+    top.set_ylabel("GET / throughput (req/s)")
+    bottom.set_ylabel("p99 latency (ms)")
+    bottom.set_yscale("log")
+    plain = matplotlib.ticker.FormatStrFormatter("%g")
+    bottom.yaxis.set_major_formatter(plain)
+    bottom.yaxis.set_minor_formatter(plain)
+    bottom.set_xlabel("connections")
+    bottom.set_xscale("log", base=2)
+    bottom.set_xticks(CONNECTIONS)
+    bottom.set_xticklabels([str(c) for c in CONNECTIONS])
+    for axis in (top, bottom):
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    top.set_title(f"medians of {ROUNDS} runs of wrk -d{DURATION}s, loopback, {os.cpu_count()} cores")
+    figure.tight_layout()
+    figure.savefig(os.path.join(ROOT, "bench", "chart.png"), dpi=100)
+
+
+def main():
+    prepare()
+    step("throughput and latency, product and baseline in turn")
+    medians, idle, loaded = measure_throughput()
+    step(f"resident memory: idle product {idle['product']} KiB, baseline {idle['baseline']} KiB")
+    start = measure_start()
+    reload = measure_reload()
+    watchdog = measure_watchdog()
+    batches = measure_batches()
+    write_results(medians, idle, loaded, start, reload, watchdog, batches)
+    write_chart(medians)
+    step("wrote bench/RESULTS.md and bench/chart.png")
+    print(open(os.path.join(ROOT, "bench", "RESULTS.md")).read())
+
+
+if __name__ == "__main__":
+    main()
