@@ -63,8 +63,7 @@ impl RequestCopy {
         }
         let start = self.text.len();
         if let Some(addr) = request.remote_addr() {
-            use std::io::Write;
-            let _ = write!(self.text, "{addr}");
+            push_address(&mut self.text, addr);
         }
         self.peer = start..self.text.len();
         read_body(request, max_body, &mut self.body)
@@ -94,6 +93,41 @@ impl RequestCopy {
             peer: span(&self.peer),
         }
     }
+}
+
+/// Writes `ip:port`. IPv4, the common case, without the formatting machinery: through
+/// `fmt` it cost about 5% of the worker's instructions per request (callgrind).
+fn push_address(text: &mut Vec<u8>, address: &std::net::SocketAddr) {
+    match address {
+        std::net::SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push(b'.');
+                }
+                push_decimal(text, octet.into());
+            }
+            text.push(b':');
+            push_decimal(text, v4.port().into());
+        }
+        std::net::SocketAddr::V6(_) => {
+            use std::io::Write;
+            let _ = write!(text, "{address}");
+        }
+    }
+}
+
+fn push_decimal(text: &mut Vec<u8>, mut value: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    text.extend_from_slice(&digits[at..]);
 }
 
 fn push(text: &mut Vec<u8>, bytes: &[u8]) -> Range<usize> {
@@ -228,4 +262,24 @@ fn park(request: Request, status: u16, body: &[u8]) {
     std::mem::forget(request.upgrade("close", response));
     let parked = PARKED.fetch_add(1, Ordering::Relaxed) + 1;
     say!("parked a connection that declared a {declared}-byte body ({parked} parked)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_address;
+
+    #[test]
+    fn addresses_read_as_display_writes_them() {
+        for address in [
+            "127.0.0.1:8080",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::1]:443",
+        ] {
+            let parsed: std::net::SocketAddr = address.parse().expect("an address");
+            let mut text = Vec::new();
+            push_address(&mut text, &parsed);
+            assert_eq!(String::from_utf8(text).expect("ASCII"), parsed.to_string());
+        }
+    }
 }
