@@ -242,7 +242,7 @@ def measure_throughput():
             "runs": [round(r["rps"]) for r in runs],
             "served": statistics.median(r["served"] for r in runs),
             "served_runs": [round(r["served"], 1) for r in runs],
-            "p99_runs": [r["p99"] for r in runs],
+            "p99_runs": [round(r["p99"], 3) for r in runs],
         }
     # Like for like: rounds in which the baseline kept at least 90% of the connections in
     # service (wrk's percentiles count answered requests only).
