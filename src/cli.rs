@@ -119,8 +119,8 @@ fn resolve_run(args: &RunArgs) -> Result<Loaded, Error> {
 }
 
 fn check_config(args: ConfigArgs) -> Result<i32, Error> {
-    let loaded = resolve(&args)?;
     let lookup = Lookup::from_environment(args.config, args.env);
+    let loaded = lookup.resolve()?;
     let report = json!({
         "source": loaded.source_name(),
         "env": lookup.env,

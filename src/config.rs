@@ -53,6 +53,16 @@ pub struct Watchdog {
     pub failures: u32,
 }
 
+impl Watchdog {
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.interval_s)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout_s)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct DevSettings {
     pub watch: Vec<String>,
@@ -134,6 +144,10 @@ impl Settings {
             Mode::Dev => 1,
             Mode::Production => self.threads,
         }
+    }
+
+    pub fn stop_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.stop_timeout_s)
     }
 
     pub fn keep_alive_timeout(&self) -> Duration {

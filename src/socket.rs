@@ -54,6 +54,14 @@ pub fn set_timeouts(listener: &TcpListener, timeout: Duration) -> std::io::Resul
 /// that are not the listening socket itself (tiny_http holds two fds per connection, a read
 /// and a write half).
 pub fn accepted_connections(listener: &TcpListener) -> Vec<std::os::fd::RawFd> {
+    accepted_sockets(listener)
+        .into_iter()
+        .map(|(fd, _)| fd)
+        .collect()
+}
+
+/// The accepted connections as (fd, socket inode).
+fn accepted_sockets(listener: &TcpListener) -> Vec<(std::os::fd::RawFd, u64)> {
     let Ok(port) = listener.local_addr().map(|a| a.port()) else {
         return Vec::new();
     };
@@ -63,7 +71,10 @@ pub fn accepted_connections(listener: &TcpListener) -> Vec<std::os::fd::RawFd> {
     };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&fd| inode(fd) != own && is_accepted_on(fd, port))
+        .filter_map(|fd| {
+            let socket = inode(fd)?;
+            (Some(socket) != own && is_accepted_on(fd, port)).then_some((fd, socket))
+        })
         .collect()
 }
 
@@ -151,8 +162,7 @@ pub fn reachable_address(listener: &TcpListener) -> std::io::Result<std::net::So
 /// (socket inode, unread bytes); each connection once (tiny_http holds two fds for one).
 pub fn unread_input(listener: &TcpListener) -> Vec<(u64, usize)> {
     let mut found: Vec<(u64, usize)> = Vec::new();
-    for fd in accepted_connections(listener) {
-        let Some(inode) = inode(fd) else { continue };
+    for (fd, inode) in accepted_sockets(listener) {
         if found.iter().any(|(i, _)| *i == inode) {
             continue;
         }

@@ -384,7 +384,7 @@ impl Supervisor {
     }
 
     fn mark_ready(&mut self, pid: i32) {
-        let interval = Duration::from_secs_f64(self.loaded.settings.watchdog.interval_s);
+        let interval = self.loaded.settings.watchdog.interval();
         let serving = self.phase == Phase::Serving;
         let Some(worker) = self.worker(pid) else {
             return;
@@ -425,7 +425,7 @@ impl Supervisor {
     /// Asks a worker to stop; SIGKILL follows at its deadline.
     fn stop(&mut self, pid: i32, how: Stop) {
         let grace = match how {
-            Stop::Drain => Duration::from_secs_f64(self.loaded.settings.stop_timeout_s),
+            Stop::Drain => self.loaded.settings.stop_timeout(),
             Stop::Abandon => Duration::from_secs(1),
         } + KILL_MARGIN;
         let command = match how {
@@ -584,8 +584,8 @@ impl Supervisor {
         if !settings.watchdog_enabled() || self.phase != Phase::Serving {
             return;
         }
-        let interval = Duration::from_secs_f64(settings.watchdog.interval_s);
-        let timeout = Duration::from_secs_f64(settings.watchdog.timeout_s);
+        let interval = settings.watchdog.interval();
+        let timeout = settings.watchdog.timeout();
         let failures = settings.watchdog.failures;
         let mut probe = Vec::new();
         let mut replace = Vec::new();
@@ -635,8 +635,8 @@ impl Supervisor {
 
     fn probe_answered(&mut self, pid: i32, id: u64, failure: Option<String>) {
         let settings = &self.loaded.settings;
-        let interval = Duration::from_secs_f64(settings.watchdog.interval_s);
-        let timeout = Duration::from_secs_f64(settings.watchdog.timeout_s);
+        let interval = settings.watchdog.interval();
+        let timeout = settings.watchdog.timeout();
         let failures = settings.watchdog.failures;
         let Some(worker) = self.worker(pid) else {
             return;

@@ -132,7 +132,7 @@ pub fn run() -> Result<i32, Error> {
         acceptor,
         ready,
         listener: control_listener,
-        stop_timeout: Duration::from_secs_f64(settings.stop_timeout_s),
+        stop_timeout: settings.stop_timeout(),
     };
     let commands = commands(control, signals)
         .map_err(|e| Error::boot("cannot start the control threads", e))?;
