@@ -3,7 +3,8 @@
 
 Product: microservice-rust in production mode with default settings (17 threads) serving
 the example app. Baseline: examples/bare-tiny-http.rs, 17 threads calling recv(). Load:
-wrk on loopback, each run bounded in time. Product and baseline alternate, ROUNDS times,
+wrk on loopback, each run bounded in time and preceded by the same warm-up for both.
+Product and baseline alternate, ROUNDS times,
 and the medians are reported. Writes bench/RESULTS.md and bench/chart.png.
 
 Environment: ROUNDS (default 5), DURATION (seconds per wrk run, default 5),
@@ -41,10 +42,12 @@ def step(message):
 
 
 def prepare():
-    if not shutil.which("wrk"):
-        step("installing wrk (apt)")
+    missing = [package for tool, package in (("wrk", "wrk"), ("ss", "iproute2"))
+               if not shutil.which(tool)]
+    if missing:
+        step(f"installing {' '.join(missing)} (apt)")
         subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True,
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     step("building release binaries")
     for args in (["-p", "microservice-rust", "-p", "example-rum-counter", "-p", "fixture-app"],
@@ -158,18 +161,56 @@ def settle(servers, limit=8.0):
         time.sleep(0.1)
 
 
+def warm_up(port, connections):
+    """Opens `connections` connections one after another, each answered once, then closes
+    them all: tiny_http starts a thread per connection only when its pool has no idle
+    thread, so this leaves both servers with a thread for every connection wrk will open.
+    Without it a burst of new connections can leave some unread (see `cold_bursts`)."""
+    streams = []
+    try:
+        for _ in range(connections):
+            stream = socket.create_connection(("127.0.0.1", port), timeout=5)
+            streams.append(stream)
+            stream.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = stream.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def unanswered(port):
+    """Server-side connections on `port` that have received a request and never sent a
+    byte (ss's tcp_info: no bytes_sent)."""
+    out = subprocess.run(["ss", "-tniH", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    sockets, count = 0, 0
+    for line in out.splitlines():
+        if line[:1].isspace():
+            sockets += 1
+            if "bytes_received" in line and "bytes_sent" not in line:
+                count += 1
+    return count
+
+
 def wrk(port, connections):
-    """One bounded wrk run; returns requests/s, p50 and p99 in milliseconds, errors."""
+    """One bounded wrk run; returns requests/s, p50 and p99 in milliseconds, errors, and
+    the connections left unanswered halfway through the run."""
     threads = min(2, connections)
-    out = subprocess.run(
+    run = subprocess.Popen(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{DURATION}s", "--latency",
          "--timeout", "5s", f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, timeout=DURATION + 30).stdout
-    result = {"rps": 0.0, "p50": None, "p99": None, "mean": None, "errors": 0}
+        stdout=subprocess.PIPE, text=True)
+    time.sleep(DURATION / 2)
+    left = unanswered(port)
+    out = run.communicate(timeout=DURATION + 30)[0]
+    result = {"rps": 0.0, "p50": None, "p99": None, "errors": 0, "unanswered": left}
     for line in out.splitlines():
         words = line.split()
-        if line.strip().startswith("Latency") and len(words) >= 3:
-            result["mean"] = milliseconds(words[1])
         if line.startswith("Requests/sec:"):
             result["rps"] = float(words[1])
         elif len(words) == 2 and words[0] in ("50%", "99%"):
@@ -178,10 +219,6 @@ def wrk(port, connections):
             result["errors"] += sum(int(w.strip(",")) for w in words if w.strip(",").isdigit())
         elif line.strip().startswith("Non-2xx"):
             result["errors"] += int(words[-1])
-    # Little's law: the connections actually in service. wrk's latencies count answered
-    # requests only, so a server that leaves connections unread shows fast percentiles
-    # and low throughput; this figure shows it.
-    result["served"] = result["rps"] * (result["mean"] or 0) / 1000
     return result
 
 
@@ -192,8 +229,27 @@ def milliseconds(text):
     return float(text)
 
 
+def summarize(runs):
+    return {
+        "rps": statistics.median(r["rps"] for r in runs),
+        "p50": statistics.median(r["p50"] for r in runs),
+        "p99": statistics.median(r["p99"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "runs": [round(r["rps"]) for r in runs],
+        "p99_runs": [round(r["p99"], 3) for r in runs],
+        "unanswered": [r["unanswered"] for r in runs],
+    }
+
+
+def report(label, kind, result):
+    step(f"{label}, {kind:8}: {result['rps']:9.0f} req/s, p50 {result['p50']:.3f} ms, "
+         f"p99 {result['p99']:.3f} ms, unanswered {result['unanswered']}, "
+         f"errors {result['errors']}")
+
+
 def measure_throughput():
-    """Alternates product and baseline at each connection count; medians per figure."""
+    """Alternates product and baseline at each connection count, each run after the same
+    warm-up; medians per figure."""
     samples = {(kind, c): [] for kind in ("product", "baseline") for c in CONNECTIONS}
     memory = {"product": [], "baseline": []}
     servers = {"product": Server("product"), "baseline": Server("baseline")}
@@ -216,6 +272,7 @@ def measure_throughput():
                         while not done.wait(0.25):
                             peak[0] = max(peak[0], server.rss_kib())
 
+                    warm_up(server.port, c)
                     sampler = threading.Thread(target=sample)
                     sampler.start()
                     result = wrk(server.port, c)
@@ -225,40 +282,30 @@ def measure_throughput():
                         memory[kind].append(peak[0])
                     samples[(kind, c)].append(result)
                     settle(servers.values())
-                    step(f"round {round_}/{ROUNDS}, {c:4} connections, {kind:8}: "
-                         f"{result['rps']:9.0f} req/s, p50 {result['p50']:.3f} ms, "
-                         f"p99 {result['p99']:.3f} ms, in service {result['served']:6.1f}, "
-                         f"errors {result['errors']}")
+                    report(f"round {round_}/{ROUNDS}, {c:4} connections", kind, result)
     finally:
         for server in servers.values():
             server.stop()
-    medians = {}
-    for key, runs in samples.items():
-        medians[key] = {
-            "rps": statistics.median(r["rps"] for r in runs),
-            "p50": statistics.median(r["p50"] for r in runs),
-            "p99": statistics.median(r["p99"] for r in runs),
-            "errors": sum(r["errors"] for r in runs),
-            "runs": [round(r["rps"]) for r in runs],
-            "served": statistics.median(r["served"] for r in runs),
-            "served_runs": [round(r["served"], 1) for r in runs],
-            "p99_runs": [round(r["p99"], 3) for r in runs],
-        }
-    # Like for like: rounds in which the baseline kept at least 90% of the connections in
-    # service (wrk's percentiles count answered requests only).
-    for c in CONNECTIONS:
-        pairs = [(p["p99"], b["p99"], p["rps"], b["rps"])
-                 for p, b in zip(samples[("product", c)], samples[("baseline", c)])
-                 if b["served"] >= 0.9 * c]
-        medians[("fair", c)] = {
-            "rounds": len(pairs),
-            "p99": (statistics.median(p for p, _, _, _ in pairs),
-                    statistics.median(b for _, b, _, _ in pairs)) if pairs else None,
-            "rps": (statistics.median(p for _, _, p, _ in pairs),
-                    statistics.median(b for _, _, _, b in pairs)) if pairs else None,
-        }
+    medians = {key: summarize(runs) for key, runs in samples.items()}
     loaded = {kind: statistics.median(values) for kind, values in memory.items()}
     return medians, idle, loaded
+
+
+def cold_bursts(connections=64):
+    """wrk's connections arriving at once at freshly started servers, with no warm-up:
+    the case in which tiny_http's pool leaves connections unread (src/acceptor.rs)."""
+    samples = {"product": [], "baseline": []}
+    for round_ in range(1, ROUNDS + 1):
+        for kind in samples:
+            server = Server(kind)
+            try:
+                server.ready()
+                result = wrk(server.port, connections)
+            finally:
+                server.stop()
+            samples[kind].append(result)
+            report(f"cold burst {round_}/{ROUNDS}, {connections} connections", kind, result)
+    return {kind: summarize(runs) for kind, runs in samples.items()}
 
 
 def measure_start():
@@ -355,7 +402,7 @@ def ratio(product, baseline):
     return product / baseline if baseline else float("nan")
 
 
-def write_results(medians, idle, loaded, start, reload, watchdog, batches):
+def write_results(medians, cold, idle, loaded, start, reload, watchdog, batches):
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                 if l.startswith("model name")), "unknown")
     wrk_version = subprocess.run(["wrk", "--version"], capture_output=True,
@@ -368,31 +415,35 @@ def write_results(medians, idle, loaded, start, reload, watchdog, batches):
         "example app's `GET /`. Baseline: bare tiny_http, 17 threads calling `recv()`",
         f"(`examples/bare-tiny-http.rs`). Medians of {ROUNDS} alternating runs of",
         f"`wrk --latency -d{DURATION}s` each, on loopback; connection counts in ascending",
-        "order, all rounds of one before the next.",
+        "order, all rounds of one before the next. Before each run, the same warm-up for",
+        "both: as many connections as the run will open, one after another, each answered",
+        "once, then closed (tiny_http starts a connection thread only when none is idle).",
+        "\"Unanswered\" counts the server's connections that, halfway through a run, had",
+        "received a request and never sent a byte (`ss`); wrk's percentiles cover answered",
+        "requests only, so they mean something only where that count is 0.",
         "",
         "| figure | product | baseline | ratio |",
         "|---|---|---|---|",
     ]
     for c in CONNECTIONS:
         p, b = medians[("product", c)], medians[("baseline", c)]
-        lines.append(f"| `GET /` throughput, {c} connections (req/s) | {p['rps']:,.0f} | "
-                     f"{b['rps']:,.0f} | {ratio(p['rps'], b['rps']):.2f} |")
-        lines.append(f"| `GET /` p50 / p99 latency, {c} connections (ms) | "
-                     f"{p['p50']:.3f} / {p['p99']:.3f} | {b['p50']:.3f} / {b['p99']:.3f} | "
-                     f"{ratio(p['p50'], b['p50']):.2f} / {ratio(p['p99'], b['p99']):.2f} |")
-        lines.append(f"| connections in service, {c} connections (req/s × mean latency) | "
-                     f"{p['served']:.1f} | {b['served']:.1f} | {ratio(p['served'], b['served']):.2f} |")
-        fair = medians[("fair", c)]
-        if fair["rounds"]:
-            (pp, bp), (pr, br) = fair["p99"], fair["rps"]
-            lines.append(f"| like for like, {c} connections: req/s and p99 (ms) over the "
-                         f"{fair['rounds']} round(s) with ≥90% of connections in service at the "
-                         f"baseline | {pr:,.0f} / {pp:.3f} | {br:,.0f} / {bp:.3f} | "
-                         f"{ratio(pr, br):.2f} / {ratio(pp, bp):.2f} |")
-        else:
-            lines.append(f"| like for like, {c} connections | – | no round with ≥90% of "
-                         f"connections in service | – |")
+        lines += [
+            f"| `GET /` throughput, {c} connections (req/s) | {p['rps']:,.0f} | "
+            f"{b['rps']:,.0f} | {ratio(p['rps'], b['rps']):.2f} |",
+            f"| `GET /` p50 / p99 latency, {c} connections (ms) | "
+            f"{p['p50']:.3f} / {p['p99']:.3f} | {b['p50']:.3f} / {b['p99']:.3f} | "
+            f"{ratio(p['p50'], b['p50']):.2f} / {ratio(p['p99'], b['p99']):.2f} |",
+            f"| connections unanswered halfway, {c} connections (most in a run) | "
+            f"{max(p['unanswered'])} | {max(b['unanswered'])} | – |",
+        ]
+    p, b = cold["product"], cold["baseline"]
     lines += [
+        f"| cold burst: 64 connections at a fresh server, no warm-up: connections "
+        f"unanswered halfway (median; most) | {statistics.median(p['unanswered']):.0f}; "
+        f"{max(p['unanswered'])} | {statistics.median(b['unanswered']):.0f}; "
+        f"{max(b['unanswered'])} | – |",
+        f"| cold burst: throughput (req/s) | {p['rps']:,.0f} | {b['rps']:,.0f} | "
+        f"{ratio(p['rps'], b['rps']):.2f} |",
         f"| resident memory, idle (MiB; product: supervisor + worker) | {idle['product'] / 1024:.1f} | "
         f"{idle['baseline'] / 1024:.1f} | {ratio(idle['product'], idle['baseline']):.2f} |",
         f"| resident memory, peak under 64 connections (MiB) | {loaded['product'] / 1024:.1f} | "
@@ -404,26 +455,19 @@ def write_results(medians, idle, loaded, start, reload, watchdog, batches):
         f"| 11 parallel `/delay/1`, 4 threads, wall time (s) | {batches:.2f} | – | – |",
         "",
         "Errors (wrk socket errors and non-2xx answers, all runs): " + ", ".join(
-            f"{kind} {sum(medians[(kind, c)]['errors'] for c in CONNECTIONS)}"
+            f"{kind} {sum(medians[(kind, c)]['errors'] for c in CONNECTIONS) + cold[kind]['errors']}"
             for kind in ("product", "baseline")) + ".",
         "",
-        "Throughput of each run (req/s), in order:",
+        "Each run in order, product | baseline: throughput (req/s); p99 (ms); connections",
+        "unanswered halfway.",
         "",
     ]
-    for c in CONNECTIONS:
-        lines.append(f"- {c} connections: product {medians[('product', c)]['runs']}, "
-                     f"baseline {medians[('baseline', c)]['runs']}")
-    lines += [
-        "",
-        "p99 (ms) and connections in service of each run, product | baseline. A run in",
-        "which a server kept far fewer connections in service than wrk opened left some",
-        "unread: its percentiles then describe only the connections it served.",
-        "",
-    ]
-    for c in CONNECTIONS:
-        p, b = medians[("product", c)], medians[("baseline", c)]
-        lines.append(f"- {c} connections: p99 {p['p99_runs']} | {b['p99_runs']}; "
-                     f"in service {p['served_runs']} | {b['served_runs']}")
+    rows = [(f"{c} connections", medians[("product", c)], medians[("baseline", c)])
+            for c in CONNECTIONS]
+    rows.append(("cold burst, 64 connections", cold["product"], cold["baseline"]))
+    for label, p, b in rows:
+        lines.append(f"- {label}: {p['runs']} | {b['runs']}; {p['p99_runs']} | "
+                     f"{b['p99_runs']}; {p['unanswered']} | {b['unanswered']}")
     lines += [
         "",
         "Machine: " + f"{os.cpu_count()} cores ({cpu}), {platform.system()} "
@@ -479,12 +523,14 @@ def main():
     prepare()
     step("throughput and latency, product and baseline in turn")
     medians, idle, loaded = measure_throughput()
+    step("cold bursts: 64 connections at freshly started servers")
+    cold = cold_bursts()
     step(f"resident memory: idle product {idle['product']} KiB, baseline {idle['baseline']} KiB")
     start = measure_start()
     reload = measure_reload()
     watchdog = measure_watchdog()
     batches = measure_batches()
-    write_results(medians, idle, loaded, start, reload, watchdog, batches)
+    write_results(medians, cold, idle, loaded, start, reload, watchdog, batches)
     write_chart(medians)
     step("wrote bench/RESULTS.md and bench/chart.png")
     print(open(os.path.join(ROOT, "bench", "RESULTS.md")).read())
