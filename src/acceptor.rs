@@ -42,6 +42,7 @@ use crossbeam_channel::Sender;
 use tiny_http::Server;
 
 use crate::bridge::{self, How, Incoming};
+use crate::metrics;
 use crate::pool::Job;
 use crate::say;
 use crate::socket;
@@ -264,10 +265,12 @@ impl Acceptor {
         self.abandoned.store(true, Ordering::Release);
     }
 
-    /// Stamps a request and queues it; `/readyz` is answered here, without the pool.
+    /// Stamps a request and queues it; `/readyz` is answered here, without the pool, and
+    /// `/metrics` on a thread of its own, so both answer while every pool thread is stuck.
     fn dispatch(&self, request: tiny_http::Request) {
         let received = Instant::now();
         let unread = How {
+            received,
             close: !self.ready.load(Ordering::Acquire),
             body_read: false,
         };
@@ -281,6 +284,19 @@ impl Acceptor {
                 false => (503, "not ready\n"),
             };
             let _ = bridge::send_text(request, status, text, unread);
+            return;
+        }
+        if request.url() == "/metrics" {
+            let spawned = thread::Builder::new()
+                .name("metrics".into())
+                .spawn(move || {
+                    let text = metrics::render();
+                    let _ = bridge::send_metrics(request, &text, unread);
+                });
+            if let Err(e) = spawned {
+                // The request went with the closure; tiny_http answers a dropped one 500.
+                say!("cannot start a thread to answer /metrics: {e}");
+            }
             return;
         }
         if let Err(unsent) = self.sink.send(Job::Http(Incoming { request, received })) {

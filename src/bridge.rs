@@ -13,7 +13,9 @@ use std::time::Instant;
 use microservice_rust::abi::{MsrBytes, MsrHeader, MsrRequest};
 use tiny_http::{Header, Method, Request, Response, StatusCode};
 
+use crate::access;
 use crate::loader::AppResponse;
+use crate::metrics;
 use crate::say;
 
 /// A request as the acceptor handed it to the pool, stamped when the worker read it.
@@ -165,6 +167,8 @@ static PARKED: AtomicUsize = AtomicUsize::new(0);
 /// How a response goes out.
 #[derive(Clone, Copy, Debug)]
 pub struct How {
+    /// When the worker read the request: its duration in the metrics counts from here.
+    pub received: Instant,
     /// Send `Connection: close`, so the client opens its next request on a new connection
     /// (while a worker drains; tiny_http itself never sends it).
     pub close: bool,
@@ -187,7 +191,34 @@ pub fn send_text(request: Request, status: u16, text: &str, how: How) -> io::Res
     send(request, status, headers.into_iter(), text.as_bytes(), how)
 }
 
+/// Sends the `/metrics` text.
+pub fn send_metrics(request: Request, text: &str, how: How) -> io::Result<()> {
+    let headers = [(
+        &b"Content-Type"[..],
+        &b"text/plain; version=0.0.4; charset=utf-8"[..],
+    )];
+    send(request, 200, headers.into_iter(), text.as_bytes(), how)
+}
+
 fn send<'h>(
+    request: Request,
+    status: u16,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    body: &[u8],
+    how: How,
+) -> io::Result<()> {
+    let method = request.method().clone();
+    let line = access::begin(&request, status, body.len());
+    let sent = write(request, status, headers, body, how);
+    let took = how.received.elapsed();
+    metrics::record(&method, status, took);
+    if let Some(line) = line {
+        access::finish(line, took);
+    }
+    sent
+}
+
+fn write<'h>(
     request: Request,
     status: u16,
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
@@ -261,6 +292,7 @@ fn park(request: Request, status: u16, body: &[u8]) {
     let response = Response::new(StatusCode(status), Vec::new(), body, Some(body.len()), None);
     std::mem::forget(request.upgrade("close", response));
     let parked = PARKED.fetch_add(1, Ordering::Relaxed) + 1;
+    metrics::count(metrics::Event::Parked);
     say!("parked a connection that declared a {declared}-byte body ({parked} parked)");
 }
 

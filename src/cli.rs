@@ -103,6 +103,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
 /// The config for `run`: looked up, with the command line's overrides and the app path.
 fn resolve_run(args: &RunArgs) -> Result<Loaded, Error> {
     let mut loaded = resolve(&args.config)?;
+    log_from_environment(&mut loaded)?;
     if let Some(port) = args.port {
         loaded.set("port", json!(port), "--port")?;
     }
@@ -118,9 +119,18 @@ fn resolve_run(args: &RunArgs) -> Result<Loaded, Error> {
     Ok(loaded)
 }
 
+/// `MICROSERVICE_LOG` sets `log_level` over the config file's.
+fn log_from_environment(loaded: &mut Loaded) -> Result<(), Error> {
+    match std::env::var("MICROSERVICE_LOG") {
+        Ok(level) => loaded.set("log_level", json!(level), "MICROSERVICE_LOG"),
+        Err(_) => Ok(()),
+    }
+}
+
 fn check_config(args: ConfigArgs) -> Result<i32, Error> {
     let lookup = Lookup::from_environment(args.config, args.env);
-    let loaded = lookup.resolve()?;
+    let mut loaded = lookup.resolve()?;
+    log_from_environment(&mut loaded)?;
     let report = json!({
         "source": loaded.source_name(),
         "env": lookup.env,

@@ -23,6 +23,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
+use crate::log::{Format, Level};
 
 /// Where the image keeps the repository's `config.json`, the last file looked at.
 pub const IMAGE_DEFAULTS: &str = "/etc/microservice-rust/config.json";
@@ -86,11 +87,13 @@ pub struct Settings {
     pub drain_time_s: f64,
     pub stop_timeout_s: f64,
     pub dev: DevSettings,
+    pub log_level: Level,
+    pub log_format: Format,
 }
 
 /// Limits of the numeric keys; past them a value is a typo, not a choice.
 const MAX_THREADS: u64 = 1024;
-const MAX_WORKERS: u64 = 64;
+pub const MAX_WORKERS: u64 = 64;
 const MAX_SECONDS: f64 = 86_400.0;
 const PRODUCTION_REQUEST_TIMEOUT_S: f64 = 60.0;
 
@@ -118,6 +121,8 @@ impl Default for Settings {
                 watch: Vec::new(),
                 build_command: None,
             },
+            log_level: Level::Info,
+            log_format: Format::Text,
         }
     }
 }
@@ -187,6 +192,8 @@ impl Settings {
                 "watch": self.dev.watch,
                 "build_command": self.dev.build_command,
             },
+            "log_level": self.log_level.name(),
+            "log_format": self.log_format.name(),
         })
     }
 }
@@ -363,6 +370,18 @@ impl Settings {
         }
         if let Some(v) = present(top, "dev") {
             s.dev = dev(&r, v)?;
+        }
+        if let Some(v) = present(top, "log_level") {
+            s.log_level = v
+                .as_str()
+                .and_then(Level::parse)
+                .ok_or_else(|| r.fail("log_level", Level::NAMES, v))?;
+        }
+        if let Some(v) = present(top, "log_format") {
+            s.log_format = v
+                .as_str()
+                .and_then(Format::parse)
+                .ok_or_else(|| r.fail("log_format", "\"text\" or \"json\"", v))?;
         }
         Ok(s)
     }

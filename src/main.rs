@@ -6,6 +6,7 @@
 //! `bridge` converts between tiny_http and the app's C ABI).
 
 mod acceptor;
+mod access;
 mod bridge;
 mod cli;
 mod config;
@@ -13,6 +14,7 @@ mod error;
 mod exit;
 mod loader;
 mod log;
+mod metrics;
 mod pool;
 mod reload;
 mod signals;

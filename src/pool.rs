@@ -34,6 +34,7 @@ use tiny_http::Request;
 
 use crate::bridge::{self, BodyError, How, Incoming, RequestCopy};
 use crate::loader::{AppResponse, LoadedApp};
+use crate::metrics;
 use crate::say;
 use crate::status::StatusPipe;
 
@@ -108,16 +109,18 @@ enum Fate {
 }
 
 /// How to answer a request whose body has been read.
-fn after_body(close: bool) -> How {
+fn after_body(close: bool, received: Instant) -> How {
     How {
+        received,
         close,
         body_read: true,
     }
 }
 
 /// How to answer a request whose body has not been read.
-fn before_body(close: bool) -> How {
+fn before_body(close: bool, received: Instant) -> How {
     How {
+        received,
         close,
         body_read: false,
     }
@@ -171,6 +174,21 @@ impl Pool {
 
     /// Requests waiting in the queue, and requests inside the app still awaiting their
     /// answer (a written-off thread's request has had its 504).
+    /// Samples the pool into this worker's gauges in the metrics.
+    pub fn sample(&self, gauges: &metrics::Gauges) {
+        let (queued, in_app) = self.busy();
+        let threads = self.shared.slots.lock().expect("slot list lock").len();
+        let written_off = self.shared.written_off.load(Ordering::Acquire);
+        let set = |gauge: &std::sync::atomic::AtomicU64, value: usize| {
+            gauge.store(value as u64, Ordering::Relaxed)
+        };
+        set(&gauges.queued, queued);
+        set(&gauges.in_flight, queued + in_app);
+        set(&gauges.threads_busy, in_app);
+        set(&gauges.threads, threads.saturating_sub(written_off));
+        set(&gauges.threads_written_off, written_off);
+    }
+
     pub fn busy(&self) -> (usize, usize) {
         let in_app = self
             .shared
@@ -199,7 +217,7 @@ impl Pool {
                     incoming.request,
                     503,
                     "worker replaced\n",
-                    before_body(true),
+                    before_body(true, incoming.received),
                 );
             }
         }
@@ -211,10 +229,15 @@ impl Pool {
                 .expect("slot lock")
                 .running
                 .as_mut()
-                .and_then(|running| running.request.take());
-            if let Some(request) = request {
+                .and_then(|running| Some((running.request.take()?, running.received)));
+            if let Some((request, received)) = request {
                 answered += 1;
-                let _ = bridge::send_text(request, 503, "worker replaced\n", after_body(true));
+                let _ = bridge::send_text(
+                    request,
+                    503,
+                    "worker replaced\n",
+                    after_body(true, received),
+                );
             }
         }
         answered
@@ -333,26 +356,26 @@ impl Shared {
         let deadline = self.settings.timeout.map(|t| received + t);
         let expired = || deadline.is_some_and(|d| Instant::now() >= d);
         if self.stopped.load(Ordering::Acquire) {
-            let _ = bridge::send_text(request, 503, "shutting down\n", before_body(true));
+            let _ = bridge::send_text(request, 503, "shutting down\n", before_body(true, received));
             return Fate::Continue;
         }
         if expired() {
-            send_timeout(request, before_body(close));
+            send_timeout(request, before_body(close, received));
             return Fate::Continue;
         }
         if let Err(e) = copy.fill(&mut request, self.settings.max_body_bytes) {
-            self.reject_body(request, e, close);
+            self.reject_body(request, e, close, received);
             return Fate::Continue;
         }
         if expired() {
-            send_timeout(request, after_body(close));
+            send_timeout(request, after_body(close, received));
             return Fate::Continue;
         }
         let health_probe = copy.path() == b"/healthz";
 
         let _inside = shared_gate(&self.gate);
         if self.stopped.load(Ordering::Acquire) {
-            let _ = bridge::send_text(request, 503, "shutting down\n", after_body(true));
+            let _ = bridge::send_text(request, 503, "shutting down\n", after_body(true, received));
             return Fate::Continue;
         }
         slot.begin(request, received, deadline);
@@ -368,7 +391,7 @@ impl Shared {
         let (request, written_off) = slot.end();
 
         if let Some(request) = request {
-            let how = after_body(self.closing());
+            let how = after_body(self.closing(), received);
             let _ = match &answer {
                 Answer::Health(Ok(())) => bridge::send_text(request, 200, "ok\n", how),
                 Answer::Health(Err(reason)) => {
@@ -391,28 +414,38 @@ impl Shared {
     /// by tiny_http when the request drops, at the client's pace, so that answer goes out
     /// on a thread of its own; the bridge parks a huge one instead (see
     /// `bridge::PARK_ABOVE_BYTES`).
-    fn reject_body(&self, request: Request, error: BodyError, close: bool) {
+    fn reject_body(&self, request: Request, error: BodyError, close: bool, received: Instant) {
         let limit = self.settings.max_body_bytes;
         match error {
             BodyError::TooLarge {
                 declared: Some(len),
             } if len <= bridge::PARK_ABOVE_BYTES => {
                 let drain = thread::Builder::new().name("drain".into()).spawn(move || {
-                    bridge::send_text(request, 413, &too_large(limit), before_body(close))
+                    bridge::send_text(
+                        request,
+                        413,
+                        &too_large(limit),
+                        before_body(close, received),
+                    )
                 });
                 if let Err(e) = drain {
                     say!("cannot start a thread to answer 413: {e}");
                 }
             }
             BodyError::TooLarge { .. } => {
-                let _ = bridge::send_text(request, 413, &too_large(limit), before_body(close));
+                let _ = bridge::send_text(
+                    request,
+                    413,
+                    &too_large(limit),
+                    before_body(close, received),
+                );
             }
             BodyError::Read(e) => {
                 let _ = bridge::send_text(
                     request,
                     400,
                     &format!("could not read the request body: {e}\n"),
-                    before_body(close),
+                    before_body(close, received),
                 );
             }
         }
@@ -438,11 +471,15 @@ impl Shared {
                     Expiry::Pending(deadline) => {
                         next = Some(next.map_or(deadline, |n| n.min(deadline)));
                     }
-                    Expiry::Fired { request, replace } => {
+                    Expiry::Fired {
+                        request,
+                        received,
+                        replace,
+                    } => {
                         if replace {
                             Shared::spawn_thread(&self);
                         }
-                        send_timeout(request, after_body(self.closing()));
+                        send_timeout(request, after_body(self.closing(), received));
                     }
                     Expiry::Idle => {}
                 }
@@ -466,6 +503,7 @@ impl Shared {
         match running.deadline {
             Some(deadline) if running.request.is_some() && deadline <= now => {
                 let request = running.request.take().expect("checked is_some");
+                let received = running.received;
                 let cap = self.settings.threads;
                 let replace = self
                     .written_off
@@ -474,7 +512,11 @@ impl Shared {
                     })
                     .is_ok();
                 state.written_off = replace;
-                Expiry::Fired { request, replace }
+                Expiry::Fired {
+                    request,
+                    received,
+                    replace,
+                }
             }
             Some(deadline) if running.request.is_some() => Expiry::Pending(deadline),
             _ => Expiry::Idle,
@@ -485,7 +527,11 @@ impl Shared {
 enum Expiry {
     Idle,
     Pending(Instant),
-    Fired { request: Request, replace: bool },
+    Fired {
+        request: Request,
+        received: Instant,
+        replace: bool,
+    },
 }
 
 enum Answer<'a> {
@@ -517,6 +563,7 @@ fn shared_gate(gate: &RwLock<()>) -> std::sync::RwLockReadGuard<'_, ()> {
 }
 
 fn send_timeout(request: Request, how: How) {
+    metrics::count(metrics::Event::Timeout);
     let _ = bridge::send_text(request, 504, "request timed out\n", how);
 }
 

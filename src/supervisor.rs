@@ -29,6 +29,7 @@ use crate::config::{Loaded, Mode};
 use crate::error::Error;
 use crate::exit;
 use crate::log;
+use crate::metrics::{self, Metrics, Restart, METRICS_FD};
 use crate::reload::{self, Changed, Identity};
 use crate::say;
 use crate::signals;
@@ -80,6 +81,14 @@ enum Reason {
 }
 
 impl Reason {
+    fn restart(self) -> Restart {
+        match self {
+            Reason::Watchdog => Restart::Watchdog,
+            Reason::Reload => Restart::Reload,
+            Reason::Config => Restart::Signal,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Reason::Watchdog => "watchdog",
@@ -155,6 +164,9 @@ pub struct Supervisor {
     /// Some worker has been ready since start: a later start-up failure may be passing.
     ever_ready: bool,
     exit_code: Option<i32>,
+    /// The shared metrics memory (see `metrics`), placed on each worker's METRICS_FD.
+    metrics_fd: OwnedFd,
+    slots: metrics::Slots,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -162,6 +174,7 @@ impl Supervisor {
     /// Binds, starts the workers and runs the loop; returns the exit code.
     pub fn run(mut loaded: Loaded, resolve: Resolve) -> Result<i32, Error> {
         log::set_role("supervisor");
+        log::configure(loaded.settings.log_level, loaded.settings.log_format);
         become_subreaper();
         let settings = &loaded.settings;
         let listener = socket::bind(settings.host, settings.port, settings.keep_alive_timeout())?;
@@ -198,7 +211,10 @@ impl Supervisor {
             }
             Mode::Production => None,
         };
+        let metrics_fd = Metrics::create()?;
         let mut supervisor = Supervisor {
+            metrics_fd,
+            slots: metrics::Slots::new(),
             listener,
             handoff: worker::handoff(&loaded.source_name(), &loaded.effective()),
             library: reload::identity(&app),
@@ -298,22 +314,50 @@ impl Supervisor {
         let (status_read, status_write) = pipe()?;
         let listen_fd = self.listener.as_raw_fd();
         let status_fd = status_write.as_raw_fd();
+        let metrics_fd = self.metrics_fd.as_raw_fd();
+        let slot = self.slots.take();
+        if slot.is_none() {
+            say!("no free metrics slot: the new worker's figures stay out of /metrics");
+        }
         let mut command = Command::new(exe);
         command
             .arg("worker")
             .env(SUPERVISOR_PID_VAR, std::process::id().to_string())
+            .env(
+                metrics::SLOT_VAR,
+                slot.map(|s| s.to_string()).unwrap_or_default(),
+            )
             .stdin(Stdio::piped())
             // Terminal signals go to the supervisor, which decides what the workers get.
             .process_group(0);
         // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
         unsafe {
-            command.pre_exec(move || place_fds(&[(listen_fd, LISTEN_FD), (status_fd, STATUS_FD)]));
+            command.pre_exec(move || {
+                place_fds(&[
+                    (listen_fd, LISTEN_FD),
+                    (status_fd, STATUS_FD),
+                    (metrics_fd, METRICS_FD),
+                ])
+            });
         }
-        let mut child = command
-            .spawn()
-            .map_err(|e| Error::io("cannot start a worker", e))?;
+        let spawned = command.spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                if let Some(slot) = slot {
+                    self.slots.release(slot);
+                }
+                return Err(Error::io("cannot start a worker", e));
+            }
+        };
         drop(status_write);
         let pid = child.id() as i32;
+        if let Some(slot) = slot {
+            self.slots.started(slot, pid);
+        }
+        if let Some((_, reason)) = replaces {
+            metrics::restarted(reason.restart());
+        }
         let mut control = child.stdin.take();
         if let Some(stdin) = control.as_mut() {
             // A worker that died at once closes the pipe; its exit status tells why.
@@ -703,9 +747,12 @@ impl Supervisor {
         let due = self.restarts_due.iter().filter(|at| now >= **at).count();
         self.restarts_due.retain(|at| now < *at);
         for _ in 0..due {
-            if let Err(e) = self.spawn_worker(None) {
-                say!("{e}; trying again");
-                self.schedule_restart(None);
+            match self.spawn_worker(None) {
+                Ok(_) => metrics::restarted(Restart::Crash),
+                Err(e) => {
+                    say!("{e}; trying again");
+                    self.schedule_restart(None);
+                }
             }
         }
     }
@@ -733,6 +780,9 @@ impl Supervisor {
                 continue;
             };
             let worker = self.workers.remove(index);
+            if let Some(slot) = self.slots.slot_of(pid) {
+                self.slots.release(slot);
+            }
             let how = exit::describe_wait_status(status);
             let code = exit::from_wait_status(status);
             match worker.state {
@@ -873,12 +923,12 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
 
 /// In the child between fork and exec: puts each `from` fd on its `to` number, inheritable.
 /// Goes through fresh numbers first so that one move cannot overwrite another's source.
-fn place_fds(moves: &[(RawFd, RawFd); 2]) -> std::io::Result<()> {
+fn place_fds(moves: &[(RawFd, RawFd); 3]) -> std::io::Result<()> {
     let check = |rc: i32| match rc {
         -1 => Err(std::io::Error::last_os_error()),
         rc => Ok(rc),
     };
-    let mut temporary = [0 as RawFd; 2];
+    let mut temporary = [0 as RawFd; 3];
     for (i, &(from, _)) in moves.iter().enumerate() {
         temporary[i] = check(unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 10) })?;
     }

@@ -17,17 +17,19 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
 use crate::acceptor::Acceptor;
+use crate::access;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::exit;
 use crate::loader::LoadedApp;
 use crate::log;
+use crate::metrics::{self, Metrics};
 use crate::pool::{Pool, PoolSettings};
 use crate::say;
 use crate::socket;
@@ -43,6 +45,8 @@ pub const SUPERVISOR_PID_VAR: &str = "MICROSERVICE_RUST_SUPERVISOR";
 /// How long the work must have been quiet before a draining worker closes the keep-alive
 /// connections that are still open but idle.
 const IDLE_CLOSE_AFTER: Duration = Duration::from_millis(200);
+/// How often the gauges in the metrics are brought up to date.
+const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 
 /// The first line the supervisor writes on the worker's stdin.
 pub fn handoff(source: &str, config: &Value) -> String {
@@ -65,6 +69,7 @@ enum Command {
 pub fn run() -> Result<i32, Error> {
     log::set_role("worker");
     die_with_parent();
+    Metrics::attach();
 
     let mut control = BufReader::new(std::io::stdin());
     let mut first = String::new();
@@ -80,6 +85,8 @@ pub fn run() -> Result<i32, Error> {
     let source = handoff["source"].as_str().unwrap_or("the supervisor");
     let config = &handoff["config"];
     let settings = Settings::from_json(config, source)?;
+    log::configure(settings.log_level, settings.log_format);
+    access::start().map_err(|e| Error::boot("cannot start the access log", e))?;
     let app_path = settings.app.clone().ok_or_else(|| {
         Error::boot(
             "the supervisor sent no app path",
@@ -136,7 +143,15 @@ pub fn run() -> Result<i32, Error> {
     };
     let commands = commands(control, signals)
         .map_err(|e| Error::boot("cannot start the control threads", e))?;
-    for command in commands {
+    loop {
+        let command = match commands.recv_timeout(SAMPLE_EVERY) {
+            Ok(command) => command,
+            Err(RecvTimeoutError::Timeout) => {
+                worker.sample();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         match command {
             Command::Probe(id) => worker.pool.probe(id),
             Command::Unready => worker.ready.store(false, Ordering::Release),
@@ -164,6 +179,15 @@ struct Worker {
 }
 
 impl Worker {
+    /// Puts the pool's and the connections' present figures into the metrics.
+    fn sample(&self) {
+        if let Some(gauges) = metrics::gauges() {
+            self.pool.sample(gauges);
+            let open = socket::accepted_connections(&self.listener).len();
+            gauges.connections.store(open as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Stops accepting, finishes what was read and lets clients close their connections,
     /// all within `stop_timeout`; then answers what is left with 503 and shuts the app down.
     fn drain(&self) {

@@ -121,7 +121,7 @@ fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
 
 /// A running `microservice-rust` on 127.0.0.1 and a free port.
 pub struct Service {
-    child: Child,
+    pub child: Child,
     pub port: u16,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -130,17 +130,21 @@ impl Service {
     /// Starts the service with a config file written from `config` (JSON) and waits until
     /// /readyz answers 200.
     pub fn start(app: &Path, config: &str) -> Service {
+        Service::start_with(app, config, &[], Stdio::null())
+    }
+
+    /// Like `start`, with environment variables and the service's stdout going to `stdout`
+    /// (`Stdio::piped()` leaves it in `child.stdout`).
+    pub fn start_with(app: &Path, config: &str, env: &[(&str, &str)], stdout: Stdio) -> Service {
         let dir = TempDir::new("svc");
         let file = dir.write("config.json", config);
-        let service = Service::spawn(
-            &[
-                "--config",
-                file.to_str().expect("utf-8 path"),
-                "--app",
-                app.to_str().expect("utf-8 path"),
-            ],
-            &[],
-        );
+        let args = [
+            "--config",
+            file.to_str().expect("utf-8 path"),
+            "--app",
+            app.to_str().expect("utf-8 path"),
+        ];
+        let service = Service::launch(command(&args, env), stdout);
         service.wait_ready();
         service
     }
@@ -148,20 +152,20 @@ impl Service {
     /// Starts the binary with `args` (plus `--host 127.0.0.1 --port 0`) and waits until it
     /// says which port it listens on.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Service {
-        Service::launch(command(args, env))
+        Service::launch(command(args, env), Stdio::null())
     }
 
     /// Like `spawn`, through another program (e.g. `unshare … microservice-rust …`).
     pub fn spawn_program(program: &str, args: &[&str]) -> Service {
         let mut command = Command::new(program);
         command.args(args);
-        Service::launch(command)
+        Service::launch(command, Stdio::null())
     }
 
-    fn launch(mut command: Command) -> Service {
+    fn launch(mut command: Command, stdout: Stdio) -> Service {
         let mut child = command
             .args(["--host", "127.0.0.1", "--port", "0"])
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting microservice-rust");
@@ -180,11 +184,24 @@ impl Service {
             port: 0,
             log,
         };
-        service.port = wait_for("the listening line", Duration::from_secs(10), || {
-            service.log_lines().iter().find_map(|line| {
-                let rest = line.split("listening on http://127.0.0.1:").nth(1)?;
-                rest.split_whitespace().next()?.parse().ok()
-            })
+        // The listening line, or (when the log level leaves it out) the address file.
+        let address_file =
+            std::env::temp_dir().join(format!("microservice-rust-{}.addr", service.child.id()));
+        service.port = wait_for("the listening port", Duration::from_secs(10), || {
+            let from_file = std::fs::read_to_string(&address_file).ok().and_then(|a| {
+                a.trim()
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+                    .map(|a| a.port())
+            });
+            service
+                .log_lines()
+                .iter()
+                .find_map(|line| {
+                    let rest = line.split("listening on http://127.0.0.1:").nth(1)?;
+                    rest.split_whitespace().next()?.parse().ok()
+                })
+                .or(from_file)
         });
         service
     }

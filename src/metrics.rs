@@ -1,0 +1,643 @@
+//! The service's metrics, shared by the supervisor and every worker, and `/metrics`.
+//!
+//! Theory of operation:
+//!
+//! * The supervisor creates one shared memory region (a memfd) before it starts any worker
+//!   and hands it to each worker on fd [`METRICS_FD`], with the number of the worker's own
+//!   *slot* in [`SLOT_VAR`]. Everything in the region is an `AtomicU64`.
+//! * A worker counts into its own slot: on every response, the request by method and
+//!   status and its duration in a histogram (three relaxed atomic additions, no lock, no
+//!   system call). Gauges (requests in flight, open connections, pool threads) are sampled
+//!   into the slot a few times a second, off the request path.
+//! * Whichever worker answers `/metrics` reads the whole region, so the answer covers
+//!   every worker and the supervisor. Slot numbers are reused when a worker is replaced,
+//!   which makes them a stable `worker` label.
+//! * Counters must never go back: when the supervisor reaps a worker it folds the slot's
+//!   counters into a *retired* total and clears the slot. A version number, odd while a
+//!   fold is under way, lets a reader retry instead of counting a slot twice or not at all.
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// Where a worker finds the metrics region.
+pub const METRICS_FD: RawFd = 5;
+/// The environment variable giving a worker its slot number.
+pub const SLOT_VAR: &str = "MICROSERVICE_RUST_METRICS_SLOT";
+
+/// Enough slots for the most workers a config allows, each with a replacement starting
+/// beside it, and a few stopping ones still being waited for.
+pub const SLOTS: usize = 2 * crate::config::MAX_WORKERS as usize + 8;
+
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+/// Statuses 100 to 999 (what an app may answer), one counter each.
+const STATUSES: usize = 900;
+/// Upper bounds of the request duration histogram, in seconds (then `+Inf`).
+const BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+/// The same bounds in microseconds, for the request path.
+const BUCKET_MICROS: [u64; 16] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+];
+
+/// What a worker counts; folded into `Region::retired` when the worker is gone.
+#[repr(C)]
+pub struct Counters {
+    requests: [[AtomicU64; STATUSES]; METHODS.len()],
+    /// Per bucket, not cumulative (the last one is above every bound).
+    duration: [AtomicU64; BUCKETS.len() + 1],
+    duration_micros: AtomicU64,
+    timeouts: AtomicU64,
+    log_dropped: AtomicU64,
+    parked: AtomicU64,
+}
+
+/// What a worker samples; meaningless once it is gone, so never folded.
+#[repr(C)]
+pub struct Gauges {
+    pub in_flight: AtomicU64,
+    pub queued: AtomicU64,
+    pub connections: AtomicU64,
+    pub threads_busy: AtomicU64,
+    pub threads: AtomicU64,
+    pub threads_written_off: AtomicU64,
+}
+
+#[repr(C)]
+pub struct Slot {
+    /// The worker's PID; 0 while the slot is free.
+    pid: AtomicU64,
+    counters: Counters,
+    gauges: Gauges,
+}
+
+/// Why the supervisor started a worker in another's place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    Watchdog,
+    Crash,
+    Reload,
+    Signal,
+}
+
+const RESTARTS: [&str; 4] = ["watchdog", "crash", "reload", "signal"];
+
+#[repr(C)]
+pub struct Region {
+    /// Even when stable; odd while the supervisor folds a slot.
+    version: AtomicU64,
+    supervisor_pid: AtomicU64,
+    restarts: [AtomicU64; RESTARTS.len()],
+    retired: Counters,
+    slots: [Slot; SLOTS],
+}
+
+/// This process's view of the region and, in a worker, its slot.
+pub struct Metrics {
+    region: &'static Region,
+    slot: Option<usize>,
+}
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+impl Metrics {
+    /// The supervisor's side: a new region on a memfd, whose fd the workers inherit.
+    pub fn create() -> Result<OwnedFd, Error> {
+        // SAFETY: memfd_create with a NUL-terminated name; the fd is owned from here on.
+        let fd =
+            unsafe { libc::memfd_create(c"microservice-rust-metrics".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(Error::io(
+                "cannot create the metrics memory",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let size = std::mem::size_of::<Region>() as libc::off_t;
+        // SAFETY: a fresh memfd; ftruncate fills it with zeros, a valid all-zero Region.
+        if unsafe { libc::ftruncate(fd, size) } != 0 {
+            return Err(Error::io(
+                "cannot size the metrics memory",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let region = map(fd)?;
+        region
+            .supervisor_pid
+            .store(std::process::id() as u64, Ordering::Relaxed);
+        install(Metrics { region, slot: None });
+        // SAFETY: the fd was created above and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// The worker's side: the region on [`METRICS_FD`] and the slot named in
+    /// [`SLOT_VAR`]. Without them (a worker started by hand) it counts into private memory.
+    pub fn attach() {
+        let slot = std::env::var(SLOT_VAR)
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|s| *s < SLOTS);
+        let shared = slot.and_then(|_| map(METRICS_FD).ok());
+        let region = match shared {
+            Some(region) => region,
+            None => private(),
+        };
+        let slot = match shared {
+            Some(_) => slot,
+            None => Some(0),
+        };
+        if let Some(slot) = slot {
+            region.slots[slot]
+                .pid
+                .store(std::process::id() as u64, Ordering::Relaxed);
+        }
+        install(Metrics { region, slot });
+    }
+
+    fn own(&self) -> Option<&'static Slot> {
+        self.slot.map(|s| &self.region.slots[s])
+    }
+}
+
+fn install(metrics: Metrics) {
+    let _ = METRICS.set(metrics);
+}
+
+fn map(fd: RawFd) -> Result<&'static Region, Error> {
+    mmap_region(libc::MAP_SHARED, fd)
+        .map_err(|e| Error::io(format!("cannot map the metrics memory (fd {fd})"), e))
+}
+
+/// A worker started without the shared region counts into memory of its own.
+fn private() -> &'static Region {
+    mmap_region(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
+        .unwrap_or_else(|e| panic!("cannot map memory for the metrics: {e}"))
+}
+
+fn mmap_region(flags: libc::c_int, fd: RawFd) -> std::io::Result<&'static Region> {
+    let size = std::mem::size_of::<Region>();
+    // SAFETY: a mapping of exactly the Region's size (a memfd sized by `create`, or
+    // anonymous memory), never unmapped; Region is made of atomics only, for which the
+    // all-zero bytes of a fresh mapping are valid.
+    let address = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            fd,
+            0,
+        )
+    };
+    if address == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: see above; the mapping lives as long as the process.
+    Ok(unsafe { &*(address as *const Region) })
+}
+
+fn method_index(method: &tiny_http::Method) -> usize {
+    use tiny_http::Method::*;
+    match method {
+        Get => 0,
+        Head => 1,
+        Post => 2,
+        Put => 3,
+        Delete => 4,
+        Patch => 5,
+        Options => 6,
+        _ => 7,
+    }
+}
+
+/// One response went out: counted by method and status, its duration in the histogram.
+pub fn record(method: &tiny_http::Method, status: u16, took: Duration) {
+    let Some(slot) = METRICS.get().and_then(Metrics::own) else {
+        return;
+    };
+    let counters = &slot.counters;
+    let status = (status.clamp(100, 999) - 100) as usize;
+    counters.requests[method_index(method)][status].fetch_add(1, Ordering::Relaxed);
+    let micros = took.as_micros().min(u64::MAX as u128) as u64;
+    let bucket = BUCKET_MICROS
+        .iter()
+        .position(|bound| micros <= *bound)
+        .unwrap_or(BUCKETS.len());
+    counters.duration[bucket].fetch_add(1, Ordering::Relaxed);
+    counters
+        .duration_micros
+        .fetch_add(micros, Ordering::Relaxed);
+}
+
+/// Counts one event of this worker's.
+pub fn count(event: Event) {
+    let Some(slot) = METRICS.get().and_then(Metrics::own) else {
+        return;
+    };
+    let counter = match event {
+        Event::Timeout => &slot.counters.timeouts,
+        Event::LogDropped => &slot.counters.log_dropped,
+        Event::Parked => &slot.counters.parked,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub enum Event {
+    Timeout,
+    LogDropped,
+    Parked,
+}
+
+/// This worker's gauges, for its sampler.
+pub fn gauges() -> Option<&'static Gauges> {
+    METRICS.get().and_then(Metrics::own).map(|s| &s.gauges)
+}
+
+/// The supervisor's side of the slots: which are free, and folding a gone worker's.
+pub struct Slots {
+    owners: Vec<Option<i32>>,
+}
+
+impl Slots {
+    pub fn new() -> Slots {
+        Slots {
+            owners: vec![None; SLOTS],
+        }
+    }
+
+    /// A free slot for a worker about to start.
+    pub fn take(&mut self) -> Option<usize> {
+        let free = self.owners.iter().position(Option::is_none)?;
+        self.owners[free] = Some(0);
+        Some(free)
+    }
+
+    pub fn started(&mut self, slot: usize, pid: i32) {
+        self.owners[slot] = Some(pid);
+        if let Some(metrics) = METRICS.get() {
+            metrics.region.slots[slot]
+                .pid
+                .store(pid as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The worker in `slot` is gone (or never started): its counters join the retired
+    /// totals and the slot is free again.
+    pub fn release(&mut self, slot: usize) {
+        self.owners[slot] = None;
+        let Some(metrics) = METRICS.get() else {
+            return;
+        };
+        let region = metrics.region;
+        let from = &region.slots[slot];
+        region.version.fetch_add(1, Ordering::AcqRel);
+        fold(&from.counters, &region.retired);
+        for gauge in from.gauges.all() {
+            gauge.store(0, Ordering::Relaxed);
+        }
+        from.pid.store(0, Ordering::Relaxed);
+        region.version.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn slot_of(&self, pid: i32) -> Option<usize> {
+        self.owners.iter().position(|o| *o == Some(pid))
+    }
+}
+
+/// The supervisor started a worker in another's place.
+pub fn restarted(why: Restart) {
+    if let Some(metrics) = METRICS.get() {
+        let index = match why {
+            Restart::Watchdog => 0,
+            Restart::Crash => 1,
+            Restart::Reload => 2,
+            Restart::Signal => 3,
+        };
+        metrics.region.restarts[index].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn fold(from: &Counters, into: &Counters) {
+    for (a, b) in from.all().zip(into.all()) {
+        b.fetch_add(a.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+impl Counters {
+    fn all(&self) -> impl Iterator<Item = &AtomicU64> {
+        self.requests
+            .iter()
+            .flatten()
+            .chain(self.duration.iter())
+            .chain([
+                &self.duration_micros,
+                &self.timeouts,
+                &self.log_dropped,
+                &self.parked,
+            ])
+    }
+}
+
+impl Gauges {
+    fn all(&self) -> [&AtomicU64; 6] {
+        [
+            &self.in_flight,
+            &self.queued,
+            &self.connections,
+            &self.threads_busy,
+            &self.threads,
+            &self.threads_written_off,
+        ]
+    }
+}
+
+/// A copy of the counters, summed over the retired total and every live slot.
+struct Totals {
+    requests: Vec<u64>,
+    duration: [u64; BUCKETS.len() + 1],
+    duration_micros: u64,
+    timeouts: u64,
+    log_dropped: u64,
+    parked: u64,
+}
+
+impl Totals {
+    fn new() -> Totals {
+        Totals {
+            requests: vec![0; METHODS.len() * STATUSES],
+            duration: [0; BUCKETS.len() + 1],
+            duration_micros: 0,
+            timeouts: 0,
+            log_dropped: 0,
+            parked: 0,
+        }
+    }
+
+    fn add(&mut self, counters: &Counters) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for (total, counter) in self
+            .requests
+            .iter_mut()
+            .zip(counters.requests.iter().flatten())
+        {
+            *total += load(counter);
+        }
+        for (total, counter) in self.duration.iter_mut().zip(&counters.duration) {
+            *total += load(counter);
+        }
+        self.duration_micros += load(&counters.duration_micros);
+        self.timeouts += load(&counters.timeouts);
+        self.log_dropped += load(&counters.log_dropped);
+        self.parked += load(&counters.parked);
+    }
+}
+
+/// A live worker as `/metrics` shows it.
+struct Live {
+    slot: usize,
+    pid: u64,
+    gauges: [u64; 6],
+}
+
+/// The `/metrics` text (Prometheus text exposition format 0.0.4).
+pub fn render() -> String {
+    let Some(metrics) = METRICS.get() else {
+        return String::new();
+    };
+    let region = metrics.region;
+    let (totals, live) = loop {
+        let before = region.version.load(Ordering::Acquire);
+        if before % 2 == 1 {
+            std::thread::yield_now();
+            continue;
+        }
+        let mut totals = Totals::new();
+        totals.add(&region.retired);
+        let mut live = Vec::new();
+        for (index, slot) in region.slots.iter().enumerate() {
+            let pid = slot.pid.load(Ordering::Relaxed);
+            if pid == 0 {
+                continue;
+            }
+            totals.add(&slot.counters);
+            live.push(Live {
+                slot: index,
+                pid,
+                gauges: slot.gauges.all().map(|g| g.load(Ordering::Relaxed)),
+            });
+        }
+        if region.version.load(Ordering::Acquire) == before {
+            break (totals, live);
+        }
+    };
+    let mut out = Text(String::with_capacity(8192));
+    write_requests(&mut out, &totals);
+    write_gauges(&mut out, &live);
+    write_events(&mut out, region, &totals);
+    write_processes(&mut out, region, &live);
+    out.0
+}
+
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        self.0
+            .push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        match labels.is_empty() {
+            true => self.0.push_str(&format!("{name} {value}\n")),
+            false => self.0.push_str(&format!("{name}{{{labels}}} {value}\n")),
+        }
+    }
+}
+
+fn write_requests(out: &mut Text, totals: &Totals) {
+    let name = "microservice_http_requests_total";
+    out.family(
+        name,
+        "counter",
+        "HTTP responses sent, by request method and response status.",
+    );
+    for (method_index, method) in METHODS.iter().enumerate() {
+        for status in 0..STATUSES {
+            let value = totals.requests[method_index * STATUSES + status];
+            if value > 0 {
+                let labels = format!("method=\"{method}\",code=\"{}\"", status + 100);
+                out.sample(name, &labels, value);
+            }
+        }
+    }
+    let name = "microservice_http_request_duration_seconds";
+    out.family(
+        name,
+        "histogram",
+        "Time from reading a request to sending its response (queue wait included).",
+    );
+    let mut cumulative = 0;
+    for (bound, count) in BUCKETS.iter().zip(&totals.duration) {
+        cumulative += count;
+        out.sample(
+            &format!("{name}_bucket"),
+            &format!("le=\"{bound}\""),
+            cumulative,
+        );
+    }
+    cumulative += totals.duration[BUCKETS.len()];
+    out.sample(&format!("{name}_bucket"), "le=\"+Inf\"", cumulative);
+    out.sample(
+        &format!("{name}_sum"),
+        "",
+        totals.duration_micros as f64 / 1e6,
+    );
+    out.sample(&format!("{name}_count"), "", cumulative);
+}
+
+fn write_gauges(out: &mut Text, live: &[Live]) {
+    let families: [(&str, &str, usize); 6] = [
+        (
+            "microservice_http_requests_in_flight",
+            "Requests read and not yet answered (queued or in the app).",
+            0,
+        ),
+        (
+            "microservice_http_requests_queued",
+            "Requests read and waiting for a pool thread.",
+            1,
+        ),
+        (
+            "microservice_http_connections_open",
+            "Client connections the worker holds open.",
+            2,
+        ),
+        (
+            "microservice_pool_threads_busy",
+            "Pool threads inside the app.",
+            3,
+        ),
+        (
+            "microservice_pool_threads",
+            "Pool threads serving (written-off threads not included).",
+            4,
+        ),
+        (
+            "microservice_pool_threads_written_off",
+            "Threads stuck in the app past a request deadline, already replaced.",
+            5,
+        ),
+    ];
+    for (name, help, index) in families {
+        out.family(name, "gauge", help);
+        for worker in live {
+            out.sample(
+                name,
+                &format!("worker=\"{}\"", worker.slot),
+                worker.gauges[index],
+            );
+        }
+    }
+    let name = "microservice_pool_threads_idle";
+    out.family(name, "gauge", "Pool threads waiting for a request.");
+    for worker in live {
+        let idle = worker.gauges[4].saturating_sub(worker.gauges[3]);
+        out.sample(name, &format!("worker=\"{}\"", worker.slot), idle);
+    }
+}
+
+fn write_events(out: &mut Text, region: &Region, totals: &Totals) {
+    let counters = [
+        (
+            "microservice_http_request_timeouts_total",
+            "Requests answered 504 at their deadline.",
+            totals.timeouts,
+        ),
+        (
+            "microservice_log_lines_dropped_total",
+            "Log lines dropped because the output was not keeping up.",
+            totals.log_dropped,
+        ),
+        (
+            "microservice_connections_parked_total",
+            "Connections kept open for good after refusing a huge body.",
+            totals.parked,
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.family(name, "counter", help);
+        out.sample(name, "", value);
+    }
+    let name = "microservice_worker_restarts_total";
+    out.family(
+        name,
+        "counter",
+        "Workers started in place of another, by reason.",
+    );
+    for (reason, counter) in RESTARTS.iter().zip(&region.restarts) {
+        out.sample(
+            name,
+            &format!("reason=\"{reason}\""),
+            counter.load(Ordering::Relaxed),
+        );
+    }
+    let name = "microservice_workers";
+    out.family(name, "gauge", "Worker processes alive.");
+    out.sample(
+        name,
+        "",
+        region
+            .slots
+            .iter()
+            .filter(|s| s.pid.load(Ordering::Relaxed) != 0)
+            .count(),
+    );
+}
+
+fn write_processes(out: &mut Text, region: &Region, live: &[Live]) {
+    let mut processes = vec![(
+        "process=\"supervisor\"".to_string(),
+        region.supervisor_pid.load(Ordering::Relaxed),
+    )];
+    processes.extend(
+        live.iter()
+            .map(|w| (format!("process=\"worker\",worker=\"{}\"", w.slot), w.pid)),
+    );
+    let page = page_size();
+    let name = "process_resident_memory_bytes";
+    out.family(name, "gauge", "Resident memory of each process.");
+    for (labels, pid) in &processes {
+        if let Some(pages) = resident_pages(*pid) {
+            out.sample(name, labels, pages * page);
+        }
+    }
+    let name = "process_open_fds";
+    out.family(name, "gauge", "Open file descriptors of each process.");
+    for (labels, pid) in &processes {
+        if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            out.sample(name, labels, entries.count());
+        }
+    }
+}
+
+fn resident_pages(pid: u64) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    statm.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
+}

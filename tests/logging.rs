@@ -1,0 +1,170 @@
+//! The access log on stdout (text and JSON), log levels from the config and from
+//! `MICROSERVICE_LOG`, and a blocked stdout that costs dropped lines, not stalled requests.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Lines the service wrote on stdout, read until `count` have come or 5 s have passed.
+fn stdout_lines(service: &mut Service, count: usize) -> Vec<String> {
+    let stdout = service.child.stdout.take().expect("stdout is piped");
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut out = Vec::new();
+    while out.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => out.push(line),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+fn send_with_agent(port: u16, path: &str) -> Reply {
+    let raw = format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nUser-Agent: probe \"7\"\r\nReferer: http://r/\r\n\
+         Authorization: Bearer s3cret\r\nConnection: close\r\n\r\n"
+    );
+    send(port, raw.as_bytes()).expect("a reply")
+}
+
+#[test]
+fn text_access_lines_are_combined_log_format_with_the_duration() {
+    let mut service = Service::start_with(
+        &fixture_lib(),
+        r#"{"mode": "production"}"#,
+        &[],
+        Stdio::piped(),
+    );
+    assert_eq!(send_with_agent(service.port, "/status/201?x=1").status, 201);
+    let lines = stdout_lines(&mut service, 2);
+    let line = lines
+        .iter()
+        .find(|l| l.contains("/status/201"))
+        .unwrap_or_else(|| panic!("no access line for /status/201 in {lines:?}"));
+    // 127.0.0.1 - - [23/Nov/2026:06:35:55 +0000] "GET /status/201?x=1 HTTP/1.1" 201 0
+    //   "http://r/" "probe \"7\"" 0.000277
+    let (head, rest) = line.split_once(" [").expect("time field");
+    assert_eq!(head, "127.0.0.1 - -");
+    let (time, rest) = rest.split_once("] ").expect("time field end");
+    assert_eq!(time.len(), "23/Nov/2026:06:35:55 +0000".len(), "{time}");
+    assert!(time.ends_with(" +0000"));
+    let expected = r#""GET /status/201?x=1 HTTP/1.1" 201 0 "http://r/" "probe \"7\"" "#;
+    let duration = rest
+        .strip_prefix(expected)
+        .unwrap_or_else(|| panic!("{rest:?} does not start with {expected:?}"));
+    let seconds: f64 = duration.parse().expect("duration in seconds");
+    assert!((0.0..1.0).contains(&seconds), "{seconds}");
+    assert!(!lines.iter().any(|l| l.contains("s3cret")), "{lines:?}");
+}
+
+#[test]
+fn json_access_lines_parse_and_the_level_comes_from_the_environment() {
+    let mut service = Service::start_with(
+        &fixture_lib(),
+        r#"{"mode": "production", "log_format": "json", "log_level": "warn"}"#,
+        &[("MICROSERVICE_LOG", "info")],
+        Stdio::piped(),
+    );
+    assert_eq!(send_with_agent(service.port, "/status/202").status, 202);
+    let lines = stdout_lines(&mut service, 2);
+    let entry: serde_json::Value = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["path"] == "/status/202")
+        .unwrap_or_else(|| panic!("no JSON line for /status/202 in {lines:?}"));
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["status"], 202);
+    assert_eq!(entry["protocol"], "HTTP/1.1");
+    assert_eq!(entry["remote"], "127.0.0.1");
+    assert_eq!(entry["user_agent"], "probe \"7\"");
+    assert_eq!(entry["referer"], "http://r/");
+    assert!(entry["duration_s"].as_f64().is_some_and(|d| d < 1.0));
+    assert!(entry["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    // The process's own lines are JSON too, with their level.
+    assert!(service
+        .log_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|v| v["level"] == "info" && v["process"] == "worker"));
+}
+
+#[test]
+fn log_level_warn_leaves_out_access_lines_and_a_bad_level_is_refused() {
+    let mut service = Service::start_with(
+        &fixture_lib(),
+        r#"{"mode": "production"}"#,
+        &[("MICROSERVICE_LOG", "warn")],
+        Stdio::piped(),
+    );
+    assert_eq!(get(service.port, "/status/203").expect("reply").status, 203);
+    std::thread::sleep(Duration::from_millis(300));
+    service.signal(15);
+    service.wait_exit(Duration::from_secs(10));
+    let mut out = String::new();
+    let mut stdout = service.child.stdout.take().expect("stdout is piped");
+    stdout.read_to_string(&mut out).expect("stdout");
+    assert_eq!(out, "", "no access lines at level warn");
+
+    let output = run(&["check-config"], &[("MICROSERVICE_LOG", "loud")]);
+    assert_eq!(output.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "MICROSERVICE_LOG: key `log_level`: expected \"debug\", \"info\", \"warn\" or \
+             \"error\", found the string \"loud\""
+        ),
+        "{stderr}"
+    );
+}
+
+/// Nobody reads the service's stdout: once the pipe and the queue are full, lines are
+/// dropped and counted, and requests go on being answered.
+#[test]
+fn a_blocked_stdout_drops_lines_and_stalls_no_request() {
+    let _serial = serial();
+    let service = Service::start_with(
+        &example_lib(),
+        r#"{"mode": "production"}"#,
+        &[],
+        Stdio::piped(),
+    );
+    let load = Load::start(service.port, "/", 4);
+    let dropped = wait_for("dropped log lines", Duration::from_secs(60), || {
+        let text = get(service.port, "/metrics").ok()?.text();
+        let dropped: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("microservice_log_lines_dropped_total "))?
+            .parse()
+            .ok()?;
+        (dropped > 1000.0).then_some(dropped)
+    });
+    let tally = load.finish();
+    assert!(tally.errors.is_empty(), "{:?}", tally.errors);
+    let answered = tally.count(200);
+    assert!(
+        answered as f64 > dropped,
+        "{answered} answers, {dropped} dropped"
+    );
+    // Answers kept coming at the end, with the writer blocked.
+    let last = tally.answers.last().expect("answers").at;
+    let late = tally.answers.iter().filter(|a| a.at > last - 1.0).count();
+    assert!(late > 100, "{late} answers in the last second");
+    let started = Instant::now();
+    assert_eq!(get(service.port, "/").expect("reply").status, 200);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    println!("{answered} answers, {dropped} lines dropped, {late} in the last second");
+}
