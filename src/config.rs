@@ -52,6 +52,10 @@ pub struct Watchdog {
     pub interval_s: f64,
     pub timeout_s: f64,
     pub failures: u32,
+    /// Request-duration watchdog: `/healthz` fails while the mean duration of the last
+    /// `request_average` requests is over this. `None`: off.
+    pub request_threshold_s: Option<f64>,
+    pub request_average: u32,
 }
 
 impl Watchdog {
@@ -114,6 +118,8 @@ impl Default for Settings {
                 interval_s: 5.0,
                 timeout_s: 2.0,
                 failures: 3,
+                request_threshold_s: None,
+                request_average: 10,
             },
             drain_time_s: 0.0,
             stop_timeout_s: 8.0,
@@ -185,6 +191,8 @@ impl Settings {
                 "interval_s": self.watchdog.interval_s,
                 "timeout_s": self.watchdog.timeout_s,
                 "failures": self.watchdog.failures,
+                "request_threshold_s": self.watchdog.request_threshold_s,
+                "request_average": self.watchdog.request_average,
             },
             "drain_time_s": self.drain_time_s,
             "stop_timeout_s": self.stop_timeout_s,
@@ -393,7 +401,14 @@ fn watchdog(r: &Reader, value: &Value) -> Result<Watchdog, Error> {
         w.enabled = Some(on);
         return Ok(w);
     }
-    let keys = ["enabled", "interval_s", "timeout_s", "failures"];
+    let keys = [
+        "enabled",
+        "interval_s",
+        "timeout_s",
+        "failures",
+        "request_threshold_s",
+        "request_average",
+    ];
     if !value.is_object() {
         return Err(r.fail("watchdog", "true, false or an object", value));
     }
@@ -409,6 +424,12 @@ fn watchdog(r: &Reader, value: &Value) -> Result<Watchdog, Error> {
     }
     if let Some(v) = present(map, "failures") {
         w.failures = r.whole("watchdog.failures", v, 1, 1000)? as u32;
+    }
+    if let Some(v) = present(map, "request_threshold_s") {
+        w.request_threshold_s = Some(r.seconds("watchdog.request_threshold_s", v, true)?);
+    }
+    if let Some(v) = present(map, "request_average") {
+        w.request_average = r.whole("watchdog.request_average", v, 1, 10_000)? as u32;
     }
     Ok(w)
 }

@@ -24,6 +24,7 @@
 //! * Stopping: a *drain* keeps serving but answers with `Connection: close`; an *abandon*
 //!   (a hung worker being replaced) answers everything already read with 503 at once.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::{self, Thread};
@@ -43,6 +44,8 @@ pub struct PoolSettings {
     pub threads: usize,
     pub timeout: Option<Duration>,
     pub max_body_bytes: u64,
+    /// The request-duration watchdog: (threshold, how many recent requests to average).
+    pub slow: Option<(Duration, usize)>,
 }
 
 /// What waits in the pool's queue.
@@ -78,6 +81,8 @@ struct Shared {
     stopped: AtomicBool,
     /// Held for reading by every call into the app; taken for writing to shut it down.
     gate: RwLock<()>,
+    /// The durations of the latest app requests, when `settings.slow` is set.
+    recent: Mutex<VecDeque<Duration>>,
 }
 
 /// What one pool thread is doing, as the deadline watcher sees it.
@@ -138,6 +143,7 @@ impl Pool {
             slots: Mutex::new(Vec::new()),
             epoch: Instant::now(),
             watcher_wakes_at: AtomicU64::new(u64::MAX),
+            recent: Mutex::new(VecDeque::new()),
             written_off: AtomicUsize::new(0),
             watcher: OnceLock::new(),
             draining: AtomicBool::new(false),
@@ -331,12 +337,33 @@ impl Shared {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// The app's health, and the request-duration watchdog's verdict when it is on.
+    fn health(&self) -> Result<(), String> {
+        self.app.health()?;
+        let Some((threshold, count)) = self.settings.slow else {
+            return Ok(());
+        };
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() < count {
+            return Ok(());
+        }
+        let mean = recent.iter().sum::<Duration>() / count as u32;
+        match mean > threshold {
+            true => Err(format!(
+                "the last {count} requests took {:.3} s on average, over the threshold of {:.3} s",
+                mean.as_secs_f64(),
+                threshold.as_secs_f64()
+            )),
+            false => Ok(()),
+        }
+    }
+
     fn answer_probe(&self, id: u64) -> Fate {
         let health = {
             let _inside = shared_gate(&self.gate);
             match self.stopped.load(Ordering::Acquire) {
                 true => Err("stopping".to_string()),
-                false => self.app.health(),
+                false => self.health(),
             }
         };
         let line = match health {
@@ -385,10 +412,17 @@ impl Shared {
             }
         }
         let answer = match health_probe {
-            true => Answer::Health(self.app.health()),
+            true => Answer::Health(self.health()),
             false => Answer::App(self.app.handle(&copy.as_raw())),
         };
         let (request, written_off) = slot.end();
+        if let (Some((_, count)), false) = (self.settings.slow, health_probe) {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() == count {
+                recent.pop_front();
+            }
+            recent.push_back(received.elapsed());
+        }
 
         if let Some(request) = request {
             let how = after_body(self.closing(), received);

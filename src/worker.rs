@@ -115,6 +115,12 @@ pub fn run() -> Result<i32, Error> {
             threads,
             timeout: settings.request_timeout(),
             max_body_bytes: settings.max_body_bytes,
+            slow: settings.watchdog.request_threshold_s.map(|t| {
+                (
+                    Duration::from_secs_f64(t),
+                    settings.watchdog.request_average as usize,
+                )
+            }),
         },
         status.clone(),
     );

@@ -43,7 +43,7 @@ fn each_bad_config_names_file_key_and_expectation_with_exit_78() {
         (r#"{"port": 70000}"#, "key `port`: expected a whole number from 0 to 65535, found the number 70000"),
         (r#"{"request_timeout_s": -1}"#, "key `request_timeout_s`: expected a number of seconds from 0 to 86400, found the number -1"),
         (r#"{"keep_alive_timeout_s": 0}"#, "key `keep_alive_timeout_s`: expected a number of seconds above 0 and at most 86400, found the number 0"),
-        (r#"{"watchdog": {"interval": 5}}"#, "key `watchdog.interval`: unknown; expected one of enabled, interval_s, timeout_s, failures"),
+        (r#"{"watchdog": {"interval": 5}}"#, "key `watchdog.interval`: unknown; expected one of enabled, interval_s, timeout_s, failures, request_threshold_s, request_average"),
         (r#"{"watchdog": "yes"}"#, "key `watchdog`: expected true, false or an object, found the string \"yes\""),
         (r#"{"dev": {"watch": ["src", 3]}}"#, "key `dev.watch[1]`: expected a non-empty string, found the number 3"),
         (r#"{"apache_config": {"wsgi_worker_threads_count": 2.5}}"#, "key `apache_config.wsgi_worker_threads_count`: expected a whole number from 1 to 1024, found the number 2.5"),

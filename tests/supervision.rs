@@ -500,3 +500,53 @@ fn all_processes() -> Vec<(i32, i32, char)> {
         })
         .collect()
 }
+
+/// `watchdog.request_threshold_s`: the mean of the last `request_average` requests over the
+/// threshold fails `/healthz`, and the watchdog replaces the worker. Bound: the new worker
+/// answers within 5 s of the slow requests (probes every 0.5 s, one miss).
+#[test]
+fn slow_requests_fail_healthz_and_the_watchdog_replaces_the_worker() {
+    let _serial = serial();
+    let service = Service::start(
+        &fixture_lib(),
+        r#"{"mode": "production", "threads": 4, "watchdog": {"interval_s": 0.5,
+            "timeout_s": 0.5, "failures": 1, "request_threshold_s": 0.3,
+            "request_average": 3}}"#,
+    );
+    let first = pid_answer(service.port).expect("a pid");
+    // Fast requests keep the mean low: still healthy.
+    for _ in 0..3 {
+        assert_eq!(get(service.port, "/status/200").expect("reply").status, 200);
+    }
+    assert_eq!(get(service.port, "/healthz").expect("reply").status, 200);
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let port = service.port;
+            thread::spawn(move || get(port, "/sleep/0.6"))
+        })
+        .collect();
+    for request in slow {
+        assert_eq!(request.join().expect("thread").expect("reply").status, 200);
+    }
+    let started = Instant::now();
+    let healthz = get(service.port, "/healthz").expect("reply");
+    // The watchdog may already have replaced the worker; if not, /healthz says why.
+    if healthz.status == 503 {
+        assert!(
+            healthz.text().contains("the last 3 requests took 0.6")
+                && healthz.text().contains("over the threshold of 0.300 s"),
+            "{}",
+            healthz.text()
+        );
+    }
+    // No requests while waiting: fast ones would bring the mean back under the threshold.
+    wait_for("a watchdog replacement", Duration::from_secs(5), || {
+        logged(&service, &format!("to replace {first} (watchdog)")).then_some(())
+    });
+    let took = started.elapsed().as_secs_f64();
+    let second = wait_for("the new worker answering", Duration::from_secs(5), || {
+        pid_answer(service.port).filter(|pid| *pid != first)
+    });
+    println!("worker {first} replaced by {second} {took:.2} s after the slow requests");
+    assert_eq!(get(service.port, "/healthz").expect("reply").status, 200);
+}
