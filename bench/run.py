@@ -188,12 +188,11 @@ def unanswered(port):
     byte (ss's tcp_info: no bytes_sent)."""
     out = subprocess.run(["ss", "-tniH", "state", "established", f"( sport = :{port} )"],
                          capture_output=True, text=True).stdout
-    sockets, count = 0, 0
+    count = 0
     for line in out.splitlines():
-        if line[:1].isspace():
-            sockets += 1
-            if "bytes_received" in line and "bytes_sent" not in line:
-                count += 1
+        # tcp_info lines are the indented ones.
+        if line[:1].isspace() and "bytes_received" in line and "bytes_sent" not in line:
+            count += 1
     return count
 
 

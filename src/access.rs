@@ -70,7 +70,6 @@ pub fn begin(request: &Request, status: u16, bytes: usize) -> Option<Vec<u8>> {
             .map(|h| h.value.as_str())
     };
     let version = request.http_version();
-    let protocol = format!("HTTP/{}.{}", version.0, version.1);
     let time = SystemTime::now();
     match log::format() {
         Format::Text => {
@@ -80,9 +79,16 @@ pub fn begin(request: &Request, status: u16, bytes: usize) -> Option<Vec<u8>> {
                 None => write!(line, "-"),
             }
             .ok()?;
-            write!(line, " - - [{}] \"{} ", clf_time(time), request.method()).ok()?;
+            line.extend_from_slice(b" - - [");
+            write_clf_time(&mut line, time).ok()?;
+            write!(line, "] \"{} ", request.method()).ok()?;
             quoted_text(&mut line, request.url());
-            write!(line, " {protocol}\" {status} {bytes} \"").ok()?;
+            write!(
+                line,
+                " HTTP/{}.{}\" {status} {bytes} \"",
+                version.0, version.1
+            )
+            .ok()?;
             quoted_text(&mut line, header("Referer").unwrap_or("-"));
             line.extend_from_slice(b"\" \"");
             quoted_text(&mut line, header("User-Agent").unwrap_or("-"));
@@ -95,7 +101,7 @@ pub fn begin(request: &Request, status: u16, bytes: usize) -> Option<Vec<u8>> {
                 "remote": peer,
                 "method": request.method().as_str(),
                 "path": request.url(),
-                "protocol": protocol,
+                "protocol": format!("HTTP/{}.{}", version.0, version.1),
                 "status": status,
                 "bytes": bytes,
                 "referer": header("Referer"),
@@ -176,12 +182,13 @@ fn parts(time: SystemTime) -> Parts {
 }
 
 /// `23/Nov/2026:06:22:54 +0000`, the combined log format's time.
-fn clf_time(time: SystemTime) -> String {
+fn write_clf_time(out: &mut impl Write, time: SystemTime) -> std::io::Result<()> {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     let p = parts(time);
-    format!(
+    write!(
+        out,
         "{:02}/{}/{}:{:02}:{:02}:{:02} +0000",
         p.day,
         MONTHS[(p.month - 1) as usize],
@@ -210,7 +217,9 @@ mod tests {
         // 2026-11-23 06:22:54.5 UTC, and the leap day 2024-02-29 00:00:00.
         let t = UNIX_EPOCH + Duration::from_millis(1_795_414_974_500);
         assert_eq!(iso_time(t), "2026-11-23T06:22:54.500Z");
-        assert_eq!(clf_time(t), "23/Nov/2026:06:22:54 +0000");
+        let mut clf = Vec::new();
+        write_clf_time(&mut clf, t).expect("write to a Vec");
+        assert_eq!(clf, b"23/Nov/2026:06:22:54 +0000");
         let leap = UNIX_EPOCH + Duration::from_secs(1_709_164_800);
         assert_eq!(iso_time(leap), "2024-02-29T00:00:00.000Z");
         assert_eq!(iso_time(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");

@@ -116,9 +116,3 @@ pub fn line(level: Level, args: std::fmt::Arguments<'_>) {
 macro_rules! say {
     ($($arg:tt)*) => { $crate::log::line($crate::log::Level::Info, format_args!($($arg)*)) };
 }
-
-/// `warn!("worker {pid} killed by SIGSEGV")`: one log line at level warn.
-#[macro_export]
-macro_rules! warn {
-    ($($arg:tt)*) => { $crate::log::line($crate::log::Level::Warn, format_args!($($arg)*)) };
-}

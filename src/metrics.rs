@@ -79,7 +79,7 @@ pub struct Slot {
     gauges: Gauges,
 }
 
-/// Why the supervisor started a worker in another's place.
+/// Why the supervisor started a worker in another's place; the order of [`RESTARTS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Restart {
     Watchdog,
@@ -144,21 +144,15 @@ impl Metrics {
             .ok()
             .and_then(|s| s.parse::<usize>().ok())
             .filter(|s| *s < SLOTS);
-        let shared = slot.and_then(|_| map(METRICS_FD).ok());
-        let region = match shared {
-            Some(region) => region,
-            None => private(),
-        };
-        let slot = match shared {
-            Some(_) => slot,
-            None => Some(0),
-        };
-        if let Some(slot) = slot {
-            region.slots[slot]
-                .pid
-                .store(std::process::id() as u64, Ordering::Relaxed);
-        }
-        install(Metrics { region, slot });
+        let shared = slot.and_then(|slot| Some((map(METRICS_FD).ok()?, slot)));
+        let (region, slot) = shared.unwrap_or_else(|| (private(), 0));
+        region.slots[slot]
+            .pid
+            .store(std::process::id() as u64, Ordering::Relaxed);
+        install(Metrics {
+            region,
+            slot: Some(slot),
+        });
     }
 
     fn own(&self) -> Option<&'static Slot> {
@@ -314,13 +308,7 @@ impl Slots {
 /// The supervisor started a worker in another's place.
 pub fn restarted(why: Restart) {
     if let Some(metrics) = METRICS.get() {
-        let index = match why {
-            Restart::Watchdog => 0,
-            Restart::Crash => 1,
-            Restart::Reload => 2,
-            Restart::Signal => 3,
-        };
-        metrics.region.restarts[index].fetch_add(1, Ordering::Relaxed);
+        metrics.region.restarts[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
