@@ -41,10 +41,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use tiny_http::Server;
 
-use crate::bridge::{self, How, Incoming};
+use crate::bridge::{self, How, Incoming, Stamp};
+use crate::closer;
 use crate::metrics;
 use crate::pool::Job;
 use crate::say;
+use crate::screen::{Refusal, Screen, Verdict};
 use crate::socket;
 
 /// How long an old generation keeps receiving after its last request.
@@ -71,6 +73,7 @@ pub struct Acceptor {
     sink: Sender<Job>,
     ready: Arc<AtomicBool>,
     keep_alive: Duration,
+    screen: Screen,
     /// Everything read from now on gets 503 at once (a hung worker being replaced).
     abandoned: AtomicBool,
     accepting: Mutex<Accepting>,
@@ -95,6 +98,7 @@ impl Acceptor {
         sink: Sender<Job>,
         ready: Arc<AtomicBool>,
         keep_alive: Duration,
+        screen: Screen,
     ) -> std::io::Result<Arc<Acceptor>> {
         let poke_address = socket::reachable_address(&listener)?;
         let acceptor = Arc::new(Acceptor {
@@ -103,6 +107,7 @@ impl Acceptor {
             sink,
             ready,
             keep_alive,
+            screen,
             abandoned: AtomicBool::new(false),
             accepting: Mutex::new(Accepting {
                 live: Vec::new(),
@@ -265,20 +270,30 @@ impl Acceptor {
         self.abandoned.store(true, Ordering::Release);
     }
 
-    /// Stamps a request and queues it; `/readyz` is answered here, without the pool, and
-    /// `/metrics` on a thread of its own, so both answer while every pool thread is stuck.
+    /// Stamps a request, screens it and queues it; `/readyz` is answered here, without the
+    /// pool, and `/metrics` on a thread of its own, so both answer while every pool thread
+    /// is stuck.
     fn dispatch(&self, request: tiny_http::Request) {
-        let received = Instant::now();
-        let unread = How {
-            received,
-            close: !self.ready.load(Ordering::Acquire),
-            body_read: false,
+        let Some(request) = closer::intercept(request) else {
+            return;
         };
+        let received = Instant::now();
+        let close = !self.ready.load(Ordering::Acquire);
         if self.abandoned.load(Ordering::Acquire) {
-            let _ = bridge::send_text(request, 503, "worker replaced\n", unread);
+            let stamp = Stamp {
+                received,
+                cors: false,
+            };
+            let _ = bridge::send_text(request, 503, "worker replaced\n", How::unread(stamp, true));
             return;
         }
-        if request.url() == "/readyz" {
+        let stamp = match self.screen.check(&request) {
+            Verdict::Pass { cors } => Stamp { received, cors },
+            Verdict::Refuse(refusal) => return refuse(request, refusal, received, close),
+        };
+        let unread = How::unread(stamp, close);
+        let path = request.url().split('?').next().unwrap_or("");
+        if path == "/readyz" {
             let (status, text) = match self.ready.load(Ordering::Acquire) {
                 true => (200, "ready\n"),
                 false => (503, "not ready\n"),
@@ -286,7 +301,7 @@ impl Acceptor {
             let _ = bridge::send_text(request, status, text, unread);
             return;
         }
-        if request.url() == "/metrics" {
+        if path == "/metrics" {
             let spawned = thread::Builder::new()
                 .name("metrics".into())
                 .spawn(move || {
@@ -299,12 +314,38 @@ impl Acceptor {
             }
             return;
         }
-        if let Err(unsent) = self.sink.send(Job::Http(Incoming { request, received })) {
+        if let Err(unsent) = self.sink.send(Job::Http(Incoming { request, stamp })) {
             if let Job::Http(incoming) = unsent.0 {
                 let _ = bridge::send_text(incoming.request, 503, "shutting down\n", unread);
             }
         }
     }
+}
+
+/// Answers what the screen refused in the app's place.
+fn refuse(request: tiny_http::Request, refusal: Refusal, received: Instant, close: bool) {
+    let stamp = Stamp {
+        received,
+        cors: refusal.cors,
+    };
+    let how = match refusal.end {
+        true => How::ending(stamp),
+        false => How::unread(stamp, close),
+    };
+    let text_type = (!refusal.text.is_empty())
+        .then_some((&b"Content-Type"[..], &b"text/plain; charset=utf-8"[..]));
+    let headers = refusal
+        .headers
+        .iter()
+        .map(|(name, value)| (*name, &value[..]))
+        .chain(text_type);
+    let _ = bridge::send(
+        request,
+        refusal.status,
+        headers,
+        refusal.text.as_bytes(),
+        how,
+    );
 }
 
 /// A duplicate of `fd` numbered in the upper quarter of this process's fd limit.

@@ -14,24 +14,37 @@ use microservice_rust::abi::{MsrBytes, MsrHeader, MsrRequest};
 use tiny_http::{Header, Method, Request, Response, StatusCode};
 
 use crate::access;
+use crate::closer;
 use crate::loader::AppResponse;
 use crate::metrics;
 use crate::say;
 
-/// A request as the acceptor handed it to the pool, stamped when the worker read it.
+/// A request as the acceptor handed it to the pool.
 pub struct Incoming {
     pub request: Request,
+    pub stamp: Stamp,
+}
+
+/// What the acceptor noted about a request when it read it.
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp {
+    /// When the worker read the request: deadlines and durations count from here.
     pub received: Instant,
+    /// Its `Origin` matched `cors_allow_origin_regex`: the answer carries the CORS headers.
+    pub cors: bool,
 }
 
 /// Why a body was not read.
 #[derive(Debug)]
 pub enum BodyError {
-    /// Over `max_body_bytes`; `declared` is the Content-Length, when there was one.
-    TooLarge {
-        declared: Option<usize>,
-    },
+    /// Over `max_body_bytes`.
+    TooLarge,
     Read(io::Error),
+    /// The connection ended before the declared length.
+    Short {
+        read: usize,
+        declared: usize,
+    },
 }
 
 /// An owned copy of one request's text and body, and the C view of it.
@@ -141,18 +154,59 @@ fn push(text: &mut Vec<u8>, bytes: &[u8]) -> Range<usize> {
 fn read_body(request: &mut Request, max_body: u64, body: &mut Vec<u8>) -> Result<(), BodyError> {
     let declared = request.body_length();
     if declared.is_some_and(|len| len as u64 > max_body) {
-        return Err(BodyError::TooLarge { declared });
+        return Err(BodyError::TooLarge);
     }
     // A chunked body has no declared length: read one byte past the limit to notice it.
+    // Under `Connection: upgrade` tiny_http hands over the whole stream as the body, so
+    // only the declared length is read (none: no body).
+    let limit = match is_upgrade(request) {
+        true => declared.unwrap_or(0) as u64,
+        false => max_body.saturating_add(1),
+    };
     let read = request
         .as_reader()
-        .take(max_body.saturating_add(1))
+        .take(limit)
         .read_to_end(body)
         .map_err(BodyError::Read)?;
     if read as u64 > max_body {
-        return Err(BodyError::TooLarge { declared });
+        return Err(BodyError::TooLarge);
     }
-    Ok(())
+    match declared {
+        Some(declared) if read < declared => Err(BodyError::Short { read, declared }),
+        _ => Ok(()),
+    }
+}
+
+fn is_upgrade(request: &Request) -> bool {
+    header(request, "Connection").is_some_and(|v| contains_ignoring_case(v, b"upgrade"))
+}
+
+/// The first value of the header `name`.
+pub fn header<'r>(request: &'r Request, name: &'static str) -> Option<&'r [u8]> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str().as_bytes())
+}
+
+fn contains_ignoring_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Whether some of the request's body may still be in the stream, unread: it is chunked,
+/// or longer than the 1024 bytes tiny_http reads along with the head, or comes after a
+/// `100 Continue`, or the connection is being upgraded (the body is the whole stream).
+pub fn body_pending(request: &Request) -> bool {
+    let expect_continue = header(request, "Expect").is_some();
+    match request.body_length() {
+        _ if is_upgrade(request) => true,
+        None => header(request, "Transfer-Encoding").is_some(),
+        Some(0) => false,
+        Some(length) => length > 1024 || expect_continue,
+    }
 }
 
 /// A declared body above this size is never drained or dropped unread: tiny_http 0.12
@@ -167,13 +221,43 @@ static PARKED: AtomicUsize = AtomicUsize::new(0);
 /// How a response goes out.
 #[derive(Clone, Copy, Debug)]
 pub struct How {
-    /// When the worker read the request: its duration in the metrics counts from here.
-    pub received: Instant,
+    pub stamp: Stamp,
     /// Send `Connection: close`, so the client opens its next request on a new connection
     /// (while a worker drains; tiny_http itself never sends it).
     pub close: bool,
     /// The request body has been read to its end (so dropping the request reads nothing).
     pub body_read: bool,
+    /// End the connection after this answer whatever the client wants (its framing is in
+    /// doubt, see `screen`).
+    pub end: bool,
+}
+
+impl How {
+    /// For a request whose body has not been read.
+    pub fn unread(stamp: Stamp, close: bool) -> How {
+        How {
+            stamp,
+            close,
+            body_read: false,
+            end: false,
+        }
+    }
+
+    /// For a request whose body has been read to its end.
+    pub fn read(stamp: Stamp, close: bool) -> How {
+        How {
+            body_read: true,
+            ..How::unread(stamp, close)
+        }
+    }
+
+    /// For a request whose connection must end after the answer.
+    pub fn ending(stamp: Stamp) -> How {
+        How {
+            end: true,
+            ..How::unread(stamp, true)
+        }
+    }
 }
 
 /// Sends the app's response. A status the app left at 0 or set out of range is a 500.
@@ -200,7 +284,26 @@ pub fn send_metrics(request: Request, text: &str, how: How) -> io::Result<()> {
     send(request, 200, headers.into_iter(), text.as_bytes(), how)
 }
 
-fn send<'h>(
+/// Sends a response. When the connection must end, or some of the request's body is still
+/// unread in the stream (which tiny_http would otherwise drain at the client's pace, or
+/// parse as further requests), the answer goes by the closer, which ends the connection.
+pub fn send<'h>(
+    request: Request,
+    status: u16,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    body: &[u8],
+    how: How,
+) -> io::Result<()> {
+    if how.end || (!how.body_read && body_pending(&request)) {
+        let headers = headers.map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
+        closer::close(request, status, headers, body.to_vec(), how);
+        return Ok(());
+    }
+    deliver(request, status, headers, body, how)
+}
+
+/// Writes a response on this thread, and counts and logs it.
+pub fn deliver<'h>(
     request: Request,
     status: u16,
     headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
@@ -210,7 +313,7 @@ fn send<'h>(
     let method = request.method().clone();
     let line = access::begin(&request, status, body.len());
     let sent = write(request, status, headers, body, how);
-    let took = how.received.elapsed();
+    let took = how.stamp.received.elapsed();
     metrics::record(&method, status, took);
     if let Some(line) = line {
         access::finish(line, took);
@@ -233,6 +336,19 @@ fn write<'h>(
         park(request, status, body);
         return Ok(());
     }
+    let origin = match how.stamp.cors {
+        true => header(&request, "Origin").map(<[u8]>::to_vec),
+        false => None,
+    };
+    let cors = origin.as_deref().map(|origin| {
+        [
+            (&b"Access-Control-Allow-Origin"[..], origin),
+            (b"Vary", b"Origin"),
+        ]
+    });
+    let headers = headers
+        .map(|(name, value)| (name as &[u8], value as &[u8]))
+        .chain(cors.into_iter().flatten());
     if how.close {
         return send_closing(request, status, headers, body);
     }
@@ -257,10 +373,23 @@ fn send_closing<'h>(
     body: &[u8],
 ) -> io::Result<()> {
     use std::io::Write;
+    let out = closing_response(&request, status, headers, body);
+    let mut writer = request.into_writer();
+    writer.write_all(&out)?;
+    writer.flush()
+}
+
+/// A whole response with `Connection: close`, as bytes.
+fn closing_response<'h>(
+    request: &Request,
+    status: u16,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    body: &[u8],
+) -> Vec<u8> {
     let head_only = *request.method() == Method::Head;
     let mut out = Vec::with_capacity(256 + body.len());
     let reason = StatusCode(status).default_reason_phrase();
-    write!(out, "HTTP/1.1 {status} {reason}\r\n")?;
+    out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
     for (name, value) in headers {
         let framing = [&b"connection"[..], b"content-length", b"transfer-encoding"];
         if framing.iter().any(|f| name.eq_ignore_ascii_case(f)) {
@@ -271,17 +400,84 @@ fn send_closing<'h>(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    write!(
-        out,
+    let length = format!(
         "Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    )?;
+    );
+    out.extend_from_slice(length.as_bytes());
     if !head_only {
         out.extend_from_slice(body);
     }
-    let mut writer = request.into_writer();
-    writer.write_all(&out)?;
-    writer.flush()
+    out
+}
+
+/// Writes the answer to `request` straight onto its connection's socket `fd`, with
+/// `Connection: close`, and counts and logs it. The request stays with the caller, who
+/// shuts the socket down before letting it go (see `closer`): through tiny_http, letting
+/// go of the request comes first and lets tiny_http read on.
+pub fn deliver_to_socket<'h>(
+    fd: std::os::fd::RawFd,
+    request: &Request,
+    status: u16,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    body: &[u8],
+    how: How,
+) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let line = access::begin(request, status, body.len());
+    let origin = cors_origin(request, how);
+    let headers = with_cors(
+        headers.map(|(name, value)| (name as &[u8], value as &[u8])),
+        origin.as_deref(),
+    );
+    let out = closing_response(request, status, headers, body);
+    // SAFETY: borrowed for the write and never dropped; the fd stays tiny_http's.
+    let mut socket = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    let sent = socket.write_all(&out);
+    let took = how.stamp.received.elapsed();
+    metrics::record(request.method(), status, took);
+    if let Some(line) = line {
+        access::finish(line, took);
+    }
+    sent
+}
+
+/// Lets go of a request whose connection has been shut down: tiny_http drains what is left
+/// of its body, which ends at once, except that a huge declared length would have it
+/// allocate that much first (see [`PARK_ABOVE_BYTES`]); that request is kept for good,
+/// and `true` returned.
+pub fn release(request: Request) -> bool {
+    let declared = request.body_length().unwrap_or(0);
+    if declared <= PARK_ABOVE_BYTES {
+        drop(request);
+        return false;
+    }
+    std::mem::forget(request);
+    count_parked(declared);
+    true
+}
+
+/// The `Origin` to allow in the answer, when the request's origin matched.
+fn cors_origin(request: &Request, how: How) -> Option<Vec<u8>> {
+    match how.stamp.cors {
+        true => header(request, "Origin").map(<[u8]>::to_vec),
+        false => None,
+    }
+}
+
+/// `headers` and, for an allowed origin, the CORS headers.
+fn with_cors<'a>(
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    origin: Option<&'a [u8]>,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    let cors = origin.map(|origin| {
+        [
+            (&b"Access-Control-Allow-Origin"[..], origin),
+            (&b"Vary"[..], &b"Origin"[..]),
+        ]
+    });
+    headers.chain(cors.into_iter().flatten())
 }
 
 /// Answers a request whose huge declared body was not read, and keeps its connection open
@@ -291,6 +487,10 @@ fn park(request: Request, status: u16, body: &[u8]) {
     let declared = request.body_length().unwrap_or(0);
     let response = Response::new(StatusCode(status), Vec::new(), body, Some(body.len()), None);
     std::mem::forget(request.upgrade("close", response));
+    count_parked(declared);
+}
+
+fn count_parked(declared: usize) {
     let parked = PARKED.fetch_add(1, Ordering::Relaxed) + 1;
     metrics::count(metrics::Event::Parked);
     say!("parked a connection that declared a {declared}-byte body ({parked} parked)");

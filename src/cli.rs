@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::config::{Loaded, Lookup};
+use crate::config::{self, Loaded, Lookup};
 use crate::error::Error;
 use crate::loader;
 use crate::socket;
@@ -103,7 +103,7 @@ fn run(args: RunArgs) -> Result<i32, Error> {
 /// The config for `run`: looked up, with the command line's overrides and the app path.
 fn resolve_run(args: &RunArgs) -> Result<Loaded, Error> {
     let mut loaded = resolve(&args.config)?;
-    log_from_environment(&mut loaded)?;
+    from_environment(&mut loaded)?;
     if let Some(port) = args.port {
         loaded.set("port", json!(port), "--port")?;
     }
@@ -119,22 +119,26 @@ fn resolve_run(args: &RunArgs) -> Result<Loaded, Error> {
     Ok(loaded)
 }
 
-/// `MICROSERVICE_LOG` sets `log_level` over the config file's.
-fn log_from_environment(loaded: &mut Loaded) -> Result<(), Error> {
-    match std::env::var("MICROSERVICE_LOG") {
-        Ok(level) => loaded.set("log_level", json!(level), "MICROSERVICE_LOG"),
-        Err(_) => Ok(()),
+/// The environment's say over the config file: `MICROSERVICE_LOG` sets `log_level`, and
+/// `API_KEY` sets `api_key` (a secret is better kept out of files).
+fn from_environment(loaded: &mut Loaded) -> Result<(), Error> {
+    for (variable, key) in [("MICROSERVICE_LOG", "log_level"), ("API_KEY", "api_key")] {
+        if let Some(value) = std::env::var_os(variable) {
+            let value = value.to_string_lossy().into_owned();
+            loaded.set(key, json!(value), variable)?;
+        }
     }
+    Ok(())
 }
 
 fn check_config(args: ConfigArgs) -> Result<i32, Error> {
     let lookup = Lookup::from_environment(args.config, args.env);
     let mut loaded = lookup.resolve()?;
-    log_from_environment(&mut loaded)?;
+    from_environment(&mut loaded)?;
     let report = json!({
         "source": loaded.source_name(),
         "env": lookup.env,
-        "config": loaded.effective(),
+        "config": config::redact(&loaded.effective()),
     });
     let text = serde_json::to_string_pretty(&report).expect("a JSON value always serializes");
     println!("{text}");

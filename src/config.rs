@@ -93,6 +93,52 @@ pub struct Settings {
     pub dev: DevSettings,
     pub log_level: Level,
     pub log_format: Format,
+    /// The request line and headers together; a larger head gets 431.
+    pub max_header_bytes: u64,
+    /// App routes (and `/metrics`) need this key; `API_KEY` in the environment sets it too.
+    pub api_key: Option<Secret>,
+    /// Origins (the whole `Origin` value) that get CORS answers.
+    pub cors_allow_origin_regex: Option<String>,
+}
+
+/// A value that never shows: `{:?}` prints `***`, and [`redact`] hides it in JSON.
+#[derive(Clone, PartialEq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The keys whose values are secrets.
+const SECRET_KEYS: [&str; 1] = ["api_key"];
+
+/// What a secret is shown as.
+pub const REDACTED: &str = "***";
+
+/// `config` with every secret replaced by [`REDACTED`]: for `check-config` and for the app.
+pub fn redact(config: &Value) -> Value {
+    let mut out = config.clone();
+    if let Some(map) = out.as_object_mut() {
+        for key in SECRET_KEYS {
+            if let Some(value) = map.get_mut(key).filter(|v| !v.is_null()) {
+                *value = json!(REDACTED);
+            }
+        }
+    }
+    out
+}
+
+/// The CORS pattern as the worker uses it: matched against the whole `Origin` value.
+pub fn origin_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
 }
 
 /// Limits of the numeric keys; past them a value is a typo, not a choice.
@@ -129,6 +175,9 @@ impl Default for Settings {
             },
             log_level: Level::Info,
             log_format: Format::Text,
+            max_header_bytes: 32 * 1024,
+            api_key: None,
+            cors_allow_origin_regex: None,
         }
     }
 }
@@ -202,6 +251,9 @@ impl Settings {
             },
             "log_level": self.log_level.name(),
             "log_format": self.log_format.name(),
+            "max_header_bytes": self.max_header_bytes,
+            "api_key": self.api_key.as_ref().map(Secret::expose),
+            "cors_allow_origin_regex": self.cors_allow_origin_regex,
         })
     }
 }
@@ -391,7 +443,41 @@ impl Settings {
                 .and_then(Format::parse)
                 .ok_or_else(|| r.fail("log_format", "\"text\" or \"json\"", v))?;
         }
+        if let Some(v) = present(top, "max_header_bytes") {
+            s.max_header_bytes = r.whole("max_header_bytes", v, 1024, 1 << 20)?;
+        }
+        if let Some(v) = present(top, "api_key") {
+            s.api_key = Some(api_key(&r, v)?);
+        }
+        if let Some(v) = present(top, "cors_allow_origin_regex") {
+            let pattern = r.string("cors_allow_origin_regex", v)?;
+            if let Err(e) = origin_regex(pattern) {
+                return Err(Error::config(
+                    source,
+                    format!("key `cors_allow_origin_regex`: not a regular expression: {e}"),
+                ));
+            }
+            s.cors_allow_origin_regex = Some(pattern.to_string());
+        }
         Ok(s)
+    }
+}
+
+/// The API key: visible ASCII without spaces (a key read from a file with its newline
+/// would never match a header). Errors never show the value.
+fn api_key(r: &Reader, value: &Value) -> Result<Secret, Error> {
+    match value.as_str() {
+        Some(key) if !key.is_empty() && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Secret(key.to_string()))
+        }
+        _ => Err(Error::config(
+            r.source,
+            format!(
+                "key `api_key`: expected a non-empty string of visible ASCII characters \
+                 without spaces, found {} (the value is not shown)",
+                short_kind(value)
+            ),
+        )),
     }
 }
 

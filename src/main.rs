@@ -2,13 +2,15 @@
 //!
 //! Module map: `cli` (command line) → `config` (lookup, keys, validation) → `supervisor`
 //! (PID 1: socket, worker processes, signals, reaping) → `worker` (one process: `loader`
-//! loads the app, `acceptor` receives from tiny_http, `pool` runs requests with deadlines,
-//! `bridge` converts between tiny_http and the app's C ABI).
+//! loads the app, `acceptor` receives from tiny_http and `screen` checks each request's
+//! head, `pool` runs requests with deadlines, `bridge` converts between tiny_http and the
+//! app's C ABI, `closer` ends the connections tiny_http would keep open).
 
 mod acceptor;
 mod access;
 mod bridge;
 mod cli;
+mod closer;
 mod config;
 mod error;
 mod exit;
@@ -17,6 +19,7 @@ mod log;
 mod metrics;
 mod pool;
 mod reload;
+mod screen;
 mod signals;
 mod socket;
 mod status;

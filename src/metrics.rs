@@ -58,6 +58,39 @@ pub struct Counters {
     timeouts: AtomicU64,
     log_dropped: AtomicU64,
     parked: AtomicU64,
+    discarded: AtomicU64,
+    closed: [AtomicU64; Closed::ALL.len()],
+}
+
+/// Why the worker ended a connection itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// After an answer that left the stream in doubt: bad framing, an unread body.
+    Answered,
+    /// The request head did not complete within `keep_alive_timeout_s` (slowloris).
+    HeadTimeout,
+    /// The request head grew past `max_header_bytes` without ending.
+    HeadTooLarge,
+    /// The request body stopped arriving before its deadline.
+    BodyTimeout,
+}
+
+impl Closed {
+    const ALL: [Closed; 4] = [
+        Closed::Answered,
+        Closed::HeadTimeout,
+        Closed::HeadTooLarge,
+        Closed::BodyTimeout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Closed::Answered => "answered",
+            Closed::HeadTimeout => "head_timeout",
+            Closed::HeadTooLarge => "head_too_large",
+            Closed::BodyTimeout => "body_timeout",
+        }
+    }
 }
 
 /// What a worker samples; meaningless once it is gone, so never folded.
@@ -239,6 +272,8 @@ pub fn count(event: Event) {
         Event::Timeout => &slot.counters.timeouts,
         Event::LogDropped => &slot.counters.log_dropped,
         Event::Parked => &slot.counters.parked,
+        Event::Discarded => &slot.counters.discarded,
+        Event::Closed(reason) => &slot.counters.closed[reason as usize],
     };
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -247,6 +282,9 @@ pub enum Event {
     Timeout,
     LogDropped,
     Parked,
+    /// A request read from a connection already condemned (see `closer`).
+    Discarded,
+    Closed(Closed),
 }
 
 /// This worker's gauges, for its sampler.
@@ -329,7 +367,9 @@ impl Counters {
                 &self.timeouts,
                 &self.log_dropped,
                 &self.parked,
+                &self.discarded,
             ])
+            .chain(self.closed.iter())
     }
 }
 
@@ -354,6 +394,8 @@ struct Totals {
     timeouts: u64,
     log_dropped: u64,
     parked: u64,
+    discarded: u64,
+    closed: [u64; Closed::ALL.len()],
 }
 
 impl Totals {
@@ -365,6 +407,8 @@ impl Totals {
             timeouts: 0,
             log_dropped: 0,
             parked: 0,
+            discarded: 0,
+            closed: [0; Closed::ALL.len()],
         }
     }
 
@@ -384,6 +428,10 @@ impl Totals {
         self.timeouts += load(&counters.timeouts);
         self.log_dropped += load(&counters.log_dropped);
         self.parked += load(&counters.parked);
+        self.discarded += load(&counters.discarded);
+        for (total, counter) in self.closed.iter_mut().zip(&counters.closed) {
+            *total += load(counter);
+        }
     }
 }
 
@@ -558,10 +606,24 @@ fn write_events(out: &mut Text, region: &Region, totals: &Totals) {
             "Connections kept open for good after refusing a huge body.",
             totals.parked,
         ),
+        (
+            "microservice_requests_discarded_total",
+            "Requests read from a connection the worker was ending, dropped unanswered.",
+            totals.discarded,
+        ),
     ];
     for (name, help, value) in counters {
         out.family(name, "counter", help);
         out.sample(name, "", value);
+    }
+    let name = "microservice_connections_closed_total";
+    out.family(
+        name,
+        "counter",
+        "Connections the worker ended itself, by reason.",
+    );
+    for (reason, value) in Closed::ALL.iter().zip(totals.closed) {
+        out.sample(name, &format!("reason=\"{}\"", reason.name()), value);
     }
     let name = "microservice_worker_restarts_total";
     out.family(

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use tiny_http::Request;
 
-use crate::bridge::{self, BodyError, How, Incoming, RequestCopy};
+use crate::bridge::{self, BodyError, How, Incoming, RequestCopy, Stamp};
 use crate::loader::{AppResponse, LoadedApp};
 use crate::metrics;
 use crate::say;
@@ -102,7 +102,7 @@ struct SlotState {
 struct Running {
     /// `None` once the watcher (or an abandon) has answered in the app's place.
     request: Option<Request>,
-    received: Instant,
+    stamp: Stamp,
     deadline: Option<Instant>,
 }
 
@@ -111,24 +111,6 @@ struct Running {
 enum Fate {
     Continue,
     Exit,
-}
-
-/// How to answer a request whose body has been read.
-fn after_body(close: bool, received: Instant) -> How {
-    How {
-        received,
-        close,
-        body_read: true,
-    }
-}
-
-/// How to answer a request whose body has not been read.
-fn before_body(close: bool, received: Instant) -> How {
-    How {
-        received,
-        close,
-        body_read: false,
-    }
 }
 
 impl Pool {
@@ -223,7 +205,7 @@ impl Pool {
                     incoming.request,
                     503,
                     "worker replaced\n",
-                    before_body(true, incoming.received),
+                    How::unread(incoming.stamp, true),
                 );
             }
         }
@@ -235,15 +217,11 @@ impl Pool {
                 .expect("slot lock")
                 .running
                 .as_mut()
-                .and_then(|running| Some((running.request.take()?, running.received)));
-            if let Some((request, received)) = request {
+                .and_then(|running| Some((running.request.take()?, running.stamp)));
+            if let Some((request, stamp)) = request {
                 answered += 1;
-                let _ = bridge::send_text(
-                    request,
-                    503,
-                    "worker replaced\n",
-                    after_body(true, received),
-                );
+                let _ =
+                    bridge::send_text(request, 503, "worker replaced\n", How::read(stamp, true));
             }
         }
         answered
@@ -260,7 +238,7 @@ impl Pool {
                 continue;
             };
             inside += 1;
-            let age = now.duration_since(running.received).as_secs_f64();
+            let age = now.duration_since(running.stamp.received).as_secs_f64();
             match &running.request {
                 Some(request) => say!(
                     "in flight: {} {} for {age:.3}s",
@@ -375,37 +353,34 @@ impl Shared {
     }
 
     fn serve(&self, incoming: Incoming, slot: &Slot, copy: &mut RequestCopy) -> Fate {
-        let Incoming {
-            mut request,
-            received,
-        } = incoming;
+        let Incoming { mut request, stamp } = incoming;
         let close = self.closing();
-        let deadline = self.settings.timeout.map(|t| received + t);
+        let deadline = self.settings.timeout.map(|t| stamp.received + t);
         let expired = || deadline.is_some_and(|d| Instant::now() >= d);
         if self.stopped.load(Ordering::Acquire) {
-            let _ = bridge::send_text(request, 503, "shutting down\n", before_body(true, received));
+            let _ = bridge::send_text(request, 503, "shutting down\n", How::unread(stamp, true));
             return Fate::Continue;
         }
         if expired() {
-            send_timeout(request, before_body(close, received));
+            send_timeout(request, How::unread(stamp, close));
             return Fate::Continue;
         }
         if let Err(e) = copy.fill(&mut request, self.settings.max_body_bytes) {
-            self.reject_body(request, e, close, received);
+            self.reject_body(request, e, stamp);
             return Fate::Continue;
         }
         if expired() {
-            send_timeout(request, after_body(close, received));
+            send_timeout(request, How::read(stamp, close));
             return Fate::Continue;
         }
         let health_probe = copy.path() == b"/healthz";
 
         let _inside = shared_gate(&self.gate);
         if self.stopped.load(Ordering::Acquire) {
-            let _ = bridge::send_text(request, 503, "shutting down\n", after_body(true, received));
+            let _ = bridge::send_text(request, 503, "shutting down\n", How::read(stamp, true));
             return Fate::Continue;
         }
-        slot.begin(request, received, deadline);
+        slot.begin(request, stamp, deadline);
         if let (Some(deadline), Some(watcher)) = (deadline, self.watcher.get()) {
             if self.nanos(deadline) < self.watcher_wakes_at.load(Ordering::SeqCst) {
                 watcher.unpark();
@@ -421,11 +396,11 @@ impl Shared {
             if recent.len() == count {
                 recent.pop_front();
             }
-            recent.push_back(received.elapsed());
+            recent.push_back(stamp.received.elapsed());
         }
 
         if let Some(request) = request {
-            let how = after_body(self.closing(), received);
+            let how = How::read(stamp, self.closing());
             let _ = match &answer {
                 Answer::Health(Ok(())) => bridge::send_text(request, 200, "ok\n", how),
                 Answer::Health(Err(reason)) => {
@@ -444,45 +419,18 @@ impl Shared {
         }
     }
 
-    /// Answers a request whose body was not read. A body with a declared length is drained
-    /// by tiny_http when the request drops, at the client's pace, so that answer goes out
-    /// on a thread of its own; the bridge parks a huge one instead (see
-    /// `bridge::PARK_ABOVE_BYTES`).
-    fn reject_body(&self, request: Request, error: BodyError, close: bool, received: Instant) {
-        let limit = self.settings.max_body_bytes;
-        match error {
-            BodyError::TooLarge {
-                declared: Some(len),
-            } if len <= bridge::PARK_ABOVE_BYTES => {
-                let drain = thread::Builder::new().name("drain".into()).spawn(move || {
-                    bridge::send_text(
-                        request,
-                        413,
-                        &too_large(limit),
-                        before_body(close, received),
-                    )
-                });
-                if let Err(e) = drain {
-                    say!("cannot start a thread to answer 413: {e}");
-                }
-            }
-            BodyError::TooLarge { .. } => {
-                let _ = bridge::send_text(
-                    request,
-                    413,
-                    &too_large(limit),
-                    before_body(close, received),
-                );
-            }
-            BodyError::Read(e) => {
-                let _ = bridge::send_text(
-                    request,
-                    400,
-                    &format!("could not read the request body: {e}\n"),
-                    before_body(close, received),
-                );
-            }
-        }
+    /// Answers a request whose body could not be read, and ends its connection (as Apache
+    /// and nginx do): the rest of the body may still be in the stream.
+    fn reject_body(&self, request: Request, error: BodyError, stamp: Stamp) {
+        let (status, text) = match error {
+            BodyError::TooLarge => (413, too_large(self.settings.max_body_bytes)),
+            BodyError::Read(e) => (400, format!("could not read the request body: {e}\n")),
+            BodyError::Short { read, declared } => (
+                400,
+                format!("the request body ended after {read} of its {declared} bytes\n"),
+            ),
+        };
+        let _ = bridge::send_text(request, status, &text, How::ending(stamp));
     }
 
     fn nanos(&self, instant: Instant) -> u64 {
@@ -507,13 +455,13 @@ impl Shared {
                     }
                     Expiry::Fired {
                         request,
-                        received,
+                        stamp,
                         replace,
                     } => {
                         if replace {
                             Shared::spawn_thread(&self);
                         }
-                        send_timeout(request, after_body(self.closing(), received));
+                        send_timeout(request, How::read(stamp, self.closing()));
                     }
                     Expiry::Idle => {}
                 }
@@ -537,7 +485,7 @@ impl Shared {
         match running.deadline {
             Some(deadline) if running.request.is_some() && deadline <= now => {
                 let request = running.request.take().expect("checked is_some");
-                let received = running.received;
+                let stamp = running.stamp;
                 let cap = self.settings.threads;
                 let replace = self
                     .written_off
@@ -548,7 +496,7 @@ impl Shared {
                 state.written_off = replace;
                 Expiry::Fired {
                     request,
-                    received,
+                    stamp,
                     replace,
                 }
             }
@@ -563,7 +511,7 @@ enum Expiry {
     Pending(Instant),
     Fired {
         request: Request,
-        received: Instant,
+        stamp: Stamp,
         replace: bool,
     },
 }
@@ -574,10 +522,10 @@ enum Answer<'a> {
 }
 
 impl Slot {
-    fn begin(&self, request: Request, received: Instant, deadline: Option<Instant>) {
+    fn begin(&self, request: Request, stamp: Stamp, deadline: Option<Instant>) {
         self.state.lock().expect("slot lock").running = Some(Running {
             request: Some(request),
-            received,
+            stamp,
             deadline,
         });
     }

@@ -125,6 +125,64 @@ fn is_accepted_on(fd: std::os::fd::RawFd, port: u16) -> bool {
     local_port == port && rc == 0 && listening == 0
 }
 
+/// An accepted connection found by its peer address.
+pub struct Found {
+    pub peer: std::net::SocketAddr,
+    /// The fds this process holds for it (tiny_http holds two), and its inode.
+    pub fds: Vec<std::os::fd::RawFd>,
+    pub inode: u64,
+    /// A duplicate of our own: the fd numbers above may be closed by their owner at any
+    /// time and reused for another connection, this one stays this connection's.
+    pub socket: std::os::fd::OwnedFd,
+}
+
+/// The accepted connections on `listener`'s port whose peer is one of `peers`.
+pub fn connections_from(listener: &TcpListener, peers: &[std::net::SocketAddr]) -> Vec<Found> {
+    use std::os::fd::FromRawFd;
+    let mut found: Vec<Found> = Vec::new();
+    for (fd, inode) in accepted_sockets(listener) {
+        if let Some(known) = found.iter_mut().find(|f| f.inode == inode) {
+            known.fds.push(fd);
+            continue;
+        }
+        let Some(peer) = peer_of(fd).filter(|p| peers.contains(p)) else {
+            continue;
+        };
+        // SAFETY: F_DUPFD_CLOEXEC returns a new fd that only we own, or -1.
+        let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if copy < 0 {
+            continue;
+        }
+        // SAFETY: `copy` is ours alone.
+        let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(copy) };
+        // `fd` may have been closed and reused between the listing and the dup.
+        if self::inode(copy) == Some(inode) {
+            found.push(Found {
+                peer,
+                fds: vec![fd],
+                inode,
+                socket,
+            });
+        }
+    }
+    found
+}
+
+/// The address of the other end of a connected socket.
+pub fn peer_of(fd: std::os::fd::RawFd) -> Option<std::net::SocketAddr> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: borrowed for one call and never dropped, so the fd stays open and owned by
+    // whoever owned it.
+    let stream = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    stream.peer_addr().ok()
+}
+
+/// Shuts down a socket's reading side: reads return what has already arrived, then the end.
+pub fn shut_down_reading(fd: std::os::fd::RawFd) {
+    // SAFETY: shutdown on a socket fd; an fd closed meanwhile just fails.
+    unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+}
+
 /// Shuts down both directions of each socket: its reader sees the end, the client a FIN.
 pub fn shut_down(fds: &[std::os::fd::RawFd]) {
     for &fd in fds {

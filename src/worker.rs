@@ -24,7 +24,8 @@ use signal_hook::iterator::Signals;
 
 use crate::acceptor::Acceptor;
 use crate::access;
-use crate::config::Settings;
+use crate::closer;
+use crate::config::{redact, Settings};
 use crate::error::Error;
 use crate::exit;
 use crate::loader::LoadedApp;
@@ -32,6 +33,7 @@ use crate::log;
 use crate::metrics::{self, Metrics};
 use crate::pool::{Pool, PoolSettings};
 use crate::say;
+use crate::screen::Screen;
 use crate::socket;
 use crate::status::StatusPipe;
 
@@ -107,7 +109,8 @@ pub fn run() -> Result<i32, Error> {
     // SAFETY: the supervisor placed the status pipe on this fd before exec.
     let status = Arc::new(unsafe { StatusPipe::from_fd(STATUS_FD) });
 
-    let app = Arc::new(LoadedApp::load(&app_path, &config.to_string())?);
+    // The app gets the config without its secrets (the API key is checked before the app).
+    let app = Arc::new(LoadedApp::load(&app_path, &redact(config).to_string())?);
     let threads = settings.pool_threads();
     let pool = Pool::start(
         app.clone(),
@@ -124,12 +127,17 @@ pub fn run() -> Result<i32, Error> {
         },
         status.clone(),
     );
+    let closer_listener = listener
+        .try_clone()
+        .map_err(|e| Error::boot("cannot duplicate the listening socket", e))?;
+    closer::start(closer_listener).map_err(|e| Error::boot("cannot start the closer", e))?;
     let ready = Arc::new(AtomicBool::new(false));
     let acceptor = Acceptor::start(
         listener,
         pool.sender(),
         ready.clone(),
         settings.keep_alive_timeout(),
+        Screen::new(&settings),
     )
     .map_err(|e| Error::boot("cannot start accepting connections", e))?;
     ready.store(true, Ordering::Release);

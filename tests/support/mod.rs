@@ -328,8 +328,23 @@ pub fn read_reply(stream: &mut TcpStream) -> std::io::Result<Reply> {
     }
 }
 
+/// Every complete response in `data`, in order.
+pub fn parse_replies(mut data: &[u8]) -> Vec<Reply> {
+    let mut replies = Vec::new();
+    while let Some((reply, used)) = parse_reply_at(data) {
+        replies.push(reply);
+        data = &data[used..];
+    }
+    replies
+}
+
 /// A complete response with a Content-Length body (the only kind these tests expect).
 fn parse_reply(data: &[u8]) -> Option<Reply> {
+    parse_reply_at(data).map(|(reply, _)| reply)
+}
+
+/// A complete response at the start of `data`, and how many bytes it took.
+fn parse_reply_at(data: &[u8]) -> Option<(Reply, usize)> {
     let end = data.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&data[..end]).ok()?;
     let mut lines = head.split("\r\n");
@@ -344,11 +359,12 @@ fn parse_reply(data: &[u8]) -> Option<Reply> {
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0);
     let body = data.get(end + 4..end + 4 + length)?.to_vec();
-    Some(Reply {
+    let reply = Reply {
         status,
         headers,
         body,
-    })
+    };
+    Some((reply, end + 4 + length))
 }
 
 /// Sends `count` GETs at once, each on its own connection; returns (seconds since the
