@@ -21,15 +21,8 @@
 //! real connection, which this worker still serves, or with the poke connection that
 //! `retire` sends until the thread has ended.
 //!
-//! Why [`Acceptor::unstick`]: tiny_http 0.12 hands each accepted connection to a thread of
-//! its pool, deciding between "queue it" and "start a thread" by a count of waiting
-//! threads that a woken thread lowers only once it runs again. When connections arrive in
-//! a burst, one can be queued with no thread left to take it, and it waits, unread, until
-//! some later connection wakes the pool (measured: requests stalled 3.4 s at 16
-//! connections after a burst of 1024). Any new connection makes the pool start or wake a
-//! thread, which takes the queue's oldest connection first; so the worker looks for
-//! accepted connections whose input stays unread and sends one loopback connection for
-//! each.
+//! The connection watch (`watch`), started here, does what tiny_http has no hook for:
+//! waking its pool for connections left unread, and closing stalled or oversized heads.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -48,6 +41,7 @@ use crate::pool::Job;
 use crate::say;
 use crate::screen::{Refusal, Screen, Verdict};
 use crate::socket;
+use crate::watch;
 
 /// How long an old generation keeps receiving after its last request.
 const OLD_GENERATION_LINGER: Duration = Duration::from_secs(60);
@@ -58,12 +52,6 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(200);
 
 /// How often `retire` pokes a waiting `accept()` with a connection.
 const POKE_INTERVAL: Duration = Duration::from_millis(50);
-
-/// How often the worker looks for connections whose input nobody reads: this often, or
-/// 20 times as long as the last look took (a look reads every fd of the process), so
-/// looking costs at most about 5% of one core however many connections are open.
-const UNSTICK_INTERVAL: Duration = Duration::from_millis(25);
-const UNSTICK_COST_FACTOR: u32 = 20;
 
 pub struct Acceptor {
     listener: TcpListener,
@@ -78,6 +66,8 @@ pub struct Acceptor {
     abandoned: AtomicBool,
     accepting: Mutex<Accepting>,
     accept_ended: Condvar,
+    /// Set when retiring: the watch ends.
+    unwatched: Arc<AtomicBool>,
 }
 
 /// The accept threads that may still run: one per generation whose end its receiving
@@ -99,6 +89,7 @@ impl Acceptor {
         ready: Arc<AtomicBool>,
         keep_alive: Duration,
         screen: Screen,
+        limits: watch::Limits,
     ) -> std::io::Result<Arc<Acceptor>> {
         let poke_address = socket::reachable_address(&listener)?;
         let acceptor = Arc::new(Acceptor {
@@ -115,36 +106,18 @@ impl Acceptor {
                 retiring: false,
             }),
             accept_ended: Condvar::new(),
+            unwatched: Arc::new(AtomicBool::new(false)),
         });
         let mut accepting = acceptor.accepting.lock().expect("acceptor lock");
         acceptor.start_generation(&mut accepting)?;
         drop(accepting);
-        let unsticker = acceptor.clone();
-        thread::Builder::new()
-            .name("unstick".into())
-            .spawn(move || unsticker.unstick())?;
+        watch::start(
+            acceptor.listener.try_clone()?,
+            poke_address,
+            limits,
+            acceptor.unwatched.clone(),
+        )?;
         Ok(acceptor)
-    }
-
-    /// Wakes tiny_http's pool for each accepted connection whose unread input has not moved
-    /// for a whole interval (see the module docs). Ends when the worker stops accepting.
-    fn unstick(&self) {
-        let mut previous: Vec<(u64, usize)> = Vec::new();
-        let mut interval = UNSTICK_INTERVAL;
-        loop {
-            thread::sleep(interval);
-            if self.accepting.lock().expect("acceptor lock").retiring {
-                return;
-            }
-            let started = Instant::now();
-            let current = socket::unread_input(&self.listener);
-            interval = UNSTICK_INTERVAL.max(started.elapsed() * UNSTICK_COST_FACTOR);
-            let stuck = current.iter().filter(|c| previous.contains(c)).count();
-            for _ in 0..stuck {
-                let _ = TcpStream::connect_timeout(&self.poke_address, POKE_INTERVAL);
-            }
-            previous = current;
-        }
     }
 
     /// Starts a tiny_http server on a fresh duplicate of the socket, placed high in the fd
@@ -235,6 +208,7 @@ impl Acceptor {
     pub fn retire(&self, deadline: Instant) -> bool {
         let mut accepting = self.accepting.lock().expect("acceptor lock");
         accepting.retiring = true;
+        self.unwatched.store(true, Ordering::Release);
         let mut unplugged = Vec::new();
         for &(generation, fd) in &accepting.live {
             match unplug(fd, &self.listener) {
@@ -277,6 +251,7 @@ impl Acceptor {
         let Some(request) = closer::intercept(request) else {
             return;
         };
+        watch::began(request.remote_addr());
         let received = Instant::now();
         let close = !self.ready.load(Ordering::Acquire);
         if self.abandoned.load(Ordering::Acquire) {

@@ -18,6 +18,7 @@ use crate::closer;
 use crate::loader::AppResponse;
 use crate::metrics;
 use crate::say;
+use crate::watch;
 
 /// A request as the acceptor handed it to the pool.
 pub struct Incoming {
@@ -311,10 +312,12 @@ pub fn deliver<'h>(
     how: How,
 ) -> io::Result<()> {
     let method = request.method().clone();
+    let peer = request.remote_addr().copied();
     let line = access::begin(&request, status, body.len());
     let sent = write(request, status, headers, body, how);
     let took = how.stamp.received.elapsed();
     metrics::record(&method, status, took);
+    watch::ended(peer.as_ref());
     if let Some(line) = line {
         access::finish(line, took);
     }
@@ -437,6 +440,7 @@ pub fn deliver_to_socket<'h>(
     let sent = socket.write_all(&out);
     let took = how.stamp.received.elapsed();
     metrics::record(request.method(), status, took);
+    watch::ended(request.remote_addr());
     if let Some(line) = line {
         access::finish(line, took);
     }

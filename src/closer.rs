@@ -18,8 +18,9 @@
 //! dispatch from a condemned peer and are dropped unanswered, never reaching the app. A
 //! condemned peer is forgotten once its socket is gone.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread;
@@ -40,17 +41,15 @@ static CLOSER: OnceLock<Closer> = OnceLock::new();
 
 struct Closer {
     jobs: Sender<Job>,
-    condemned: Mutex<Vec<Condemned>>,
+    /// Condemned peers, and (fd, inode) of each of their socket's fds (tiny_http holds two)
+    /// once looked up; an entry goes when those are all gone.
+    condemned: Mutex<HashMap<SocketAddr, Option<Fds>>>,
     /// `condemned.len()`, read without the lock on every request.
     count: AtomicUsize,
 }
 
-struct Condemned {
-    peer: SocketAddr,
-    /// (fd, inode) of each of the socket's fds (tiny_http holds two) once looked up; the
-    /// entry goes when they are all gone.
-    sockets: Option<Vec<(RawFd, u64)>>,
-}
+/// (fd, inode) pairs of one socket.
+type Fds = Vec<(RawFd, u64)>;
 
 enum Job {
     Answer {
@@ -69,7 +68,7 @@ pub fn start(listener: TcpListener) -> std::io::Result<()> {
     let (jobs, queue) = crossbeam_channel::unbounded();
     let closer = Closer {
         jobs,
-        condemned: Mutex::new(Vec::new()),
+        condemned: Mutex::new(HashMap::new()),
         count: AtomicUsize::new(0),
     };
     if CLOSER.set(closer).is_err() {
@@ -102,10 +101,7 @@ pub fn close(
     };
     if let Some(peer) = request.remote_addr() {
         let mut condemned = closer.condemned.lock().expect("condemned lock");
-        condemned.push(Condemned {
-            peer: *peer,
-            sockets: None,
-        });
+        condemned.insert(*peer, None);
         closer.count.store(condemned.len(), Ordering::Release);
     }
     let job = Job::Answer {
@@ -118,6 +114,15 @@ pub fn close(
     if closer.jobs.send(job).is_err() {
         say!("the closer thread has ended; a connection stays open");
     }
+}
+
+/// Condemns the connection from `peer` that the caller is shutting down itself (see
+/// `watch`): a request tiny_http completes from it meanwhile is dropped unanswered.
+pub fn condemn(peer: SocketAddr, fds: &[RawFd], inode: u64) {
+    let Some(closer) = CLOSER.get() else { return };
+    let mut condemned = closer.condemned.lock().expect("condemned lock");
+    condemned.insert(peer, Some(fds.iter().map(|fd| (*fd, inode)).collect()));
+    closer.count.store(condemned.len(), Ordering::Release);
 }
 
 /// Takes `request` if it comes from a condemned connection: it is dropped unanswered.
@@ -133,8 +138,7 @@ pub fn intercept(request: Request) -> Option<Request> {
             .condemned
             .lock()
             .expect("condemned lock")
-            .iter()
-            .any(|c| c.peer == *peer),
+            .contains_key(peer),
         None => false,
     };
     if !condemned {
@@ -146,6 +150,7 @@ pub fn intercept(request: Request) -> Option<Request> {
 }
 
 fn run(listener: TcpListener, queue: Receiver<Job>) {
+    let mut sockets = socket::Sockets::default();
     loop {
         let first = match queue.recv_timeout(PRUNE_EVERY) {
             Ok(job) => job,
@@ -163,13 +168,21 @@ fn run(listener: TcpListener, queue: Receiver<Job>) {
                 Job::Discard(_) => None,
             })
             .collect();
-        let found = match peers.is_empty() {
+        let found: Vec<(socket::Connection, OwnedFd)> = match peers.is_empty() {
             true => Vec::new(),
-            false => socket::connections_from(&listener, &peers),
+            false => sockets
+                .scan(&listener)
+                .into_iter()
+                .filter(|c| peers.contains(&c.peer))
+                .filter_map(|c| {
+                    let socket = c.duplicate()?;
+                    Some((c, socket))
+                })
+                .collect(),
         };
         // The reading side first: a drain of the unread body stops at what has arrived.
-        for connection in &found {
-            socket::shut_down_reading(connection.socket.as_raw_fd());
+        for (_, socket) in &found {
+            socket::shut_down_reading(socket.as_raw_fd());
         }
         for job in batch {
             match job {
@@ -182,9 +195,9 @@ fn run(listener: TcpListener, queue: Receiver<Job>) {
                 } => {
                     let headers = headers.iter().map(|(n, v)| (&n[..], &v[..]));
                     let peer = request.remote_addr().copied();
-                    match found.iter().find(|c| Some(c.peer) == peer) {
-                        Some(connection) => {
-                            let fd = connection.socket.as_raw_fd();
+                    match found.iter().find(|(c, _)| Some(c.peer) == peer) {
+                        Some((connection, socket)) => {
+                            let fd = socket.as_raw_fd();
                             let _ = bridge::deliver_to_socket(
                                 fd, &request, status, headers, &body, how,
                             );
@@ -216,7 +229,7 @@ fn run(listener: TcpListener, queue: Receiver<Job>) {
 /// again: the request that holds the reading side was forgotten, and tiny_http's
 /// connection thread waits for that request's body reader for good, so neither it nor
 /// the writing side it holds is ever used or dropped.
-fn forget_parked(connection: &socket::Found) {
+fn forget_parked(connection: &socket::Connection) {
     for &fd in &connection.fds {
         if socket::inode(fd) == Some(connection.inode) {
             // SAFETY: see above; the inode check makes sure the number is still this
@@ -228,13 +241,13 @@ fn forget_parked(connection: &socket::Found) {
 
 /// Notes the socket of each newly condemned peer; a peer whose socket was not found has no
 /// connection left to read from, and is forgotten.
-fn remember(found: &[socket::Found], peers: &[SocketAddr]) {
+fn remember(found: &[(socket::Connection, OwnedFd)], peers: &[SocketAddr]) {
     let closer = CLOSER.get().expect("started");
     let mut condemned = closer.condemned.lock().expect("condemned lock");
-    for entry in condemned.iter_mut().filter(|c| c.sockets.is_none()) {
-        if peers.contains(&entry.peer) {
-            let connection = found.iter().find(|c| c.peer == entry.peer);
-            entry.sockets = Some(connection.map_or_else(Vec::new, |c| {
+    for peer in peers {
+        if let Some(sockets @ None) = condemned.get_mut(peer) {
+            let connection = found.iter().map(|(c, _)| c).find(|c| c.peer == *peer);
+            *sockets = Some(connection.map_or_else(Vec::new, |c| {
                 c.fds.iter().map(|fd| (*fd, c.inode)).collect()
             }));
         }
@@ -245,7 +258,7 @@ fn remember(found: &[socket::Found], peers: &[SocketAddr]) {
 fn prune() {
     let closer = CLOSER.get().expect("started");
     let mut condemned = closer.condemned.lock().expect("condemned lock");
-    condemned.retain(|c| match &c.sockets {
+    condemned.retain(|_, sockets| match sockets {
         None => true,
         Some(fds) => fds
             .iter()

@@ -4,7 +4,7 @@
 //! (PID 1: socket, worker processes, signals, reaping) → `worker` (one process: `loader`
 //! loads the app, `acceptor` receives from tiny_http and `screen` checks each request's
 //! head, `pool` runs requests with deadlines, `bridge` converts between tiny_http and the
-//! app's C ABI, `closer` ends the connections tiny_http would keep open).
+//! app's C ABI, `closer` ends the connections tiny_http would keep open, `watch` looks after them all).
 
 mod acceptor;
 mod access;
@@ -24,6 +24,7 @@ mod signals;
 mod socket;
 mod status;
 mod supervisor;
+mod watch;
 mod worker;
 
 fn main() {

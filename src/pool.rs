@@ -38,6 +38,7 @@ use crate::loader::{AppResponse, LoadedApp};
 use crate::metrics;
 use crate::say;
 use crate::status::StatusPipe;
+use crate::watch;
 
 #[derive(Clone, Debug)]
 pub struct PoolSettings {
@@ -365,8 +366,12 @@ impl Shared {
             send_timeout(request, How::unread(stamp, close));
             return Fate::Continue;
         }
-        if let Err(e) = copy.fill(&mut request, self.settings.max_body_bytes) {
-            self.reject_body(request, e, stamp);
+        let peer = request.remote_addr().copied();
+        watch::reading_body(peer.as_ref(), Some(stamp.received));
+        let filled = copy.fill(&mut request, self.settings.max_body_bytes);
+        watch::reading_body(peer.as_ref(), None);
+        if let Err(e) = filled {
+            self.reject_body(request, e, stamp, expired());
             return Fate::Continue;
         }
         if expired() {
@@ -421,9 +426,15 @@ impl Shared {
 
     /// Answers a request whose body could not be read, and ends its connection (as Apache
     /// and nginx do): the rest of the body may still be in the stream.
-    fn reject_body(&self, request: Request, error: BodyError, stamp: Stamp) {
+    /// `late`: the request's deadline has passed (the watch cuts a body still arriving
+    /// then).
+    fn reject_body(&self, request: Request, error: BodyError, stamp: Stamp, late: bool) {
         let (status, text) = match error {
             BodyError::TooLarge => (413, too_large(self.settings.max_body_bytes)),
+            _ if late => (
+                408,
+                "the request body did not arrive within request_timeout_s\n".to_string(),
+            ),
             BodyError::Read(e) => (400, format!("could not read the request body: {e}\n")),
             BodyError::Short { read, declared } => (
                 400,

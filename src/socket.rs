@@ -50,39 +50,139 @@ pub fn set_timeouts(listener: &TcpListener, timeout: Duration) -> std::io::Resul
     Ok(())
 }
 
-/// This process's accepted connections on `listener`'s port: sockets with that local port
-/// that are not the listening socket itself (tiny_http holds two fds per connection, a read
-/// and a write half).
+/// This process's accepted connections on `listener`'s port: the fds of sockets with that
+/// local port that are not the listening socket itself (tiny_http holds two fds per
+/// connection, a read and a write half).
 pub fn accepted_connections(listener: &TcpListener) -> Vec<std::os::fd::RawFd> {
-    accepted_sockets(listener)
+    Sockets::default()
+        .scan(listener)
         .into_iter()
-        .map(|(fd, _)| fd)
+        .flat_map(|c| c.fds)
         .collect()
 }
 
-/// The accepted connections as (fd, socket inode).
-fn accepted_sockets(listener: &TcpListener) -> Vec<(std::os::fd::RawFd, u64)> {
-    let Ok(port) = listener.local_addr().map(|a| a.port()) else {
-        return Vec::new();
-    };
-    let own = inode(listener.as_raw_fd());
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .filter_map(|fd| {
-            let socket = inode(fd)?;
-            (Some(socket) != own && is_accepted_on(fd, port)).then_some((fd, socket))
-        })
-        .collect()
-}
-
-/// The inode an fd refers to; every duplicate of a socket shares it.
+/// The socket inode an fd refers to (every duplicate of a socket shares it); `None` for an
+/// fd that is not a socket.
 pub fn inode(fd: std::os::fd::RawFd) -> Option<u64> {
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat fills `stat` for a valid fd and fails otherwise.
-    (unsafe { libc::fstat(fd, &mut stat) } == 0).then_some(stat.st_ino)
+    let found = unsafe { libc::fstat(fd, &mut stat) } == 0;
+    (found && stat.st_mode & libc::S_IFMT == libc::S_IFSOCK).then_some(stat.st_ino)
+}
+
+/// One accepted connection as a look at the process's fds found it.
+pub struct Connection {
+    pub peer: std::net::SocketAddr,
+    pub inode: u64,
+    /// This process's fds for it (tiny_http holds two).
+    pub fds: Vec<std::os::fd::RawFd>,
+    /// Bytes waiting to be read (after [`Connection::measure`]).
+    pub unread: usize,
+    /// Bytes received over its life, when the kernel tells (after `measure`).
+    pub received: Option<u64>,
+}
+
+impl Connection {
+    /// Fills in `unread` and `received`.
+    pub fn measure(&mut self) {
+        let fd = self.fds[0];
+        let mut waiting: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int for a socket.
+        if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut waiting) } == 0 {
+            self.unread = waiting.max(0) as usize;
+        }
+        self.received = bytes_received(fd);
+    }
+
+    /// A duplicate of our own: the fd numbers in `fds` may be closed by their owner at any
+    /// time and reused for another connection, this one stays this connection's.
+    pub fn duplicate(&self) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: F_DUPFD_CLOEXEC returns a new fd that only we own, or -1.
+        let copy = unsafe { libc::fcntl(self.fds[0], libc::F_DUPFD_CLOEXEC, 0) };
+        if copy < 0 {
+            return None;
+        }
+        // SAFETY: `copy` is ours alone.
+        let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(copy) };
+        // The number may have been closed and reused between the look and the dup.
+        (inode(copy) == Some(self.inode)).then_some(socket)
+    }
+}
+
+/// The start of the kernel's `struct tcp_info`, up to `tcpi_bytes_received` (Linux 4.1).
+#[repr(C)]
+struct TcpInfoHead {
+    bytes: [u8; 8],
+    words: [u32; 24],
+    pacing_rate: u64,
+    max_pacing_rate: u64,
+    bytes_acked: u64,
+    bytes_received: u64,
+}
+
+fn bytes_received(fd: std::os::fd::RawFd) -> Option<u64> {
+    let mut info: TcpInfoHead = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<TcpInfoHead>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `length` bytes of its tcp_info.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut TcpInfoHead).cast(),
+            &mut length,
+        )
+    };
+    (rc == 0 && length as usize == std::mem::size_of::<TcpInfoHead>())
+        .then_some(info.bytes_received)
+}
+
+/// Finds the accepted connections among the process's fds, remembering which socket
+/// (inode) is which, so that a look costs one `fstat` per fd once the sockets are known.
+#[derive(Default)]
+pub struct Sockets {
+    /// inode → the peer, for an accepted connection on the port; `None` for other sockets.
+    known: std::collections::HashMap<u64, Option<std::net::SocketAddr>>,
+}
+
+impl Sockets {
+    pub fn scan(&mut self, listener: &TcpListener) -> Vec<Connection> {
+        let Ok(port) = listener.local_addr().map(|a| a.port()) else {
+            return Vec::new();
+        };
+        let own = inode(listener.as_raw_fd());
+        let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+            return Vec::new();
+        };
+        let mut found: std::collections::HashMap<u64, Connection> = Default::default();
+        let mut seen = std::collections::HashSet::new();
+        let fds = entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok());
+        for fd in fds {
+            let Some(socket) = inode(fd).filter(|i| Some(*i) != own) else {
+                continue;
+            };
+            seen.insert(socket);
+            let peer = *self
+                .known
+                .entry(socket)
+                .or_insert_with(|| is_accepted_on(fd, port).then(|| peer_of(fd)).flatten());
+            let Some(peer) = peer else { continue };
+            found
+                .entry(socket)
+                .or_insert_with(|| Connection {
+                    peer,
+                    inode: socket,
+                    fds: Vec::new(),
+                    unread: 0,
+                    received: None,
+                })
+                .fds
+                .push(fd);
+        }
+        self.known.retain(|socket, _| seen.contains(socket));
+        found.into_values().collect()
+    }
 }
 
 fn is_accepted_on(fd: std::os::fd::RawFd, port: u16) -> bool {
@@ -123,49 +223,6 @@ fn is_accepted_on(fd: std::os::fd::RawFd, port: u16) -> bool {
         )
     };
     local_port == port && rc == 0 && listening == 0
-}
-
-/// An accepted connection found by its peer address.
-pub struct Found {
-    pub peer: std::net::SocketAddr,
-    /// The fds this process holds for it (tiny_http holds two), and its inode.
-    pub fds: Vec<std::os::fd::RawFd>,
-    pub inode: u64,
-    /// A duplicate of our own: the fd numbers above may be closed by their owner at any
-    /// time and reused for another connection, this one stays this connection's.
-    pub socket: std::os::fd::OwnedFd,
-}
-
-/// The accepted connections on `listener`'s port whose peer is one of `peers`.
-pub fn connections_from(listener: &TcpListener, peers: &[std::net::SocketAddr]) -> Vec<Found> {
-    use std::os::fd::FromRawFd;
-    let mut found: Vec<Found> = Vec::new();
-    for (fd, inode) in accepted_sockets(listener) {
-        if let Some(known) = found.iter_mut().find(|f| f.inode == inode) {
-            known.fds.push(fd);
-            continue;
-        }
-        let Some(peer) = peer_of(fd).filter(|p| peers.contains(p)) else {
-            continue;
-        };
-        // SAFETY: F_DUPFD_CLOEXEC returns a new fd that only we own, or -1.
-        let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-        if copy < 0 {
-            continue;
-        }
-        // SAFETY: `copy` is ours alone.
-        let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(copy) };
-        // `fd` may have been closed and reused between the listing and the dup.
-        if self::inode(copy) == Some(inode) {
-            found.push(Found {
-                peer,
-                fds: vec![fd],
-                inode,
-                socket,
-            });
-        }
-    }
-    found
 }
 
 /// The address of the other end of a connected socket.
@@ -214,21 +271,4 @@ pub fn reachable_address(listener: &TcpListener) -> std::io::Result<std::net::So
         });
     }
     Ok(address)
-}
-
-/// Accepted connections on `listener`'s port with input waiting to be read, as
-/// (socket inode, unread bytes); each connection once (tiny_http holds two fds for one).
-pub fn unread_input(listener: &TcpListener) -> Vec<(u64, usize)> {
-    let mut found: Vec<(u64, usize)> = Vec::new();
-    for (fd, inode) in accepted_sockets(listener) {
-        if found.iter().any(|(i, _)| *i == inode) {
-            continue;
-        }
-        let mut waiting: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int for a socket.
-        if unsafe { libc::ioctl(fd, libc::FIONREAD, &mut waiting) } == 0 && waiting > 0 {
-            found.push((inode, waiting as usize));
-        }
-    }
-    found
 }

@@ -36,6 +36,7 @@ use crate::say;
 use crate::screen::Screen;
 use crate::socket;
 use crate::status::StatusPipe;
+use crate::watch;
 
 /// Where the worker finds the listening socket (as systemd's socket activation does).
 pub const LISTEN_FD: RawFd = 3;
@@ -138,6 +139,11 @@ pub fn run() -> Result<i32, Error> {
         ready.clone(),
         settings.keep_alive_timeout(),
         Screen::new(&settings),
+        watch::Limits {
+            keep_alive: settings.keep_alive_timeout(),
+            max_head_bytes: settings.max_header_bytes,
+            body_deadline: settings.request_timeout(),
+        },
     )
     .map_err(|e| Error::boot("cannot start accepting connections", e))?;
     ready.store(true, Ordering::Release);
@@ -196,9 +202,8 @@ impl Worker {
     /// Puts the pool's and the connections' present figures into the metrics.
     fn sample(&self) {
         if let Some(gauges) = metrics::gauges() {
+            // (The watch counts the open connections.)
             self.pool.sample(gauges);
-            let open = socket::accepted_connections(&self.listener).len();
-            gauges.connections.store(open as u64, Ordering::Relaxed);
         }
     }
 

@@ -260,7 +260,7 @@ fn an_idle_connection_is_closed_after_the_keep_alive_timeout() {
 }
 
 /// tiny_http 0.12's connection pool can queue a connection of a burst with no thread left
-/// to take it (see src/acceptor.rs). With the worker's unstick scan switched off, this test
+/// to take it (see src/watch.rs). With the watch's unstick switched off, this test
 /// failed in each of 5 runs: 11 to 60 of the 64 connections of round 1 were unanswered
 /// after 2 s. The scan runs every 25 ms; the bound allows 80 of them.
 #[test]
