@@ -133,17 +133,27 @@ pub fn intercept(request: Request) -> Option<Request> {
     if closer.count.load(Ordering::Acquire) == 0 {
         return Some(request);
     }
-    let condemned = match request.remote_addr() {
-        Some(peer) => closer
-            .condemned
-            .lock()
-            .expect("condemned lock")
-            .contains_key(peer),
-        None => false,
+    let Some(peer) = request.remote_addr() else {
+        return Some(request);
     };
-    if !condemned {
+    let mut condemned = closer.condemned.lock().expect("condemned lock");
+    // A condemned connection is still open while its request is around; a client can only
+    // come again from the same address and port once the old socket is gone (the kernel
+    // refuses a connection that matches one still open), so an entry whose socket is gone
+    // is stale and this request is from a new connection.
+    let from_condemned = match condemned.get(peer) {
+        None => false,
+        Some(None) => true,
+        Some(Some(fds)) => alive(fds),
+    };
+    if !from_condemned {
+        if condemned.get(peer).is_some() {
+            condemned.remove(peer);
+            closer.count.store(condemned.len(), Ordering::Release);
+        }
         return Some(request);
     }
+    drop(condemned);
     metrics::count(metrics::Event::Discarded);
     let _ = closer.jobs.send(Job::Discard(request));
     None
@@ -260,9 +270,13 @@ fn prune() {
     let mut condemned = closer.condemned.lock().expect("condemned lock");
     condemned.retain(|_, sockets| match sockets {
         None => true,
-        Some(fds) => fds
-            .iter()
-            .any(|(fd, inode)| socket::inode(*fd) == Some(*inode)),
+        Some(fds) => alive(fds),
     });
     closer.count.store(condemned.len(), Ordering::Release);
+}
+
+/// Whether any of a socket's fds still names it.
+fn alive(fds: &Fds) -> bool {
+    fds.iter()
+        .any(|(fd, inode)| socket::inode(*fd) == Some(*inode))
 }

@@ -73,14 +73,17 @@ pub enum Closed {
     HeadTooLarge,
     /// The request body stopped arriving before its deadline.
     BodyTimeout,
+    /// Between requests while the worker was running out of file descriptors.
+    Shed,
 }
 
 impl Closed {
-    const ALL: [Closed; 4] = [
+    const ALL: [Closed; 5] = [
         Closed::Answered,
         Closed::HeadTimeout,
         Closed::HeadTooLarge,
         Closed::BodyTimeout,
+        Closed::Shed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +92,7 @@ impl Closed {
             Closed::HeadTimeout => "head_timeout",
             Closed::HeadTooLarge => "head_too_large",
             Closed::BodyTimeout => "body_timeout",
+            Closed::Shed => "shed",
         }
     }
 }

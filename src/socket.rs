@@ -144,6 +144,8 @@ fn bytes_received(fd: std::os::fd::RawFd) -> Option<u64> {
 pub struct Sockets {
     /// inode → the peer, for an accepted connection on the port; `None` for other sockets.
     known: std::collections::HashMap<u64, Option<std::net::SocketAddr>>,
+    /// How many fds the process had open at the last scan.
+    pub fds_open: usize,
 }
 
 impl Sockets {
@@ -158,7 +160,9 @@ impl Sockets {
         let mut found: std::collections::HashMap<u64, Connection> = Default::default();
         let mut seen = std::collections::HashSet::new();
         let fds = entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok());
+        self.fds_open = 0;
         for fd in fds {
+            self.fds_open += 1;
             let Some(socket) = inode(fd).filter(|i| Some(*i) != own) else {
                 continue;
             };
@@ -232,6 +236,17 @@ pub fn peer_of(fd: std::os::fd::RawFd) -> Option<std::net::SocketAddr> {
     // whoever owned it.
     let stream = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
     stream.peer_addr().ok()
+}
+
+/// This process's limit on open file descriptors.
+pub fn fd_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    limit.rlim_cur.min(usize::MAX as u64) as usize
 }
 
 /// Shuts down a socket's reading side: reads return what has already arrived, then the end.

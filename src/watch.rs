@@ -21,7 +21,11 @@
 //! 4. **Stalled bodies.** The pool reads a request's body before the app sees it; a body
 //!    still arriving at the request's deadline has its socket's reading side shut down, so
 //!    the pool thread's read ends and it answers 408.
-//! 5. It counts the open connections for `/metrics`.
+//! 5. **Shedding.** tiny_http holds two fds per connection; when the process has used 90%
+//!    of its fd limit, the connections between requests that have gone longest without
+//!    one are sent 503 and shut down until it is under 80%, so that accepting (and with
+//!    it every fresh request) does not fail with `EMFILE`.
+//! 6. It counts the open connections for `/metrics`.
 //!
 //! A request's start and end are counted per client port (two counters per port, one
 //! atomic addition each on the request path), which is how the watch knows whether a
@@ -159,6 +163,7 @@ fn run(listener: TcpListener, poke_address: SocketAddr, limits: Limits, stop: Ar
             }
         }
         tracks.retain(|inode, _| connections.iter().any(|c| c.inode == *inode));
+        shed(&connections, &tracks, sockets.fds_open);
         for _ in 0..pokes {
             let _ = TcpStream::connect_timeout(&poke_address, POKE_TIMEOUT);
         }
@@ -171,6 +176,34 @@ enum Verdict {
     HeadTimeout,
     HeadTooLarge,
     BodyTimeout,
+    Shed,
+}
+
+/// Past 90% of the fd limit, sheds connections between requests, those that have gone
+/// longest without one first, until under 80%.
+fn shed(connections: &[Connection], tracks: &HashMap<u64, Track>, fds_open: usize) {
+    let limit = socket::fd_limit();
+    if fds_open * 10 <= limit * 9 {
+        return;
+    }
+    let mut between: Vec<(&Connection, Instant)> = connections
+        .iter()
+        .filter_map(|c| {
+            let track = tracks.get(&c.inode)?;
+            let port = c.peer.port() as usize;
+            let idle = BEGAN[port].load(Ordering::Relaxed) == ENDED[port].load(Ordering::Relaxed);
+            idle.then_some((c, track.moved_at))
+        })
+        .collect();
+    between.sort_by_key(|(_, moved_at)| *moved_at);
+    let mut excess = fds_open.saturating_sub(limit * 8 / 10);
+    for (connection, _) in between {
+        if excess == 0 {
+            break;
+        }
+        act(connection, Verdict::Shed);
+        excess = excess.saturating_sub(connection.fds.len());
+    }
 }
 
 fn judge(
@@ -235,6 +268,11 @@ fn act(connection: &Connection, verdict: Verdict) {
             Closed::HeadTooLarge,
             "431 Request Header Fields Too Large",
             "request head too large\n",
+        ),
+        Verdict::Shed => (
+            Closed::Shed,
+            "503 Service Unavailable",
+            "too many open connections\n",
         ),
     };
     let answer = format!(

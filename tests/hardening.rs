@@ -332,3 +332,59 @@ fn malformed_heads_oversized_heads_and_bodies_are_refused_and_the_worker_lives_o
         .any(|l| l.contains("exited") || l.contains("killed"));
     assert!(!worker_gone, "{:?}", service.log_lines());
 }
+
+/// A connection from `local_port` on the loopback (the port a closed connection had).
+fn connect_from(local_port: u16, port: u16) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let address = |port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a new socket owned by the TcpStream at the end.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let on: libc::c_int = 1;
+        let on_ptr = (&on as *const libc::c_int).cast();
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, on_ptr, 4);
+        let local = address(local_port);
+        let rc = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), size);
+        assert_eq!(
+            rc,
+            0,
+            "bind to {local_port}: {}",
+            std::io::Error::last_os_error()
+        );
+        let remote = address(port);
+        let rc = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), size);
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+#[test]
+fn a_new_connection_from_the_address_of_a_closed_one_is_served() {
+    let service = Service::start(&fixture_lib(), r#"{"mode": "production"}"#);
+    for _ in 0..5 {
+        let mut refused = connect_from(0, service.port);
+        let local_port = refused.local_addr().expect("address").port();
+        let raw =
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
+        refused.write_all(raw).expect("send");
+        let (replies, closed) = read_to_end(&mut refused);
+        assert_eq!((statuses(&replies), closed), (vec![400], true));
+        drop(refused);
+        // At once, from the same address and port: a new connection, not the condemned one.
+        let mut again = connect_from(local_port, service.port);
+        again
+            .write_all(b"GET /status/203 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        let (replies, _) = read_to_end(&mut again);
+        assert_eq!(statuses(&replies), vec![203], "from port {local_port}");
+    }
+}
