@@ -137,10 +137,12 @@ pub fn intercept(request: Request) -> Option<Request> {
         return Some(request);
     };
     let mut condemned = closer.condemned.lock().expect("condemned lock");
-    // A condemned connection is still open while its request is around; a client can only
-    // come again from the same address and port once the old socket is gone (the kernel
-    // refuses a connection that matches one still open), so an entry whose socket is gone
-    // is stale and this request is from a new connection.
+    // A request from a condemned peer whose old socket is gone is from a new connection
+    // (the client came again from the same address and port), so the entry is stale. A
+    // new connection can be accepted a little earlier, once the old socket has exchanged
+    // its FINs but before tiny_http has closed its fds; in those few milliseconds a
+    // request from it is taken for one of the old connection's and dropped (the safe side:
+    // the old connection's requests must never run).
     let from_condemned = match condemned.get(peer) {
         None => false,
         Some(None) => true,
@@ -190,6 +192,9 @@ fn run(listener: TcpListener, queue: Receiver<Job>) {
                 })
                 .collect(),
         };
+        // Known before any answer goes out: a client that got its answer may connect again
+        // from the same address at once, and that new connection must not pass for this one.
+        remember(&found, &peers);
         // The reading side first: a drain of the unread body stops at what has arrived.
         for (_, socket) in &found {
             socket::shut_down_reading(socket.as_raw_fd());
@@ -229,7 +234,6 @@ fn run(listener: TcpListener, queue: Receiver<Job>) {
                 }
             }
         }
-        remember(&found, &peers);
         prune();
     }
 }
