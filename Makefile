@@ -3,6 +3,7 @@
 #   make test    every test: unit, integration (real binary, real sockets), `make run` itself
 #   make lint    rustfmt and clippy, as CI runs them
 #   make bench   the product's figures beside bare tiny_http's, in one run: bench/RESULTS.md
+#   make bench-slowloris  10,000 trickling connections beside fresh requests: bench/SLOWLORIS.md
 #   make image   the images microservice-rust and example-rum-counter (no registry needed)
 #   make test-docker  the images in a real Docker engine
 
@@ -14,7 +15,7 @@ EXAMPLE_LIB := target/debug/libexample_rum_counter.so
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
-.PHONY: build run test lint bench image test-docker clean
+.PHONY: build run test lint bench bench-slowloris image test-docker clean
 
 build:
 	$(CARGO) build --workspace
@@ -33,6 +34,9 @@ lint:
 
 bench:
 	python3 bench/run.py
+
+bench-slowloris:
+	python3 bench/run.py slowloris
 
 image:
 	$(CARGO) build --release -p microservice-rust -p example-rum-counter

@@ -5,7 +5,9 @@ Product: microservice-rust in production mode with default settings (17 threads)
 the example app. Baseline: examples/bare-tiny-http.rs, 17 threads calling recv(). Load:
 wrk on loopback, each run bounded in time and preceded by the same warm-up for both.
 Product and baseline alternate, ROUNDS times,
-and the medians are reported. Writes bench/RESULTS.md and bench/chart.png.
+and the medians are reported. Writes bench/RESULTS.md and bench/chart.png, then runs the
+slowloris measurement (bench/slowloris.py) into bench/SLOWLORIS.md; `run.py slowloris`
+runs that alone.
 
 Environment: ROUNDS (default 5), DURATION (seconds per wrk run, default 5),
 CONNECTIONS (default "1,16,64,256,1024").
@@ -518,8 +520,69 @@ def write_chart(medians):
     figure.savefig(os.path.join(ROOT, "bench", "chart.png"), dpi=100)
 
 
+def measure_slowloris():
+    """10,000 connections trickling their heads beside fresh requests, with one worker and
+    with two; writes bench/SLOWLORIS.md."""
+    import slowloris
+    results = {}
+    for workers in (1, 2):
+        step(f"slowloris: {slowloris.CONNECTIONS} trickling connections, {workers} worker(s)")
+        server = Server("product", {"mode": "production", "workers": workers})
+        server.ready()
+        worker = server.pids()[1]
+        results[workers] = slowloris.measure(server.port, worker)
+        server.stop()
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    lines = [
+        "# Slowloris",
+        "",
+        f"Written by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"({os.cpu_count()} cores, fd limit {fd_limit} per process). Product in production",
+        "mode, default settings (`keep_alive_timeout_s` 5), the example app. Attack",
+        f"(bench/slowloris.py): {slowloris.CONNECTIONS} connections, each sending a request",
+        f"line and then a header line every {slowloris.DRIP:g} s, never ending its head; a",
+        "connection the server closes is opened again at once. Once all are open, a fresh",
+        f"connection with `GET /` every 20 ms for {slowloris.STEADY:g} s; the worker's figures",
+        "are the highest of one-second samples (the first worker, with two).",
+        "",
+        "| figure | 1 worker | 2 workers |",
+        "|---|---|---|",
+    ]
+    one, two = results[1], results[2]
+    def row(label, pick):
+        return f"| {label} | {pick(one)} | {pick(two)} |"
+    lines += [
+        row("trickling connections open (at the start; fewest later)",
+            lambda r: f"{r['ready']['ready']:,}; {r['attack']['least_open']:,}"),
+        row("fresh requests: answered / failed",
+            lambda r: f"{r['probe']['requests'] - r['probe']['failures']:,} / {r['probe']['failures']}"),
+        row("fresh requests: p50 / p99 / max (ms)",
+            lambda r: f"{r['probe']['p50_ms']} / {r['probe']['p99_ms']} / {r['probe']['max_ms']}"),
+        row("trickling connections closed by the server, by answer",
+            lambda r: ", ".join(f"{k}: {v:,}" for k, v in sorted(r['attack']['answers'].items()))),
+        row("a trickling connection lived (s, median / max)",
+            lambda r: f"{r['attack']['lifetime_s']['median']} / {r['attack']['lifetime_s']['max']}"),
+        row("an idle connection lived (s)", lambda r: r["idle_lifetime_s"]),
+        row("worker: threads (peak)", lambda r: f"{r['worker_peak'].get('Threads', 0):,}"),
+        row("worker: resident memory (peak, MiB)",
+            lambda r: f"{r['worker_peak'].get('VmRSS', 0) / 1024:.0f}"),
+        row("worker: open fds (peak)", lambda r: f"{r['worker_peak'].get('fds', 0):,}"),
+        "",
+        "Answers: 408 at the head deadline, 503 when shed near the fd limit, `none` when the",
+        "connection ended without one.",
+        "",
+    ]
+    with open(os.path.join(ROOT, "bench", "SLOWLORIS.md"), "w") as f:
+        f.write("\n".join(lines))
+    return results
+
+
 def main():
     prepare()
+    if sys.argv[1:] == ["slowloris"]:
+        measure_slowloris()
+        print(open(os.path.join(ROOT, "bench", "SLOWLORIS.md")).read())
+        return
     step("throughput and latency, product and baseline in turn")
     medians, idle, loaded = measure_throughput()
     step("cold bursts: 64 connections at freshly started servers")
@@ -531,7 +594,8 @@ def main():
     batches = measure_batches()
     write_results(medians, cold, idle, loaded, start, reload, watchdog, batches)
     write_chart(medians)
-    step("wrote bench/RESULTS.md and bench/chart.png")
+    measure_slowloris()
+    step("wrote bench/RESULTS.md, bench/chart.png and bench/SLOWLORIS.md")
     print(open(os.path.join(ROOT, "bench", "RESULTS.md")).read())
 
 
