@@ -813,4 +813,91 @@ mod tests {
         let again = Settings::from_json(&effective, "t").expect("valid");
         assert_eq!(again.request_timeout(), loaded.settings.request_timeout());
     }
+
+    /// Any JSON value: nulls, booleans, numbers of every kind, strings, arrays, objects.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            "[ -~]{0,12}".prop_map(Value::from),
+            prop_oneof![Just("dev"), Just("production"), Just("json"), Just("warn")]
+                .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-z_]{1,10}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Every supervisor key of the defaults file, with its sub-keys.
+    fn key_paths() -> Vec<Vec<String>> {
+        let mut paths = Vec::new();
+        for (key, value) in root_config().as_object().expect("object") {
+            paths.push(vec![key.clone()]);
+            if let Some(inner) = value.as_object() {
+                for sub in inner.keys() {
+                    paths.push(vec![key.clone(), sub.clone()]);
+                }
+            }
+        }
+        paths
+    }
+
+    #[test]
+    fn no_config_makes_validation_panic_and_every_error_names_its_key() {
+        use proptest::test_runner::{Config, TestRunner};
+        let paths = key_paths();
+        let mut runner = TestRunner::new(Config {
+            cases: 20_000,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        // One key of the defaults file set to any value.
+        let strategy = (0..paths.len(), any_json());
+        runner
+            .run(&strategy, |(index, value)| {
+                let path = &paths[index];
+                let mut config = root_config();
+                let mut slot = &mut config;
+                for key in path {
+                    slot = &mut slot[key.as_str()];
+                }
+                *slot = value.clone();
+                if let Err(e) = Settings::from_json(&config, "fuzz.json") {
+                    let text = e.to_string();
+                    proptest::prop_assert!(
+                        text.contains(&format!("`{}", path[0])),
+                        "{path:?} = {value}: {text}"
+                    );
+                    proptest::prop_assert!(
+                        path[0] != "api_key"
+                            || !text.contains(&value.to_string())
+                            || value.is_null(),
+                        "the key's value shows in {text}"
+                    );
+                }
+                Ok(())
+            })
+            .expect("no panic, and errors name the key");
+        // Whole documents of any shape.
+        let mut runner = TestRunner::new(Config {
+            cases: 20_000,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        runner
+            .run(&any_json(), |value| {
+                let _ = Settings::from_json(&value, "fuzz.json");
+                let _ = Loaded::from_value(value, None);
+                Ok(())
+            })
+            .expect("no panic");
+    }
 }
