@@ -166,8 +166,10 @@ fn fresh_requests_are_answered_while_300_connections_trickle_their_heads() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The speed target (p99 under 100 ms beside 10,000) is the bench's; this bound only
+    // catches requests that wait for the trickling heads.
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_secs(1),
         "slowest fresh request {slowest:?}"
     );
     // Past keep_alive_timeout_s the trickling heads were cut with 408.
