@@ -307,8 +307,7 @@ fn refuse(request: tiny_http::Request, refusal: Refusal, received: Instant, clos
         true => How::ending(stamp),
         false => How::unread(stamp, close),
     };
-    let text_type = (!refusal.text.is_empty())
-        .then_some((&b"Content-Type"[..], &b"text/plain; charset=utf-8"[..]));
+    let text_type = (!refusal.text.is_empty()).then_some(bridge::PLAIN_TEXT);
     let headers = refusal
         .headers
         .iter()
@@ -325,13 +324,7 @@ fn refuse(request: tiny_http::Request, refusal: Refusal, received: Instant, clos
 
 /// A duplicate of `fd` numbered in the upper quarter of this process's fd limit.
 fn duplicate_high(fd: RawFd) -> std::io::Result<RawFd> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the struct.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    let floor = (limit.rlim_cur.min(1 << 20) as i32 / 4 * 3).max(64);
+    let floor = (socket::fd_limit().min(1 << 20) as i32 / 4 * 3).max(64);
     // SAFETY: F_DUPFD_CLOEXEC returns a new fd or -1.
     match unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) } {
         -1 => match unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) } {

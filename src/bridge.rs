@@ -270,10 +270,18 @@ pub fn send_app_response(request: Request, answer: &AppResponse, how: How) -> io
     send(request, status, answer.headers(), answer.body(), how)
 }
 
+/// The content type of the worker's own answers.
+pub const PLAIN_TEXT: (&[u8], &[u8]) = (b"Content-Type", b"text/plain; charset=utf-8");
+
 /// Sends a short plain-text answer of the worker's own (504, 413, /readyz, …).
 pub fn send_text(request: Request, status: u16, text: &str, how: How) -> io::Result<()> {
-    let headers = [(&b"Content-Type"[..], &b"text/plain; charset=utf-8"[..])];
-    send(request, status, headers.into_iter(), text.as_bytes(), how)
+    send(
+        request,
+        status,
+        [PLAIN_TEXT].into_iter(),
+        text.as_bytes(),
+        how,
+    )
 }
 
 /// Sends the `/metrics` text.
@@ -315,13 +323,25 @@ pub fn deliver<'h>(
     let peer = request.remote_addr().copied();
     let line = access::begin(&request, status, body.len());
     let sent = write(request, status, headers, body, how);
+    account(&method, peer.as_ref(), status, line, how);
+    sent
+}
+
+/// Counts an answer that went out (or failed to), ends its request for the watch, and
+/// finishes its access line.
+fn account(
+    method: &Method,
+    peer: Option<&std::net::SocketAddr>,
+    status: u16,
+    line: Option<Vec<u8>>,
+    how: How,
+) {
     let took = how.stamp.received.elapsed();
-    metrics::record(&method, status, took);
-    watch::ended(peer.as_ref());
+    metrics::record(method, status, took);
+    watch::ended(peer);
     if let Some(line) = line {
         access::finish(line, took);
     }
-    sent
 }
 
 fn write<'h>(
@@ -339,19 +359,11 @@ fn write<'h>(
         park(request, status, body);
         return Ok(());
     }
-    let origin = match how.stamp.cors {
-        true => header(&request, "Origin").map(<[u8]>::to_vec),
-        false => None,
-    };
-    let cors = origin.as_deref().map(|origin| {
-        [
-            (&b"Access-Control-Allow-Origin"[..], origin),
-            (b"Vary", b"Origin"),
-        ]
-    });
-    let headers = headers
-        .map(|(name, value)| (name as &[u8], value as &[u8]))
-        .chain(cors.into_iter().flatten());
+    let origin = cors_origin(&request, how);
+    let headers = with_cors(
+        headers.map(|(name, value)| (name as &[u8], value as &[u8])),
+        origin.as_deref(),
+    );
     if how.close {
         return send_closing(request, status, headers, body);
     }
@@ -382,7 +394,7 @@ fn send_closing<'h>(
     writer.flush()
 }
 
-/// A whole response with `Connection: close`, as bytes.
+/// The answer to `request` with `Connection: close`, as bytes.
 fn closing_response<'h>(
     request: &Request,
     status: u16,
@@ -390,6 +402,17 @@ fn closing_response<'h>(
     body: &[u8],
 ) -> Vec<u8> {
     let head_only = *request.method() == Method::Head;
+    closing_answer(status, headers, body, head_only)
+}
+
+/// A whole response with `Connection: close`, as bytes (also for the watch, which answers
+/// connections that have no request yet).
+pub fn closing_answer<'h>(
+    status: u16,
+    headers: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+    body: &[u8],
+    head_only: bool,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + body.len());
     let reason = StatusCode(status).default_reason_phrase();
     out.extend_from_slice(format!("HTTP/1.1 {status} {reason}\r\n").as_bytes());
@@ -438,12 +461,7 @@ pub fn deliver_to_socket<'h>(
     // SAFETY: borrowed for the write and never dropped; the fd stays tiny_http's.
     let mut socket = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
     let sent = socket.write_all(&out);
-    let took = how.stamp.received.elapsed();
-    metrics::record(request.method(), status, took);
-    watch::ended(request.remote_addr());
-    if let Some(line) = line {
-        access::finish(line, took);
-    }
+    account(request.method(), request.remote_addr(), status, line, how);
     sent
 }
 

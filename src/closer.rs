@@ -94,7 +94,7 @@ pub fn close(
         ..how
     };
     let Some(closer) = CLOSER.get() else {
-        // Not started (unit tests): answer here, with `Connection: close`.
+        // The closer is started before the acceptor; should it not be, answer here.
         let headers = headers.iter().map(|(n, v)| (&n[..], &v[..]));
         let _ = bridge::deliver(request, status, headers, &body, how);
         return;

@@ -44,6 +44,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::bridge;
 use crate::closer;
 use crate::metrics::{self, Closed};
 use crate::socket::{self, Connection, Sockets};
@@ -261,27 +262,20 @@ fn act(connection: &Connection, verdict: Verdict) {
         }
         Verdict::HeadTimeout => (
             Closed::HeadTimeout,
-            "408 Request Timeout",
+            408,
             "the request head did not arrive in time\n",
         ),
-        Verdict::HeadTooLarge => (
-            Closed::HeadTooLarge,
-            "431 Request Header Fields Too Large",
-            "request head too large\n",
-        ),
-        Verdict::Shed => (
-            Closed::Shed,
-            "503 Service Unavailable",
-            "too many open connections\n",
-        ),
+        Verdict::HeadTooLarge => (Closed::HeadTooLarge, 431, "request head too large\n"),
+        Verdict::Shed => (Closed::Shed, 503, "too many open connections\n"),
     };
-    let answer = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
-        text.len()
+    let answer = bridge::closing_answer(
+        status,
+        [bridge::PLAIN_TEXT].into_iter(),
+        text.as_bytes(),
+        false,
     );
     closer::condemn(connection.peer, &connection.fds, connection.inode);
-    write_and_shut(&socket, answer.as_bytes());
+    write_and_shut(&socket, &answer);
     metrics::count(metrics::Event::Closed(reason));
 }
 

@@ -319,13 +319,8 @@ fn malformed_heads_oversized_heads_and_bodies_are_refused_and_the_worker_lives_o
         }
     }
 
-    let metrics = get(port, "/metrics").expect("metrics").text();
-    let closed_line = metrics
-        .lines()
-        .find(|l| l.starts_with("microservice_connections_closed_total{reason=\"answered\"}"))
-        .expect("the closed counter");
-    let count: u64 = closed_line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(count >= 5, "{closed_line}");
+    let count = closed_count(port, "answered");
+    assert!(count >= 5, "{count} connections closed after an answer");
     let worker_gone = service
         .log_lines()
         .iter()

@@ -44,15 +44,6 @@ fn trickle(
     (parse_replies(&data), started.elapsed().as_secs_f64(), sent)
 }
 
-fn closed_count(port: u16, reason: &str) -> u64 {
-    let text = get(port, "/metrics").expect("metrics").text();
-    let prefix = format!("microservice_connections_closed_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in the metrics"))
-}
-
 #[test]
 fn a_trickling_head_gets_408_at_the_keep_alive_timeout_and_the_worker_serves_on() {
     let service = Service::start(

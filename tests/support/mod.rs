@@ -558,3 +558,13 @@ pub fn started_workers(log: &[String]) -> Vec<i32> {
 pub fn logged(service: &Service, needle: &str) -> bool {
     service.log_lines().iter().any(|line| line.contains(needle))
 }
+
+/// `microservice_connections_closed_total{reason}` from the service's /metrics.
+pub fn closed_count(port: u16, reason: &str) -> u64 {
+    let text = get(port, "/metrics").expect("metrics").text();
+    let prefix = format!("microservice_connections_closed_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in the metrics"))
+}
