@@ -10,9 +10,7 @@ use serde_json::json;
 
 use crate::config::{self, Loaded, Lookup};
 use crate::error::Error;
-use crate::loader;
-use crate::socket;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{self, Supervisor};
 use crate::worker;
 
 #[derive(Parser)]
@@ -114,7 +112,7 @@ fn resolve_run(args: &RunArgs) -> Result<Loaded, Error> {
         loaded.set("app", json!(app.display().to_string()), "--app")?;
     }
     let name = std::env::var("MICROSERVICE_NAME").ok();
-    let app = loader::find_app(loaded.settings.app.as_deref(), name.as_deref())?;
+    let app = config::find_app(loaded.settings.app.as_deref(), name.as_deref())?;
     loaded.set("app", json!(app.display().to_string()), "the app path")?;
     Ok(loaded)
 }
@@ -172,7 +170,7 @@ fn healthcheck(args: HealthArgs) -> Result<i32, Error> {
 }
 
 fn recorded_address() -> Option<SocketAddr> {
-    std::fs::read_to_string(socket::address_file(1))
+    std::fs::read_to_string(supervisor::address_file(1))
         .ok()?
         .trim()
         .parse()

@@ -1,30 +1,21 @@
 //! `microservice-rust`: the supervisor, and (as `microservice-rust worker`) the worker.
 //!
-//! Module map: `cli` (command line) → `config` (lookup, keys, validation) → `supervisor`
-//! (PID 1: socket, worker processes, signals, reaping) → `worker` (one process: `loader`
-//! loads the app, `acceptor` receives from tiny_http and `screen` checks each request's
-//! head, `pool` runs requests with deadlines, `bridge` converts between tiny_http and the
-//! app's C ABI, `closer` ends the connections tiny_http would keep open, `watch` looks after them all).
+//! The folders are the two processes: `supervisor/` (PID 1: the listening socket, worker
+//! processes, signals, the watchdog, reloads, reaping) and `worker/` (one process: hyper on
+//! a small tokio runtime in front, the app on a fixed pool of threads behind). Beside them
+//! what both use: `cli` (the command line, which starts one or the other), `config`
+//! (lookup, keys, validation), `control` (the channel between the two processes),
+//! `metrics` (the shared memory behind `/metrics`), `log`, `error` and `exit`. The app SDK
+//! is the crate's library, in `sdk/`.
 
-mod acceptor;
-mod access;
-mod bridge;
 mod cli;
-mod closer;
 mod config;
+mod control;
 mod error;
 mod exit;
-mod loader;
 mod log;
 mod metrics;
-mod pool;
-mod reload;
-mod screen;
-mod signals;
-mod socket;
-mod status;
 mod supervisor;
-mod watch;
 mod worker;
 
 fn main() {

@@ -5,10 +5,12 @@
 //! * The supervisor creates one shared memory region (a memfd) before it starts any worker
 //!   and hands it to each worker on fd [`METRICS_FD`], with the number of the worker's own
 //!   *slot* in [`SLOT_VAR`]. Everything in the region is an `AtomicU64`.
-//! * A worker counts into its own slot: on every response, the request by method and
-//!   status and its duration in a histogram (three relaxed atomic additions, no lock, no
-//!   system call). Gauges (requests in flight, open connections, pool threads) are sampled
-//!   into the slot a few times a second, off the request path.
+//! * A worker counts into its own slot through its [`Recorder`]: on every response, the
+//!   request by method and status and its duration in a histogram (three relaxed atomic
+//!   additions, no lock, no system call). Gauges (requests in flight, open connections,
+//!   pool threads) are sampled into the slot a few times a second, off the request path.
+//! * Neither process keeps the region in a global: the supervisor holds it in its
+//!   [`Slots`], a worker in its [`Recorder`], which the request path is handed.
 //! * Whichever worker answers `/metrics` reads the whole region, so the answer covers
 //!   every worker and the supervisor. Slot numbers are reused when a worker is replaced,
 //!   which makes them a stable `worker` label.
@@ -18,8 +20,9 @@
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
+
+use http::Method;
 
 use crate::error::Error;
 
@@ -57,24 +60,27 @@ pub struct Counters {
     duration_micros: AtomicU64,
     timeouts: AtomicU64,
     log_dropped: AtomicU64,
-    parked: AtomicU64,
-    discarded: AtomicU64,
+    accept_paused: AtomicU64,
+    accept_errors: AtomicU64,
     closed: [AtomicU64; Closed::ALL.len()],
 }
 
 /// Why the worker ended a connection itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Closed {
-    /// After an answer that left the stream in doubt: bad framing, an unread body.
+    /// After an answer that left the stream in doubt: bad framing, a refused or unread
+    /// body.
     Answered,
-    /// The request head did not complete within `keep_alive_timeout_s` (slowloris).
+    /// No complete request head within `keep_alive_timeout_s`: an idle keep-alive
+    /// connection, or a head that trickles in (slowloris).
     HeadTimeout,
-    /// The request head grew past `max_header_bytes` without ending.
+    /// The request head grew past `max_header_bytes` (431).
     HeadTooLarge,
-    /// The request body stopped arriving before its deadline.
+    /// The request body stopped arriving (408).
     BodyTimeout,
-    /// Between requests while the worker was running out of file descriptors.
-    Shed,
+    /// A request hyper could not parse (400): a malformed line, a version other than 1.0
+    /// or 1.1, bad framing headers.
+    Malformed,
 }
 
 impl Closed {
@@ -83,7 +89,7 @@ impl Closed {
         Closed::HeadTimeout,
         Closed::HeadTooLarge,
         Closed::BodyTimeout,
-        Closed::Shed,
+        Closed::Malformed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,7 +98,7 @@ impl Closed {
             Closed::HeadTimeout => "head_timeout",
             Closed::HeadTooLarge => "head_too_large",
             Closed::BodyTimeout => "body_timeout",
-            Closed::Shed => "shed",
+            Closed::Malformed => "malformed",
         }
     }
 }
@@ -137,68 +143,112 @@ pub struct Region {
     slots: [Slot; SLOTS],
 }
 
-/// This process's view of the region and, in a worker, its slot.
-pub struct Metrics {
-    region: &'static Region,
-    slot: Option<usize>,
+/// The supervisor's side: a new region on a memfd, whose fd the workers inherit, and the
+/// slots it hands out.
+pub fn create() -> Result<(OwnedFd, Slots), Error> {
+    // SAFETY: memfd_create with a NUL-terminated name; the fd is owned from here on.
+    let fd =
+        unsafe { libc::memfd_create(c"microservice-rust-metrics".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(Error::io(
+            "cannot create the metrics memory",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: the fd was created above and nothing else owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let size = std::mem::size_of::<Region>() as libc::off_t;
+    // SAFETY: a fresh memfd; ftruncate fills it with zeros, a valid all-zero Region.
+    if unsafe { libc::ftruncate(fd, size) } != 0 {
+        return Err(Error::io(
+            "cannot size the metrics memory",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let region = map(fd)?;
+    region
+        .supervisor_pid
+        .store(std::process::id() as u64, Ordering::Relaxed);
+    let slots = Slots {
+        region,
+        owners: vec![None; SLOTS],
+    };
+    Ok((owned, slots))
 }
 
-static METRICS: OnceLock<Metrics> = OnceLock::new();
+/// A worker's handle on its slot: what the request path counts with.
+#[derive(Clone, Copy)]
+pub struct Recorder {
+    region: &'static Region,
+    slot: &'static Slot,
+}
 
-impl Metrics {
-    /// The supervisor's side: a new region on a memfd, whose fd the workers inherit.
-    pub fn create() -> Result<OwnedFd, Error> {
-        // SAFETY: memfd_create with a NUL-terminated name; the fd is owned from here on.
-        let fd =
-            unsafe { libc::memfd_create(c"microservice-rust-metrics".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(Error::io(
-                "cannot create the metrics memory",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let size = std::mem::size_of::<Region>() as libc::off_t;
-        // SAFETY: a fresh memfd; ftruncate fills it with zeros, a valid all-zero Region.
-        if unsafe { libc::ftruncate(fd, size) } != 0 {
-            return Err(Error::io(
-                "cannot size the metrics memory",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let region = map(fd)?;
-        region
-            .supervisor_pid
-            .store(std::process::id() as u64, Ordering::Relaxed);
-        install(Metrics { region, slot: None });
-        // SAFETY: the fd was created above and nothing else owns it.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-
-    /// The worker's side: the region on [`METRICS_FD`] and the slot named in
-    /// [`SLOT_VAR`]. Without them (a worker started by hand) it counts into private memory.
-    pub fn attach() {
+impl Recorder {
+    /// The worker's side: the region on [`METRICS_FD`] and the slot named in [`SLOT_VAR`].
+    /// Without them (a worker started by hand) it counts into memory of its own.
+    pub fn attach() -> Result<Recorder, Error> {
         let slot = std::env::var(SLOT_VAR)
             .ok()
             .and_then(|s| s.parse::<usize>().ok())
             .filter(|s| *s < SLOTS);
         let shared = slot.and_then(|slot| Some((map(METRICS_FD).ok()?, slot)));
-        let (region, slot) = shared.unwrap_or_else(|| (private(), 0));
-        region.slots[slot]
-            .pid
-            .store(std::process::id() as u64, Ordering::Relaxed);
-        install(Metrics {
-            region,
-            slot: Some(slot),
-        });
+        let (region, slot) = match shared {
+            Some(shared) => shared,
+            None => (private()?, 0),
+        };
+        let slot = &region.slots[slot];
+        slot.pid.store(std::process::id() as u64, Ordering::Relaxed);
+        Ok(Recorder { region, slot })
     }
 
-    fn own(&self) -> Option<&'static Slot> {
-        self.slot.map(|s| &self.region.slots[s])
+    /// One response went out: counted by method and status, its duration in the histogram.
+    pub fn record(&self, method: &Method, status: u16, took: Duration) {
+        let counters = &self.slot.counters;
+        let status = (status.clamp(100, 999) - 100) as usize;
+        counters.requests[method_index(method)][status].fetch_add(1, Ordering::Relaxed);
+        let micros = took.as_micros().min(u64::MAX as u128) as u64;
+        let bucket = BUCKET_MICROS
+            .iter()
+            .position(|bound| micros <= *bound)
+            .unwrap_or(BUCKETS.len());
+        counters.duration[bucket].fetch_add(1, Ordering::Relaxed);
+        counters
+            .duration_micros
+            .fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Counts one event of this worker's.
+    pub fn count(&self, event: Event) {
+        let counters = &self.slot.counters;
+        let counter = match event {
+            Event::Timeout => &counters.timeouts,
+            Event::LogDropped => &counters.log_dropped,
+            Event::AcceptPaused => &counters.accept_paused,
+            Event::AcceptError => &counters.accept_errors,
+            Event::Closed(reason) => &counters.closed[reason as usize],
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This worker's gauges, for its sampler.
+    pub fn gauges(&self) -> &'static Gauges {
+        &self.slot.gauges
+    }
+
+    /// The `/metrics` text for the whole service.
+    pub fn render(&self) -> String {
+        render(self.region)
     }
 }
 
-fn install(metrics: Metrics) {
-    let _ = METRICS.set(metrics);
+pub enum Event {
+    Timeout,
+    LogDropped,
+    /// Accepting paused because the worker held `max_connections` connections.
+    AcceptPaused,
+    /// `accept()` failed for a reason other than the connection itself (out of fds).
+    AcceptError,
+    Closed(Closed),
 }
 
 fn map(fd: RawFd) -> Result<&'static Region, Error> {
@@ -207,9 +257,9 @@ fn map(fd: RawFd) -> Result<&'static Region, Error> {
 }
 
 /// A worker started without the shared region counts into memory of its own.
-fn private() -> &'static Region {
+fn private() -> Result<&'static Region, Error> {
     mmap_region(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
-        .unwrap_or_else(|e| panic!("cannot map memory for the metrics: {e}"))
+        .map_err(|e| Error::io("cannot map memory for the metrics", e))
 }
 
 fn mmap_region(flags: libc::c_int, fd: RawFd) -> std::io::Result<&'static Region> {
@@ -234,80 +284,26 @@ fn mmap_region(flags: libc::c_int, fd: RawFd) -> std::io::Result<&'static Region
     Ok(unsafe { &*(address as *const Region) })
 }
 
-fn method_index(method: &tiny_http::Method) -> usize {
-    use tiny_http::Method::*;
-    match method {
-        Get => 0,
-        Head => 1,
-        Post => 2,
-        Put => 3,
-        Delete => 4,
-        Patch => 5,
-        Options => 6,
+fn method_index(method: &Method) -> usize {
+    match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
         _ => 7,
     }
 }
 
-/// One response went out: counted by method and status, its duration in the histogram.
-pub fn record(method: &tiny_http::Method, status: u16, took: Duration) {
-    let Some(slot) = METRICS.get().and_then(Metrics::own) else {
-        return;
-    };
-    let counters = &slot.counters;
-    let status = (status.clamp(100, 999) - 100) as usize;
-    counters.requests[method_index(method)][status].fetch_add(1, Ordering::Relaxed);
-    let micros = took.as_micros().min(u64::MAX as u128) as u64;
-    let bucket = BUCKET_MICROS
-        .iter()
-        .position(|bound| micros <= *bound)
-        .unwrap_or(BUCKETS.len());
-    counters.duration[bucket].fetch_add(1, Ordering::Relaxed);
-    counters
-        .duration_micros
-        .fetch_add(micros, Ordering::Relaxed);
-}
-
-/// Counts one event of this worker's.
-pub fn count(event: Event) {
-    let Some(slot) = METRICS.get().and_then(Metrics::own) else {
-        return;
-    };
-    let counter = match event {
-        Event::Timeout => &slot.counters.timeouts,
-        Event::LogDropped => &slot.counters.log_dropped,
-        Event::Parked => &slot.counters.parked,
-        Event::Discarded => &slot.counters.discarded,
-        Event::Closed(reason) => &slot.counters.closed[reason as usize],
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-pub enum Event {
-    Timeout,
-    LogDropped,
-    Parked,
-    /// A request read from a connection already condemned (see `closer`).
-    Discarded,
-    Closed(Closed),
-}
-
-/// This worker's gauges, for its sampler.
-pub fn gauges() -> Option<&'static Gauges> {
-    METRICS.get().and_then(Metrics::own).map(|s| &s.gauges)
-}
-
 /// The supervisor's side of the slots: which are free, and folding a gone worker's.
 pub struct Slots {
+    region: &'static Region,
     owners: Vec<Option<i32>>,
 }
 
 impl Slots {
-    pub fn new() -> Slots {
-        Slots {
-            owners: vec![None; SLOTS],
-        }
-    }
-
     /// A free slot for a worker about to start.
     pub fn take(&mut self) -> Option<usize> {
         let free = self.owners.iter().position(Option::is_none)?;
@@ -317,21 +313,16 @@ impl Slots {
 
     pub fn started(&mut self, slot: usize, pid: i32) {
         self.owners[slot] = Some(pid);
-        if let Some(metrics) = METRICS.get() {
-            metrics.region.slots[slot]
-                .pid
-                .store(pid as u64, Ordering::Relaxed);
-        }
+        self.region.slots[slot]
+            .pid
+            .store(pid as u64, Ordering::Relaxed);
     }
 
     /// The worker in `slot` is gone (or never started): its counters join the retired
     /// totals and the slot is free again.
     pub fn release(&mut self, slot: usize) {
         self.owners[slot] = None;
-        let Some(metrics) = METRICS.get() else {
-            return;
-        };
-        let region = metrics.region;
+        let region = self.region;
         let from = &region.slots[slot];
         region.version.fetch_add(1, Ordering::AcqRel);
         fold(&from.counters, &region.retired);
@@ -345,12 +336,10 @@ impl Slots {
     pub fn slot_of(&self, pid: i32) -> Option<usize> {
         self.owners.iter().position(|o| *o == Some(pid))
     }
-}
 
-/// The supervisor started a worker in another's place.
-pub fn restarted(why: Restart) {
-    if let Some(metrics) = METRICS.get() {
-        metrics.region.restarts[why as usize].fetch_add(1, Ordering::Relaxed);
+    /// The supervisor started a worker in another's place.
+    pub fn restarted(&self, why: Restart) {
+        self.region.restarts[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -370,8 +359,8 @@ impl Counters {
                 &self.duration_micros,
                 &self.timeouts,
                 &self.log_dropped,
-                &self.parked,
-                &self.discarded,
+                &self.accept_paused,
+                &self.accept_errors,
             ])
             .chain(self.closed.iter())
     }
@@ -397,8 +386,8 @@ struct Totals {
     duration_micros: u64,
     timeouts: u64,
     log_dropped: u64,
-    parked: u64,
-    discarded: u64,
+    accept_paused: u64,
+    accept_errors: u64,
     closed: [u64; Closed::ALL.len()],
 }
 
@@ -410,8 +399,8 @@ impl Totals {
             duration_micros: 0,
             timeouts: 0,
             log_dropped: 0,
-            parked: 0,
-            discarded: 0,
+            accept_paused: 0,
+            accept_errors: 0,
             closed: [0; Closed::ALL.len()],
         }
     }
@@ -431,8 +420,8 @@ impl Totals {
         self.duration_micros += load(&counters.duration_micros);
         self.timeouts += load(&counters.timeouts);
         self.log_dropped += load(&counters.log_dropped);
-        self.parked += load(&counters.parked);
-        self.discarded += load(&counters.discarded);
+        self.accept_paused += load(&counters.accept_paused);
+        self.accept_errors += load(&counters.accept_errors);
         for (total, counter) in self.closed.iter_mut().zip(&counters.closed) {
             *total += load(counter);
         }
@@ -447,11 +436,7 @@ struct Live {
 }
 
 /// The `/metrics` text (Prometheus text exposition format 0.0.4).
-pub fn render() -> String {
-    let Some(metrics) = METRICS.get() else {
-        return String::new();
-    };
-    let region = metrics.region;
+fn render(region: &Region) -> String {
     let (totals, live) = loop {
         let before = region.version.load(Ordering::Acquire);
         if before % 2 == 1 {
@@ -606,14 +591,14 @@ fn write_events(out: &mut Text, region: &Region, totals: &Totals) {
             totals.log_dropped,
         ),
         (
-            "microservice_connections_parked_total",
-            "Connections kept open for good after refusing a huge body.",
-            totals.parked,
+            "microservice_http_accept_paused_total",
+            "Times a worker held max_connections connections and stopped accepting.",
+            totals.accept_paused,
         ),
         (
-            "microservice_requests_discarded_total",
-            "Requests read from a connection the worker was ending, dropped unanswered.",
-            totals.discarded,
+            "microservice_http_accept_errors_total",
+            "accept() failures other than the connection's own (out of file descriptors).",
+            totals.accept_errors,
         ),
     ];
     for (name, help, value) in counters {

@@ -3,8 +3,8 @@
 //! app. Every connection must end with an HTTP answer or a close, never a hang; the worker
 //! must never die or be replaced; and a plain request must still be served at the end.
 //!
-//! FUZZ_CASES sets the number of cases (default 2000). Some cases end only at the socket
-//! timeout (tiny_http answers an HTTP/2.0 request 505 and reads on), so it is short here.
+//! FUZZ_CASES sets the number of cases (default 2000). Cases that stop mid-head end only at
+//! hyper's head timeout (`keep_alive_timeout_s`), so it is short here.
 
 mod support;
 
@@ -23,7 +23,7 @@ fn cases() -> u32 {
         .unwrap_or(2000)
 }
 
-/// Header lines that steer tiny_http and the worker down their less travelled paths.
+/// Header lines that steer hyper and the worker down their less travelled paths.
 fn header_line() -> impl Strategy<Value = Vec<u8>> {
     let length = prop_oneof![
         Just("0".to_string()),
@@ -173,7 +173,6 @@ fn no_byte_stream_crashes_or_hangs_the_worker() {
             closed_silently.set(closed_silently.get() + 1);
             return Ok(());
         }
-        // tiny_http echoes the request's version in some of its own answers (HTTP/2.0 417).
         let status_line = answer.starts_with(b"HTTP/")
             && answer.len() >= 12
             && answer[9..12].iter().all(u8::is_ascii_digit);

@@ -57,28 +57,78 @@ fn production_pool_of_17_answers_11_requests_at_once() {
     assert!(times.iter().all(|t| near(*t, 1.0)), "all: {times:.2?}");
 }
 
+/// Sends `count` GETs, each on its own connection, `gap` apart; returns (seconds from the
+/// first send, reply) for each, in the order sent.
+fn staggered_gets(port: u16, path: &str, count: usize, gap: Duration) -> Vec<(f64, Reply)> {
+    let start = Instant::now();
+    let requests: Vec<_> = (0..count)
+        .map(|i| {
+            let path = path.to_string();
+            std::thread::sleep(gap.saturating_mul(i as u32).saturating_sub(start.elapsed()));
+            std::thread::spawn(move || {
+                let reply = get(port, &path).expect("a reply");
+                (start.elapsed().as_secs_f64(), reply)
+            })
+        })
+        .collect();
+    requests
+        .into_iter()
+        .map(|r| r.join().expect("request thread"))
+        .collect()
+}
+
+/// A gauge of the only worker, from /metrics.
+fn gauge(port: u16, name: &str) -> Option<u64> {
+    let text = get(port, "/metrics").ok()?.text();
+    let prefix = format!("{name}{{worker=");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Each request carries its own deadline: with 2 threads, five `/delay/5` sent 2 ms apart
+/// all get their 504 at 1 s, also the three that wait in the queue, and also once the
+/// write-off cap (2) is used up by replacement threads that took queued requests just
+/// before their deadlines. 20 rounds, each on a fresh service (the stuck threads would
+/// hold the next round's pool).
 #[test]
 fn requests_past_the_timeout_get_504_at_their_deadline_also_from_the_queue() {
     let _serial = serial();
-    let service = Service::start(
-        &example_lib(),
-        r#"{"mode": "production", "threads": 2, "request_timeout_s": 1}"#,
-    );
-    let results = parallel_gets(service.port, "/delay/5", 5);
-    let times: Vec<f64> = results.iter().map(|(t, _)| *t).collect();
-    for (time, reply) in &results {
-        assert_eq!(reply.status, 504, "{}", reply.text());
-        assert!(near(*time, 1.0), "a 504 at {time:.2}s; all: {times:.2?}");
+    let config = r#"{"mode": "production", "threads": 2, "request_timeout_s": 1,
+                     "stop_timeout_s": 0.5}"#;
+    for round in 1..=20 {
+        let service = Service::start(&example_lib(), config);
+        let results = staggered_gets(service.port, "/delay/5", 5, Duration::from_millis(2));
+        let times: Vec<f64> = results.iter().map(|(t, _)| *t).collect();
+        for (time, reply) in &results {
+            assert_eq!(reply.status, 504, "round {round}: {}", reply.text());
+            assert!(
+                (1.0..=1.3).contains(time),
+                "round {round}: a 504 at {time:.3}s; all: {times:.3?}"
+            );
+        }
+        if round > 1 {
+            continue;
+        }
+        // The pool's gauges say what happened: two threads written off and replaced; the
+        // pool serves at its size. Once the app returns, requests are served again.
+        let written_off = wait_for("the written-off gauge", Duration::from_secs(3), || {
+            gauge(service.port, "microservice_pool_threads_written_off").filter(|n| *n > 0)
+        });
+        assert_eq!(written_off, 2, "the write-off cap is `threads`");
+        assert_eq!(gauge(service.port, "microservice_pool_threads"), Some(2));
+        wait_for("a pool thread back", Duration::from_secs(10), || {
+            get(service.port, "/").ok().filter(|r| r.status == 200)
+        });
+        wait_for(
+            "the written-off threads gone",
+            Duration::from_secs(10),
+            || gauge(service.port, "microservice_pool_threads_written_off").filter(|n| *n == 0),
+        );
     }
-    // The two stuck threads were written off and replaced: the pool answers at once.
-    let start = Instant::now();
-    let reply = get(service.port, "/").expect("a reply");
-    assert_eq!((reply.status, reply.text().as_str()), (200, "OK"));
-    assert!(
-        start.elapsed() < Duration::from_millis(500),
-        "took {:?}",
-        start.elapsed()
-    );
 }
 
 #[test]
@@ -126,10 +176,9 @@ fn a_panicking_handler_is_a_500_and_the_same_worker_serves_on() {
         assert_eq!((reply.status, reply.text().as_str()), (200, "fixture"));
     }
     assert_eq!(worker_pids(&service), before, "no worker was restarted");
-    assert!(service
-        .log_lines()
-        .iter()
-        .any(|l| l.contains("the fixture was asked to panic")));
+    wait_for("the panic's line", Duration::from_secs(5), || {
+        logged(&service, "the fixture was asked to panic").then_some(())
+    });
 }
 
 #[test]
@@ -181,16 +230,11 @@ fn bodies_over_the_limit_get_413_and_the_worker_lives_on() {
                     xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\
                     xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n0\r\n\r\n";
     assert_eq!(send(service.port, chunked).expect("reply").status, 413);
-    // A declared length far past memory: tiny_http alone would abort the process when the
-    // unread request is dropped.
+    // A declared length far past memory: refused before a byte of it is read.
     let huge = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999999999\r\n\r\nabc";
     assert_eq!(send(service.port, huge).expect("reply").status, 413);
     let reply = get(service.port, "/").expect("the worker still serves");
     assert_eq!(reply.status, 200);
-    assert!(service
-        .log_lines()
-        .iter()
-        .any(|l| l.contains("parked a connection")));
     assert!(!service
         .log_lines()
         .iter()
@@ -254,15 +298,14 @@ fn an_idle_connection_is_closed_after_the_keep_alive_timeout() {
         (0.8..2.5).contains(&lived),
         "idle connection lived {lived:.2}s"
     );
-    // Accepting still works after the idle accept timed out.
+    // Accepting still works after a quiet while.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(get(service.port, "/").expect("a reply").status, 200);
 }
 
-/// tiny_http 0.12's connection pool can queue a connection of a burst with no thread left
-/// to take it (see src/watch.rs). With the watch's unstick switched off, this test
-/// failed in each of 5 runs: 11 to 60 of the 64 connections of round 1 were unanswered
-/// after 2 s. The scan runs every 25 ms; the bound allows 80 of them.
+/// A burst of connections is answered in full: every connection is a task of its own (the
+/// tiny_http front this replaced could queue a connection of a burst with no thread left
+/// to read it; 11 to 60 of 64 went unanswered).
 #[test]
 fn every_connection_of_a_burst_is_answered() {
     use std::io::Write;

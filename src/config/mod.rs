@@ -80,6 +80,10 @@ pub struct Settings {
     pub mode: Mode,
     pub threads: usize,
     pub workers: usize,
+    /// tokio threads per worker for connection I/O.
+    pub io_threads: usize,
+    /// Connections a worker holds at once; `None`: from its file descriptor limit.
+    pub max_connections: Option<u64>,
     pub host: IpAddr,
     pub port: u16,
     pub app: Option<PathBuf>,
@@ -144,6 +148,13 @@ pub fn origin_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
 /// Limits of the numeric keys; past them a value is a typo, not a choice.
 const MAX_THREADS: u64 = 1024;
 pub const MAX_WORKERS: u64 = 64;
+const MAX_IO_THREADS: u64 = 64;
+const MAX_CONNECTIONS: u64 = 10_000_000;
+/// I/O threads per worker by default; see the README's design notes for the measurement.
+const DEFAULT_IO_THREADS: usize = 2;
+/// The share of the file descriptor limit that `max_connections` takes by default, in
+/// percent; the rest is left to the app and the worker's own files.
+const CONNECTIONS_SHARE_OF_FDS: u64 = 90;
 const MAX_SECONDS: f64 = 86_400.0;
 const PRODUCTION_REQUEST_TIMEOUT_S: f64 = 60.0;
 
@@ -153,6 +164,8 @@ impl Default for Settings {
             mode: Mode::Dev,
             threads: 17,
             workers: 1,
+            io_threads: DEFAULT_IO_THREADS,
+            max_connections: None,
             host: IpAddr::from([0, 0, 0, 0]),
             port: 80,
             app: None,
@@ -206,6 +219,15 @@ impl Settings {
         }
     }
 
+    /// Connections one worker holds at once: `max_connections`, or 90% of the file
+    /// descriptor limit (one fd per connection; the rest is left to the app).
+    pub fn max_connections(&self) -> u32 {
+        let count = self
+            .max_connections
+            .unwrap_or_else(|| fd_limit() * CONNECTIONS_SHARE_OF_FDS / 100);
+        count.clamp(1, MAX_CONNECTIONS) as u32
+    }
+
     pub fn stop_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.stop_timeout_s)
     }
@@ -225,10 +247,16 @@ impl Settings {
             true => json!(self.watchdog_enabled()),
             false => json!(self.watchdog.enabled),
         };
+        let max_connections = match resolved {
+            true => json!(self.max_connections()),
+            false => json!(self.max_connections),
+        };
         json!({
             "mode": self.mode.name(),
             "threads": self.threads,
             "workers": self.workers,
+            "io_threads": self.io_threads,
+            "max_connections": max_connections,
             "host": self.host.to_string(),
             "port": self.port,
             "app": self.app.as_ref().map(|p| p.display().to_string()),
@@ -398,6 +426,12 @@ impl Settings {
         if let Some(v) = present(top, "workers") {
             s.workers = r.whole("workers", v, 1, MAX_WORKERS)? as usize;
         }
+        if let Some(v) = present(top, "io_threads") {
+            s.io_threads = r.whole("io_threads", v, 1, MAX_IO_THREADS)? as usize;
+        }
+        if let Some(v) = present(top, "max_connections") {
+            s.max_connections = Some(r.whole("max_connections", v, 1, MAX_CONNECTIONS)?);
+        }
         if let Some(v) = present(top, "host") {
             s.host = v
                 .as_str()
@@ -536,6 +570,17 @@ fn dev(r: &Reader, value: &Value) -> Result<DevSettings, Error> {
         d.build_command = Some(r.string("dev.build_command", v)?.to_string());
     }
     Ok(d)
+}
+
+/// This process's limit on open file descriptors (a worker inherits the supervisor's).
+pub fn fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    limit.rlim_cur
 }
 
 fn short_kind(value: &Value) -> &'static str {
@@ -726,6 +771,50 @@ fn source_name(source: Option<&Path>) -> String {
         || "built-in defaults".to_string(),
         |p| p.display().to_string(),
     )
+}
+
+/// The app library to serve: `app` from the config (or `--app`), else the single `*.so` in
+/// `/opt/$MICROSERVICE_NAME/lib/`.
+pub fn find_app(
+    configured: Option<&Path>,
+    microservice_name: Option<&str>,
+) -> Result<PathBuf, Error> {
+    if let Some(path) = configured {
+        return Ok(path.to_path_buf());
+    }
+    let Some(name) = microservice_name else {
+        return Err(Error::app(
+            Path::new("(none)"),
+            "no app library given: set `app` in config.json, pass --app, or set \
+             MICROSERVICE_NAME and put the library in /opt/$MICROSERVICE_NAME/lib/",
+        ));
+    };
+    let dir = Path::new("/opt").join(name).join("lib");
+    let entries = std::fs::read_dir(&dir)
+        .map_err(|e| Error::app(&dir, format!("cannot list the app directory: {e}")))?;
+    let mut libraries: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "so"))
+        .collect();
+    libraries.sort();
+    match libraries.len() {
+        1 => Ok(libraries.remove(0)),
+        0 => Err(Error::app(
+            &dir,
+            "holds no *.so library; set `app` or pass --app",
+        )),
+        _ => Err(Error::app(
+            &dir,
+            format!(
+                "holds several libraries ({}); set `app` or pass --app to choose one",
+                libraries
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@ use crossbeam_channel::Sender;
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
+use super::Event;
 use crate::error::Error;
-use crate::supervisor::Event;
 
 /// Sends every SIGCHLD, SIGTERM, SIGINT, SIGHUP and SIGUSR1 to `sender` as an event.
 pub fn forward(sender: Sender<Event>) -> Result<(), Error> {

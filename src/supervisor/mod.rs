@@ -18,23 +18,28 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGKILL, SIGTERM, SIGUSR1};
 
+mod listen;
+mod reload;
+mod signals;
+
+pub use listen::address_file;
+
 use crate::config::{Loaded, Mode};
+use crate::control::{self, Command, LISTEN_FD, READY, STATUS_FD, SUPERVISOR_PID_VAR};
 use crate::error::Error;
 use crate::exit;
 use crate::log;
-use crate::metrics::{self, Metrics, Restart, METRICS_FD};
-use crate::reload::{self, Changed, Identity};
+use crate::metrics::{self, Restart, METRICS_FD};
 use crate::say;
-use crate::signals;
-use crate::socket;
-use crate::worker::{self, LISTEN_FD, STATUS_FD, SUPERVISOR_PID_VAR};
+use listen::AddressFile;
+use reload::{Changed, Identity};
 
 /// The loop looks at its clocks (probes, deadlines, restarts) at least this often.
 const TICK: Duration = Duration::from_millis(50);
@@ -177,7 +182,7 @@ impl Supervisor {
         log::configure(loaded.settings.log_level, loaded.settings.log_format);
         become_subreaper();
         let settings = &loaded.settings;
-        let listener = socket::bind(settings.host, settings.port, settings.keep_alive_timeout())?;
+        let listener = listen::bind(settings.host, settings.port)?;
         let address = listener
             .local_addr()
             .map_err(|e| Error::io("cannot read the bound address", e))?;
@@ -211,12 +216,12 @@ impl Supervisor {
             }
             Mode::Production => None,
         };
-        let metrics_fd = Metrics::create()?;
+        let (metrics_fd, slots) = metrics::create()?;
         let mut supervisor = Supervisor {
             metrics_fd,
-            slots: metrics::Slots::new(),
+            slots,
             listener,
-            handoff: worker::handoff(&loaded.source_name(), &loaded.effective()),
+            handoff: control::handoff(&loaded.source_name(), &loaded.effective()),
             library: reload::identity(&app),
             building: false,
             ever_ready: false,
@@ -270,7 +275,7 @@ impl Supervisor {
             Event::Signal(SIGUSR1) => {
                 say!("SIGUSR1: asking the workers for their requests in flight");
                 for pid in self.pids(|w| w.state != WorkerState::Stopping) {
-                    self.tell(pid, "report");
+                    self.tell(pid, Command::Report);
                 }
             }
             Event::Signal(signal) => say!("ignoring {}", exit::signal_name(signal)),
@@ -297,7 +302,7 @@ impl Supervisor {
             if now >= until {
                 self.phase = Phase::Stopping;
                 say!("drain time over: refusing new connections, stopping the workers");
-                socket::stop_listening(&self.listener);
+                listen::stop_listening(&self.listener);
                 for pid in self.pids(|w| w.state != WorkerState::Stopping) {
                     self.stop(pid, Stop::Drain);
                 }
@@ -319,7 +324,7 @@ impl Supervisor {
         if slot.is_none() {
             say!("no free metrics slot: the new worker's figures stay out of /metrics");
         }
-        let mut command = Command::new(exe);
+        let mut command = std::process::Command::new(exe);
         command
             .arg("worker")
             .env(SUPERVISOR_PID_VAR, std::process::id().to_string())
@@ -356,7 +361,7 @@ impl Supervisor {
             self.slots.started(slot, pid);
         }
         if let Some((_, reason)) = replaces {
-            metrics::restarted(reason.restart());
+            self.slots.restarted(reason.restart());
         }
         let mut control = child.stdin.take();
         if let Some(stdin) = control.as_mut() {
@@ -404,12 +409,14 @@ impl Supervisor {
     }
 
     /// Writes a command line on the worker's stdin; `false` if it cannot be delivered.
-    fn tell(&mut self, pid: i32, command: &str) -> bool {
+    fn tell(&mut self, pid: i32, command: Command) -> bool {
         let Some(worker) = self.worker(pid) else {
             return false;
         };
         match worker.control.as_mut() {
-            Some(control) => control.write_all(format!("{command}\n").as_bytes()).is_ok(),
+            Some(control) => control
+                .write_all(format!("{}\n", command.line()).as_bytes())
+                .is_ok(),
             None => false,
         }
     }
@@ -417,7 +424,7 @@ impl Supervisor {
     fn status(&mut self, pid: i32, line: &str) {
         let mut words = line.splitn(4, ' ');
         match (words.next(), words.next(), words.next(), words.next()) {
-            (Some("ready"), ..) => self.mark_ready(pid),
+            (Some(READY), ..) => self.mark_ready(pid),
             (Some("probe"), Some(id), Some(outcome), reason) => {
                 let Ok(id) = id.parse() else { return };
                 let failure = (outcome != "ok").then(|| reason.unwrap_or("").to_string());
@@ -473,8 +480,8 @@ impl Supervisor {
             Stop::Abandon => Duration::from_secs(1),
         } + KILL_MARGIN;
         let command = match how {
-            Stop::Drain => "stop",
-            Stop::Abandon => "abandon",
+            Stop::Drain => Command::Stop,
+            Stop::Abandon => Command::Abandon,
         };
         let delivered = self.tell(pid, command);
         let Some(worker) = self.worker(pid) else {
@@ -519,7 +526,7 @@ impl Supervisor {
                 self.rolling.clear();
                 self.reload_due = None;
                 for pid in self.pids(|w| w.state != WorkerState::Stopping) {
-                    self.tell(pid, "unready");
+                    self.tell(pid, Command::Unready);
                 }
             }
             Phase::Draining { .. } => {
@@ -558,7 +565,7 @@ impl Supervisor {
             say!("SIGHUP: the config is refused, the running one stays: {e}");
             return;
         }
-        self.handoff = worker::handoff(&loaded.source_name(), &loaded.effective());
+        self.handoff = control::handoff(&loaded.source_name(), &loaded.effective());
         self.loaded = loaded;
         self.rolling = self
             .pids(|w| w.state != WorkerState::Stopping && !w.replaced)
@@ -670,7 +677,7 @@ impl Supervisor {
             }
         }
         for (pid, id) in probe {
-            self.tell(pid, &format!("probe {id}"));
+            self.tell(pid, Command::Probe(id));
         }
         for pid in replace {
             self.replace(pid, Reason::Watchdog);
@@ -748,7 +755,7 @@ impl Supervisor {
         self.restarts_due.retain(|at| now < *at);
         for _ in 0..due {
             match self.spawn_worker(None) {
-                Ok(_) => metrics::restarted(Restart::Crash),
+                Ok(_) => self.slots.restarted(Restart::Crash),
                 Err(e) => {
                     say!("{e}; trying again");
                     self.schedule_restart(None);
@@ -841,33 +848,6 @@ impl Supervisor {
                 "worker {pid} {how} while starting; restarting it in {} ms",
                 delay.as_millis()
             );
-        }
-    }
-}
-
-/// The file naming the address this supervisor serves on (see `socket::address_file`),
-/// removed when the supervisor ends.
-struct AddressFile(Option<std::path::PathBuf>);
-
-impl AddressFile {
-    fn write(listener: &TcpListener) -> AddressFile {
-        let path = socket::address_file(std::process::id());
-        let written = socket::reachable_address(listener)
-            .and_then(|address| std::fs::write(&path, format!("{address}\n")));
-        match written {
-            Ok(()) => AddressFile(Some(path)),
-            Err(e) => {
-                say!("cannot record the address in {}: {e}", path.display());
-                AddressFile(None)
-            }
-        }
-    }
-}
-
-impl Drop for AddressFile {
-    fn drop(&mut self) {
-        if let Some(path) = &self.0 {
-            let _ = std::fs::remove_file(path);
         }
     }
 }

@@ -14,9 +14,9 @@ use std::process::Command;
 use crossbeam_channel::Sender;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
+use super::Event;
 use crate::error::Error;
 use crate::say;
-use crate::supervisor::Event;
 
 /// What a change was to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

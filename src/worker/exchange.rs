@@ -1,0 +1,466 @@
+//! One request and its answer, on the I/O side: everything between hyper handing over a
+//! parsed head and hyper writing the answer.
+//!
+//! 1. `/readyz` is answered here and `/metrics` on the runtime's one blocking thread, so
+//!    both answer while every pool thread is stuck.
+//! 2. The head is checked ([`Screen`]): framing hyper lets through, CORS preflights, the API
+//!    key. A refusal is answered without reading the body.
+//! 3. The body is read in full here, within `max_body_bytes` (declared or counted as it
+//!    arrives, chunked too), and it must keep arriving: no byte for `keep_alive_timeout_s`,
+//!    or not all of it by the request's deadline, is a 408. A pool thread never waits on a
+//!    client.
+//! 4. The request goes to the pool's queue, and this task waits for its answer with a timer
+//!    at the request's deadline: 504 at the deadline, whether the request is still queued
+//!    (it then never reaches the app) or inside the app (its thread is written off).
+//! 5. Every answer leaves through [`Context::deliver`]: CORS headers for an allowed origin,
+//!    `Connection: close` where the stream cannot be trusted or the worker is retiring, the
+//!    metrics and the access line.
+//!
+//! Nothing here blocks: the app runs only on the pool's threads.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CONNECTION, VARY};
+use http::request::Parts;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
+use tokio::sync::watch;
+
+use super::access::AccessLog;
+use super::bridge::{self, Answer};
+use super::pool::{Kind, Pool, Received};
+use super::screen::{Screen, Verdict};
+use crate::config::Settings;
+use crate::metrics::{Closed, Event, Recorder};
+
+/// Where the worker is in its life, as every request sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    /// Retiring: answers carry `Connection: close`; nothing new is accepted.
+    Draining,
+    /// Everything still waiting is answered 503 at once.
+    Abandoned,
+}
+
+/// What every request of a worker shares.
+pub struct Context {
+    pub pool: Pool,
+    screen: Screen,
+    limits: Limits,
+    pub metrics: Recorder,
+    access: Option<AccessLog>,
+    /// What `/readyz` answers.
+    ready: AtomicBool,
+    phase: watch::Sender<Phase>,
+    /// Requests read and not yet answered.
+    in_flight: AtomicUsize,
+    /// Requests answered 503 because the worker gave up on them.
+    abandoned: AtomicU64,
+}
+
+struct Limits {
+    max_body: u64,
+    /// A body must keep arriving: no byte for this long is a 408.
+    body_idle: Duration,
+    timeout: Option<Duration>,
+}
+
+impl Context {
+    pub fn new(
+        pool: Pool,
+        screen: Screen,
+        settings: &Settings,
+        metrics: Recorder,
+        access: Option<AccessLog>,
+    ) -> Context {
+        Context {
+            pool,
+            screen,
+            limits: Limits {
+                max_body: settings.max_body_bytes,
+                body_idle: settings.keep_alive_timeout(),
+                timeout: settings.request_timeout(),
+            },
+            metrics,
+            access,
+            ready: AtomicBool::new(true),
+            phase: watch::Sender::new(Phase::Serving),
+            in_flight: AtomicUsize::new(0),
+            abandoned: AtomicU64::new(0),
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.send_replace(phase);
+    }
+
+    pub fn watch_phase(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Resolves once the worker's phase satisfies `reached`.
+    pub async fn until(phase: &mut watch::Receiver<Phase>, reached: impl FnMut(&Phase) -> bool) {
+        // A closed channel (never: the context holds the sender) reads as reached.
+        let _ = phase.wait_for(reached).await;
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+
+    /// Puts the present figures into the metrics.
+    pub fn sample(&self, connections: usize) {
+        let gauges = self.metrics.gauges();
+        gauges
+            .connections
+            .store(connections as u64, Ordering::Relaxed);
+        gauges
+            .in_flight
+            .store(self.in_flight() as u64, Ordering::Relaxed);
+        self.pool.sample(gauges);
+    }
+}
+
+/// hyper's service: one request in, one answer out.
+pub async fn handle(
+    context: Arc<Context>,
+    peer: SocketAddr,
+    request: hyper::Request<Incoming>,
+) -> Result<Answer, Infallible> {
+    let received = Instant::now();
+    let _counted = InFlight::enter(&context.in_flight);
+    let (head, mut body) = request.into_parts();
+    let (answer, cors, head) = match context.screen.check(&head) {
+        Verdict::Refuse(refusal) => {
+            // A body left unread in the stream ends the connection too (hyper would
+            // otherwise have to read it at the client's pace).
+            let ends = (refusal.ends || !body.is_end_stream()).then_some(Closed::Answered);
+            let answer = bridge::refusal(refusal.status, &refusal.text, refusal.headers);
+            (Reply::new(answer, ends), refusal.cors, Head::Kept(head))
+        }
+        Verdict::Pass { cors } => {
+            let (reply, head) = context.answer(head, &mut body, peer, received).await;
+            (reply, cors, head)
+        }
+    };
+    if answer.ends.is_some() && !body.is_end_stream() && !expects_continue(head.parts()) {
+        linger(body);
+    }
+    Ok(context.deliver(head.parts(), peer, received, answer, cors))
+}
+
+/// How long the rest of a refused body is read and thrown away; see [`linger`].
+const LINGER: Duration = Duration::from_secs(2);
+
+/// After an answer that ends its connection before the body was read, the rest of the body
+/// is read and thrown away for up to [`LINGER`] (as Apache's lingering close does) while
+/// hyper writes the answer: a socket closed with unread input sends a reset, which can
+/// destroy the answer on its way to a client that is still sending.
+fn linger(mut body: Incoming) {
+    tokio::spawn(async move {
+        let rest = async { while let Some(Ok(_)) = body.frame().await {} };
+        let _ = tokio::time::timeout(LINGER, rest).await;
+    });
+}
+
+/// A client that sent `Expect: 100-continue` sends no body until told to.
+fn expects_continue(head: &Parts) -> bool {
+    head.headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// An answer, and why its connection must end after it, if it must.
+struct Reply {
+    answer: Answer,
+    ends: Option<Closed>,
+}
+
+impl Reply {
+    fn new(answer: Answer, ends: Option<Closed>) -> Reply {
+        Reply { answer, ends }
+    }
+
+    fn text(status: u16, text: &str) -> Reply {
+        Reply::new(bridge::text(status, text), None)
+    }
+}
+
+/// The request's head: still here, or shared with the pool. (It lives in the request's
+/// future, once; boxing the larger variant would cost an allocation per request.)
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    Kept(Parts),
+    Shared(Arc<Received>),
+}
+
+impl Head {
+    fn parts(&self) -> &Parts {
+        match self {
+            Head::Kept(parts) => parts,
+            Head::Shared(received) => &received.head,
+        }
+    }
+}
+
+impl Context {
+    /// The answer to a request that passed the screen.
+    async fn answer(
+        &self,
+        head: Parts,
+        body: &mut Incoming,
+        peer: SocketAddr,
+        received: Instant,
+    ) -> (Reply, Head) {
+        let kind = match head.uri.path() {
+            "/readyz" => {
+                let reply = match self.ready.load(Ordering::Acquire) {
+                    true => Reply::text(200, "ready\n"),
+                    false => Reply::text(503, "not ready\n"),
+                };
+                return (reply, Head::Kept(head));
+            }
+            "/metrics" => return (self.metrics_text().await, Head::Kept(head)),
+            "/healthz" => Kind::Health,
+            _ => Kind::App,
+        };
+        let deadline = self.limits.timeout.map(|t| received + t);
+        let body = match self.read_body(body, deadline).await {
+            Ok(body) => body,
+            Err(fault) => return (fault.reply(), Head::Kept(head)),
+        };
+        let request = Arc::new(Received::new(head, body, peer, received, kind));
+        let reply = self.through_pool(&request, deadline).await;
+        (reply, Head::Shared(request))
+    }
+
+    async fn metrics_text(&self) -> Reply {
+        let metrics = self.metrics;
+        match tokio::task::spawn_blocking(move || metrics.render()).await {
+            Ok(text) => Reply::new(bridge::metrics(text), None),
+            Err(_) => Reply::text(500, "cannot render the metrics\n"),
+        }
+    }
+
+    /// Hands the request to the pool and waits for its answer, its deadline, or the
+    /// worker's giving up.
+    async fn through_pool(&self, request: &Arc<Received>, deadline: Option<Instant>) -> Reply {
+        let mut phase = self.watch_phase();
+        if *phase.borrow() == Phase::Abandoned {
+            return self.abandoned_reply();
+        }
+        let Some(reply) = self.pool.submit(request.clone()) else {
+            return Reply::text(503, "shutting down\n");
+        };
+        // If hyper drops this future (the client left), a request still queued never
+        // reaches the app.
+        let _waiting = Waiting {
+            pool: &self.pool,
+            request,
+        };
+        let deadline = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            answer = reply => match answer {
+                Ok(answer) => Reply::new(answer, None),
+                Err(_) => Reply::text(503, "shutting down\n"),
+            },
+            () = deadline => {
+                self.pool.expire(request);
+                self.metrics.count(Event::Timeout);
+                Reply::text(504, "request timed out\n")
+            }
+            () = Context::until(&mut phase, |p| *p == Phase::Abandoned) => self.abandoned_reply(),
+        }
+    }
+
+    fn abandoned_reply(&self) -> Reply {
+        self.abandoned.fetch_add(1, Ordering::Relaxed);
+        Reply::text(503, "worker replaced\n")
+    }
+
+    /// Reads the whole body within the limits; see the module docs.
+    async fn read_body(
+        &self,
+        body: &mut Incoming,
+        deadline: Option<Instant>,
+    ) -> Result<Bytes, BodyFault> {
+        let limit = self.limits.max_body;
+        let hint = body.size_hint();
+        let declared = hint.exact();
+        if hint.lower() > limit {
+            return Err(BodyFault::TooLarge(limit));
+        }
+        if declared == Some(0) {
+            return Ok(Bytes::new());
+        }
+        let mut first: Option<Bytes> = None;
+        let mut rest = BytesMut::new();
+        let mut read: u64 = 0;
+        loop {
+            let idle = Instant::now() + self.limits.body_idle;
+            let until = deadline.map_or(idle, |d| d.min(idle));
+            let frame = match tokio::time::timeout_at(until.into(), body.frame()).await {
+                Ok(Some(Ok(frame))) => frame,
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(BodyFault::Broken { read, declared, e }),
+                Err(_) if deadline.is_some_and(|d| until >= d) => return Err(BodyFault::Late),
+                Err(_) => return Err(BodyFault::Stalled(self.limits.body_idle)),
+            };
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            read += data.len() as u64;
+            if read > limit {
+                return Err(BodyFault::TooLarge(limit));
+            }
+            match &first {
+                None if rest.is_empty() => first = Some(data),
+                _ => {
+                    if let Some(first) = first.take() {
+                        let room = declared.unwrap_or(read).min(limit) as usize;
+                        rest.reserve(room.max(first.len() + data.len()));
+                        rest.extend_from_slice(&first);
+                    }
+                    rest.extend_from_slice(&data);
+                }
+            }
+        }
+        Ok(first.unwrap_or_else(|| rest.freeze()))
+    }
+
+    /// Sends an answer on its way: CORS, `Connection: close`, metrics, the access line.
+    fn deliver(
+        &self,
+        head: &Parts,
+        peer: SocketAddr,
+        received: Instant,
+        reply: Reply,
+        cors: Option<HeaderValue>,
+    ) -> Answer {
+        let Reply { mut answer, ends } = reply;
+        let headers = answer.headers_mut();
+        if let Some(origin) = cors {
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.append(VARY, HeaderValue::from_static("Origin"));
+        }
+        if let Some(reason) = ends {
+            self.metrics.count(Event::Closed(reason));
+        }
+        if ends.is_some() || self.phase() != Phase::Serving {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let took = received.elapsed();
+        let status = answer.status().as_u16();
+        self.metrics.record(&head.method, status, took);
+        if let Some(access) = &self.access {
+            access.write(head, peer, status, bridge::body_len(&answer), took);
+        }
+        answer
+    }
+}
+
+/// Why a body was not read.
+enum BodyFault {
+    /// Over `max_body_bytes` (the limit).
+    TooLarge(u64),
+    /// Still arriving at the request's deadline.
+    Late,
+    /// Nothing arrived for this long.
+    Stalled(Duration),
+    /// The connection ended or the framing broke.
+    Broken {
+        read: u64,
+        declared: Option<u64>,
+        e: hyper::Error,
+    },
+}
+
+impl BodyFault {
+    /// The answer, which ends the connection: the rest of the body may still be in the
+    /// stream.
+    fn reply(self) -> Reply {
+        let (status, text) = match self {
+            BodyFault::TooLarge(limit) => (
+                413,
+                format!("request body too large: the limit is {limit} bytes\n"),
+            ),
+            BodyFault::Late => (
+                408,
+                "the request body did not arrive within request_timeout_s\n".to_string(),
+            ),
+            BodyFault::Stalled(idle) => (
+                408,
+                format!(
+                    "the request body stopped arriving for {} s (keep_alive_timeout_s)\n",
+                    idle.as_secs_f64()
+                ),
+            ),
+            BodyFault::Broken {
+                read,
+                declared: Some(declared),
+                ..
+            } if read < declared => (
+                400,
+                format!("the request body ended after {read} of its {declared} bytes\n"),
+            ),
+            BodyFault::Broken { e, .. } => (400, format!("could not read the request body: {e}\n")),
+        };
+        let reason = match status {
+            408 => Closed::BodyTimeout,
+            _ => Closed::Answered,
+        };
+        Reply::new(bridge::text(status, &text), Some(reason))
+    }
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicUsize) -> InFlight<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request waiting for the pool; dropped early when its client leaves.
+struct Waiting<'a> {
+    pool: &'a Pool,
+    request: &'a Received,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.pool.forget(self.request);
+    }
+}

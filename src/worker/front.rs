@@ -1,0 +1,342 @@
+//! The HTTP front: accepting connections on the inherited listening socket and serving
+//! each with hyper, on the tokio runtime's I/O threads.
+//!
+//! Theory of operation:
+//!
+//! * One task accepts. Before each `accept()` it takes a permit of a semaphore of
+//!   `max_connections`; at the cap it stops accepting until a connection ends, and the
+//!   kernel's backlog holds the rest (counted: `microservice_http_accept_paused_total`).
+//!   The permits in use are the open connections, exactly.
+//! * Each accepted connection is one task: hyper's `serve_connection` with the service in
+//!   [`super::exchange`]. Every limit on a connection is hyper's: `header_read_timeout`
+//!   (`keep_alive_timeout_s`) closes a connection that has no complete request head that
+//!   long after it opened or after its last answer, idle or trickling alike;
+//!   `max_header_size` answers 431; a malformed head or a version other than 1.0/1.1 gets
+//!   hyper's 400; the connection then closes. hyper reads the socket for the client's
+//!   going away while a request is served and drops the request's future then.
+//! * An `accept()` that fails for lack of resources (out of file descriptors) is retried
+//!   every [`ACCEPT_RETRY`]; while it keeps failing, [`Accepting`] makes `/healthz` and
+//!   the watchdog's probes fail with the reason, so the supervisor replaces the worker.
+//! * Retiring (drain, reload, SIGHUP, watchdog): the phase changes; the accept task stops
+//!   and closes this process's copy of the listening socket (other workers and the
+//!   supervisor keep theirs); every connection that has served a request is shut down
+//!   gracefully by hyper (an idle one at once, a busy one after its answer). A connection
+//!   that has not sent its first request yet is left to send it, and gets its answer with
+//!   `Connection: close`: its request may already be on the wire, and closing it would
+//!   reset a client that did nothing wrong. Whatever is still waiting at the stop deadline
+//!   is answered 503 ([`Front::abandon`]).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::exchange::{Context, Phase};
+use crate::config::Settings;
+use crate::metrics::{Closed, Event};
+use crate::say;
+
+/// How long to wait before accepting again after `accept()` failed for lack of resources.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How long accepting must have failed without a success before `/healthz` fails.
+const ACCEPT_FAILING_AFTER: Duration = Duration::from_secs(1);
+/// hyper's read buffer may grow to this; a head is limited by `max_header_bytes` anyway.
+const MAX_BUFFER: usize = 64 * 1024;
+
+/// The worker's HTTP front: its accept task and its connections.
+pub struct Front {
+    context: Arc<Context>,
+    permits: Arc<Semaphore>,
+    max_connections: u32,
+}
+
+impl Front {
+    /// Starts accepting on `listener` (non-blocking, from the supervisor); must run inside
+    /// the runtime.
+    pub fn start(
+        listener: std::net::TcpListener,
+        context: Arc<Context>,
+        accepting: Arc<Accepting>,
+        settings: &Settings,
+        max_connections: u32,
+    ) -> std::io::Result<Front> {
+        let listener = TcpListener::from_std(listener)?;
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(settings.keep_alive_timeout())
+            .max_header_size(settings.max_header_bytes as usize)
+            .max_buf_size(MAX_BUFFER.max(settings.max_header_bytes as usize))
+            .keep_alive(true)
+            .half_close(false);
+        let permits = Arc::new(Semaphore::new(max_connections as usize));
+        let acceptor = Acceptor {
+            context: context.clone(),
+            http,
+            permits: permits.clone(),
+            accepting,
+        };
+        tokio::spawn(acceptor.run(listener));
+        Ok(Front {
+            context,
+            permits,
+            max_connections,
+        })
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        (self.max_connections as usize).saturating_sub(self.permits.available_permits())
+    }
+
+    /// Puts the present figures into the metrics.
+    pub fn sample(&self) {
+        self.context.sample(self.open());
+    }
+
+    /// Logs every request inside the app, and what waits.
+    pub fn report(&self) {
+        self.context.pool.report();
+        say!(
+            "{} connection(s) open, {} request(s) read and not yet answered",
+            self.open(),
+            self.context.in_flight()
+        );
+    }
+
+    /// Stops accepting and lets every connection finish; `true` once all have ended,
+    /// `false` at `deadline`.
+    pub async fn retire(&self, deadline: Instant) -> bool {
+        self.context.set_ready(false);
+        self.context.set_phase(Phase::Draining);
+        self.all_closed(deadline).await
+    }
+
+    /// Answers every request still waiting with 503 at once, stops accepting, and waits
+    /// until `deadline` for the connections to end. Returns how many were answered so.
+    pub async fn abandon(&self, deadline: Instant) -> u64 {
+        self.context.set_ready(false);
+        self.context.set_phase(Phase::Abandoned);
+        self.all_closed(deadline).await;
+        self.context.abandoned()
+    }
+
+    /// Waits until every permit is back: the accept task has stopped (it drops the permit
+    /// it holds for its next connection) and every connection has ended.
+    async fn all_closed(&self, deadline: Instant) -> bool {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let all = self.permits.acquire_many(self.max_connections);
+        tokio::time::timeout_at(deadline, all).await.is_ok()
+    }
+}
+
+/// The accept task's state.
+struct Acceptor {
+    context: Arc<Context>,
+    http: http1::Builder,
+    permits: Arc<Semaphore>,
+    accepting: Arc<Accepting>,
+}
+
+impl Acceptor {
+    async fn run(self, listener: TcpListener) {
+        let mut phase = self.context.watch_phase();
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = Context::until(&mut phase, |p| *p != Phase::Serving) => break,
+                permit = self.permit() => permit,
+            };
+            let accepted = tokio::select! {
+                biased;
+                () = Context::until(&mut phase, |p| *p != Phase::Serving) => break,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    self.accepting.succeeded();
+                    let connection = Connection {
+                        context: self.context.clone(),
+                        _permit: permit,
+                    };
+                    tokio::spawn(connection.serve(self.http.clone(), stream, peer));
+                }
+                Err(e) => match AcceptError::of(&e) {
+                    AcceptError::Connection => {}
+                    AcceptError::NotListening => {
+                        // The supervisor stopped listening: the service is stopping.
+                        break;
+                    }
+                    AcceptError::Resources => {
+                        self.context.metrics.count(Event::AcceptError);
+                        self.accepting.failed(&e);
+                        tokio::select! {
+                            () = Context::until(&mut phase, |p| *p != Phase::Serving) => break,
+                            _ = tokio::time::sleep(ACCEPT_RETRY) => {}
+                        }
+                    }
+                },
+            }
+        }
+        // Dropping the listener closes this process's copy only.
+    }
+
+    /// A permit for one more connection; waits (and counts the pause) at the cap.
+    async fn permit(&self) -> OwnedSemaphorePermit {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return permit;
+        }
+        self.context.metrics.count(Event::AcceptPaused);
+        match self.permits.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            // The semaphore is never closed.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// One client connection; its permit goes back when it ends.
+struct Connection {
+    context: Arc<Context>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn serve(self, http: http1::Builder, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let begun = Arc::new(AtomicBool::new(false));
+        let service = {
+            let context = self.context.clone();
+            let begun = begun.clone();
+            service_fn(move |request| {
+                begun.store(true, Ordering::Relaxed);
+                super::exchange::handle(context.clone(), peer, request)
+            })
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let mut phase = self.context.watch_phase();
+        let ended = tokio::select! {
+            ended = connection.as_mut() => ended,
+            () = Context::until(&mut phase, |p| *p != Phase::Serving) => {
+                if begun.load(Ordering::Relaxed) {
+                    connection.as_mut().graceful_shutdown();
+                }
+                connection.await
+            }
+        };
+        if let Err(e) = ended {
+            let reason = if e.is_timeout() {
+                Closed::HeadTimeout
+            } else if e.is_parse_too_large() {
+                Closed::HeadTooLarge
+            } else if e.is_parse() {
+                Closed::Malformed
+            } else {
+                return;
+            };
+            self.context.metrics.count(Event::Closed(reason));
+        }
+    }
+}
+
+/// What an `accept()` error means.
+enum AcceptError {
+    /// Something about that one connection (it was reset before it was accepted); the
+    /// next `accept()` is unaffected.
+    Connection,
+    /// The socket does not listen any more.
+    NotListening,
+    /// Out of file descriptors, memory or buffers: retry later.
+    Resources,
+}
+
+impl AcceptError {
+    fn of(error: &std::io::Error) -> AcceptError {
+        match error.raw_os_error() {
+            Some(
+                libc::ECONNABORTED
+                | libc::ECONNRESET
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+                | libc::ENETDOWN
+                | libc::EINTR
+                | libc::EAGAIN,
+            ) => AcceptError::Connection,
+            Some(libc::EINVAL) => AcceptError::NotListening,
+            _ => AcceptError::Resources,
+        }
+    }
+}
+
+/// Whether accepting works: failures without a success since, for the health check.
+pub struct Accepting {
+    epoch: Instant,
+    /// Nanoseconds since `epoch` of the first failure of the present streak; 0: none.
+    failing_since: AtomicU64,
+    reason: Mutex<String>,
+}
+
+impl Default for Accepting {
+    fn default() -> Accepting {
+        Accepting {
+            epoch: Instant::now(),
+            failing_since: AtomicU64::new(0),
+            reason: Mutex::new(String::new()),
+        }
+    }
+}
+
+impl Accepting {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos().max(1) as u64
+    }
+
+    fn succeeded(&self) {
+        if self.failing_since.load(Ordering::Relaxed) != 0 {
+            self.failing_since.store(0, Ordering::Relaxed);
+            say!("accepting connections works again");
+        }
+    }
+
+    fn failed(&self, error: &std::io::Error) {
+        if self.failing_since.load(Ordering::Relaxed) == 0 {
+            say!("accepting a connection failed: {error}; retrying every {ACCEPT_RETRY:?}");
+            *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = error.to_string();
+            self.failing_since.store(self.now(), Ordering::Relaxed);
+        }
+    }
+
+    /// `Err` with the reason while accepting has failed for longer than
+    /// [`ACCEPT_FAILING_AFTER`].
+    pub fn health(&self) -> Result<(), String> {
+        let since = self.failing_since.load(Ordering::Relaxed);
+        if since == 0 {
+            return Ok(());
+        }
+        let failing = Duration::from_nanos(self.now().saturating_sub(since));
+        if failing < ACCEPT_FAILING_AFTER {
+            return Ok(());
+        }
+        let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        Err(format!(
+            "accepting connections has failed for {:.1} s: {reason}",
+            failing.as_secs_f64()
+        ))
+    }
+}

@@ -1,0 +1,272 @@
+//! The worker process: started by the supervisor as `microservice-rust worker`, it takes the
+//! listening socket on fd [`LISTEN_FD`], reads its resolved config as the first line of
+//! stdin, loads the app and serves until told to stop.
+//!
+//! A request's whole path, in reading order:
+//!
+//! * [`front`]: the tokio runtime's I/O threads accept connections (at most
+//!   `max_connections`) and hyper serves HTTP/1.1 on each; every limit on a connection
+//!   (idle time, head time and size) is hyper's own.
+//! * [`exchange`]: one request on the I/O side: `/readyz` and `/metrics` answered there,
+//!   the head checked ([`screen`]), the body read in full within its limits, the request
+//!   handed to the pool, and its answer awaited with a timer at its deadline (504).
+//! * [`pool`]: the fixed pool of OS threads on which the app runs (never an I/O thread);
+//!   threads stuck past a deadline are written off and replaced.
+//! * [`bridge`]: the app's C view of a request, and its response as an HTTP answer.
+//! * [`access`]: the access log.
+//!
+//! The supervisor controls the worker with lines on stdin (see [`crate::control`]); the
+//! worker answers on the status pipe. SIGTERM and SIGINT mean `stop`, SIGUSR1 `report`. It
+//! exits with a reserved code (see [`crate::exit`]) when it cannot start, so the
+//! supervisor can tell a worker that never came up from one that crashed.
+
+mod access;
+mod bridge;
+mod exchange;
+mod front;
+mod loader;
+mod pool;
+mod screen;
+mod status;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::config::{redact, Settings};
+use crate::control::{Command, LISTEN_FD, READY, STATUS_FD, SUPERVISOR_PID_VAR};
+use crate::error::Error;
+use crate::exit;
+use crate::log;
+use crate::metrics::Recorder;
+use crate::say;
+use access::AccessLog;
+use exchange::Context;
+use front::Front;
+use loader::LoadedApp;
+use pool::{Pool, PoolSettings};
+use screen::Screen;
+use status::StatusPipe;
+
+/// How often the gauges in the metrics are brought up to date.
+const SAMPLE_EVERY: Duration = Duration::from_millis(500);
+/// How long a worker being replaced for not answering has to send its 503s.
+const ABANDON_GRACE: Duration = Duration::from_secs(1);
+
+pub fn run() -> Result<i32, Error> {
+    log::set_role("worker");
+    die_with_parent();
+    let metrics = Recorder::attach()?;
+
+    let mut control = BufReader::new(std::io::stdin());
+    let mut first = String::new();
+    control
+        .read_line(&mut first)
+        .map_err(|e| Error::boot("cannot read the config from the supervisor", e))?;
+    let handoff: Value = serde_json::from_str(&first).map_err(|e| {
+        Error::boot(
+            "the worker is started by the supervisor, not by hand",
+            std::io::Error::other(e),
+        )
+    })?;
+    let source = handoff["source"].as_str().unwrap_or("the supervisor");
+    let config = &handoff["config"];
+    let settings = Settings::from_json(config, source)?;
+    log::configure(settings.log_level, settings.log_format);
+    let access =
+        AccessLog::start(metrics).map_err(|e| Error::boot("cannot start the access log", e))?;
+    let app_path = settings.app.clone().ok_or_else(|| {
+        Error::boot(
+            "the supervisor sent no app path",
+            std::io::ErrorKind::InvalidInput.into(),
+        )
+    })?;
+
+    // SAFETY: the supervisor placed the listening socket on this fd before exec.
+    let listener = unsafe { TcpListener::from_raw_fd(LISTEN_FD) };
+    listener
+        .local_addr()
+        .map_err(|e| Error::boot(format!("fd {LISTEN_FD} is not a listening socket"), e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::boot("cannot make the listening socket non-blocking", e))?;
+    let signals = Signals::new([SIGTERM, SIGINT, SIGUSR1])
+        .map_err(|e| Error::boot("cannot install signal handlers", e))?;
+    // SAFETY: the supervisor placed the status pipe on this fd before exec.
+    let status = Arc::new(unsafe { StatusPipe::from_fd(STATUS_FD) });
+
+    // The app gets the config without its secrets (the API key is checked before the app).
+    let app = Arc::new(LoadedApp::load(&app_path, &redact(config).to_string())?);
+    let threads = settings.pool_threads();
+    let accepting = Arc::new(front::Accepting::default());
+    let pool = Pool::start(
+        app.clone(),
+        PoolSettings {
+            threads,
+            slow: settings.watchdog.request_threshold_s.map(|t| {
+                (
+                    Duration::from_secs_f64(t),
+                    settings.watchdog.request_average as usize,
+                )
+            }),
+        },
+        status.clone(),
+        accepting.clone(),
+    )
+    .map_err(|e| Error::boot("cannot start the pool's threads", e))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.io_threads)
+        .max_blocking_threads(1)
+        .thread_name("io")
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::boot("cannot start the I/O threads", e))?;
+    let (commands, received) = unbounded_channel();
+    read_commands(control, signals, commands)
+        .map_err(|e| Error::boot("cannot start the control threads", e))?;
+
+    let context = Arc::new(Context::new(
+        pool,
+        Screen::new(&settings),
+        &settings,
+        metrics,
+        access,
+    ));
+    let max_connections = settings.max_connections();
+    let mode = settings.mode.name();
+    let stop_timeout = settings.stop_timeout();
+    let served = runtime.block_on(async move {
+        let front = Front::start(listener, context, accepting, &settings, max_connections)
+            .map_err(|e| Error::boot("cannot start accepting connections", e))?;
+        say!(
+            "serving {} ({mode} mode, {threads} thread(s), {} I/O thread(s), up to {max_connections} connections)",
+            app.path().display(),
+            settings.io_threads
+        );
+        status.send(READY);
+        let worker = Worker {
+            front,
+            stop_timeout,
+        };
+        worker.serve(received).await;
+        Ok(())
+    });
+    // Threads stuck in the app stay stuck; the process exit ends them.
+    runtime.shutdown_background();
+    served.map(|()| 0)
+}
+
+struct Worker {
+    front: Front,
+    stop_timeout: Duration,
+}
+
+impl Worker {
+    /// Follows the supervisor's commands until told to stop or abandon.
+    async fn serve(&self, mut commands: UnboundedReceiver<Command>) {
+        let mut sample = tokio::time::interval(SAMPLE_EVERY);
+        loop {
+            let command = tokio::select! {
+                command = commands.recv() => command.unwrap_or(Command::Stop),
+                _ = sample.tick() => {
+                    self.front.sample();
+                    continue;
+                }
+            };
+            match command {
+                Command::Probe(id) => self.front.context().pool.probe(id),
+                Command::Unready => self.front.context().set_ready(false),
+                Command::Report => self.front.report(),
+                Command::Stop => return self.drain().await,
+                Command::Abandon => return self.abandon().await,
+            }
+        }
+    }
+
+    /// Stops accepting, lets hyper finish what was read and close idle connections, all
+    /// within `stop_timeout`; then answers what is left with 503 and shuts the app down.
+    async fn drain(&self) {
+        let started = Instant::now();
+        let deadline = started + self.stop_timeout;
+        if !self.front.retire(deadline).await {
+            let answered = self.front.abandon(Instant::now() + ABANDON_GRACE).await;
+            say!("answered {answered} unfinished request(s) with 503 at the stop timeout");
+        }
+        let grace = deadline.saturating_duration_since(Instant::now());
+        let pool = &self.front.context().pool;
+        if !tokio::task::block_in_place(|| pool.shut_down_app(grace)) {
+            say!("requests still inside the app; its shutdown hook is skipped");
+        }
+        say!("drained in {} ms", started.elapsed().as_millis());
+    }
+
+    /// Answers everything already read with 503 at once and stops accepting: this worker
+    /// is being replaced because it stopped answering.
+    async fn abandon(&self) {
+        let answered = self.front.abandon(Instant::now() + ABANDON_GRACE).await;
+        say!("abandoned: answered {answered} request(s) with 503");
+    }
+}
+
+/// Commands from stdin lines and from signals, in one stream. The end of stdin (the
+/// supervisor is gone) reads as `stop`.
+fn read_commands(
+    control: BufReader<std::io::Stdin>,
+    mut signals: Signals,
+    sender: UnboundedSender<Command>,
+) -> std::io::Result<()> {
+    let from_signals = sender.clone();
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                let command = match signal {
+                    SIGUSR1 => Command::Report,
+                    _ => {
+                        say!("stopping on {}", exit::signal_name(signal));
+                        Command::Stop
+                    }
+                };
+                if from_signals.send(command).is_err() {
+                    return;
+                }
+            }
+        })?;
+    thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for line in control.lines() {
+                let Ok(line) = line else { break };
+                let Some(command) = Command::parse(&line) else {
+                    say!("unknown command from the supervisor: {line:?}");
+                    continue;
+                };
+                if sender.send(command).is_err() {
+                    return;
+                }
+            }
+            let _ = sender.send(Command::Stop);
+        })?;
+    Ok(())
+}
+
+/// A worker must not outlive its supervisor (e.g. after `kill -9` of the supervisor).
+fn die_with_parent() {
+    // SAFETY: prctl with these arguments only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
+    // The supervisor may have died before the flag was set.
+    let supervisor = std::env::var(SUPERVISOR_PID_VAR).ok();
+    let parent = unsafe { libc::getppid() }.to_string();
+    if supervisor.is_some_and(|pid| pid != parent) {
+        std::process::exit(exit::BOOT);
+    }
+}

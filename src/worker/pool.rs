@@ -1,0 +1,417 @@
+//! The worker's pool: a fixed number of OS threads taking requests from one queue and
+//! calling the app, and the writing-off of threads stuck in the app.
+//!
+//! Theory of operation:
+//!
+//! * A request reaches the pool read in full (see `exchange`), as a [`Received`] shared by
+//!   the I/O task that waits for its answer and the pool thread that serves it. Its
+//!   `state` says where it is: queued, inside the app, answered, or given up by the I/O
+//!   side. The I/O side keeps the request's deadline with a timer of its own, so a 504
+//!   goes out at the deadline whether the request is queued or inside the app, however
+//!   many threads are stuck.
+//! * A pool thread takes a request from the queue only if it is still queued (compare and
+//!   swap): a request whose deadline passed, or whose client left, while it waited never
+//!   reaches the app.
+//! * A request whose deadline passes inside the app leaves its thread *written off*: the
+//!   I/O side starts a replacement at once, so the pool keeps its size, and the stuck
+//!   thread exits whenever the app returns. At most `threads` threads can be written off
+//!   at a time (the pool at most doubles); past that the 504s still go out on time but no
+//!   thread is added, `/healthz` stops getting through, and the watchdog replaces the
+//!   worker.
+//! * The watchdog's probes are jobs in the same queue, answered by a pool thread that asks
+//!   the app's health hook: a probe gets through exactly when a request would. `/healthz`
+//!   is an HTTP request of [`Kind::Health`], answered the same way.
+//! * Stopping: once the pool is stopped nothing more enters the app; the app's shutdown
+//!   hook runs when no thread is inside it (the `gate`).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use http::request::Parts;
+use tokio::sync::oneshot;
+
+use super::bridge::{self, Answer, RequestView};
+use super::front::Accepting;
+use super::loader::LoadedApp;
+use super::status::StatusPipe;
+use crate::control;
+use crate::metrics::Gauges;
+use crate::say;
+
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    pub threads: usize,
+    /// The request-duration watchdog: (threshold, how many recent requests to average).
+    pub slow: Option<(Duration, usize)>,
+}
+
+/// What a request asks of the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The app's `handle`.
+    App,
+    /// `/healthz`: the app's health hook and the worker's own.
+    Health,
+}
+
+/// Where a request is; see the module docs.
+mod state {
+    pub const QUEUED: u8 = 0;
+    pub const IN_APP: u8 = 1;
+    pub const ANSWERED: u8 = 2;
+    /// Its deadline passed; the I/O side answered 504.
+    pub const LATE: u8 = 3;
+    /// Its deadline passed inside the app and its thread was written off.
+    pub const WRITTEN_OFF: u8 = 4;
+    /// The I/O side stopped waiting (the client left).
+    pub const GONE: u8 = 5;
+}
+
+/// A request read in full, shared by the I/O task waiting for it and the pool thread
+/// serving it.
+pub struct Received {
+    pub head: Parts,
+    pub body: Bytes,
+    pub peer: SocketAddr,
+    /// When the worker had read its head: deadlines and durations count from here.
+    pub received: Instant,
+    kind: Kind,
+    state: AtomicU8,
+}
+
+impl Received {
+    pub fn new(
+        head: Parts,
+        body: Bytes,
+        peer: SocketAddr,
+        received: Instant,
+        kind: Kind,
+    ) -> Received {
+        Received {
+            head,
+            body,
+            peer,
+            received,
+            kind,
+            state: AtomicU8::new(state::QUEUED),
+        }
+    }
+
+    fn moves(&self, from: u8, to: u8) -> bool {
+        self.state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// What waits in the pool's queue.
+enum Job {
+    Http {
+        request: Arc<Received>,
+        reply: oneshot::Sender<Answer>,
+    },
+    /// A watchdog probe: ask the app's health hook, answer on the status pipe.
+    Probe(u64),
+}
+
+/// The pool's handle.
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    app: Arc<LoadedApp>,
+    queue: Receiver<Job>,
+    sender: Sender<Job>,
+    settings: PoolSettings,
+    status: Arc<StatusPipe>,
+    accepting: Arc<Accepting>,
+    /// One per live thread (written-off ones included), for the report and the gauges.
+    slots: Mutex<Vec<Arc<Slot>>>,
+    written_off: AtomicUsize,
+    /// Nothing more enters the app.
+    stopped: AtomicBool,
+    /// Held for reading by every call into the app; taken for writing to shut it down.
+    gate: RwLock<()>,
+    /// The durations of the latest app requests, when `settings.slow` is set.
+    recent: Mutex<VecDeque<Duration>>,
+}
+
+/// The request one pool thread is serving, as the report sees it.
+#[derive(Default)]
+struct Slot {
+    serving: Mutex<Option<Arc<Received>>>,
+}
+
+impl Slot {
+    fn serving(&self) -> MutexGuard<'_, Option<Arc<Received>>> {
+        // It guards a plain value; a panic while it was held leaves nothing half done.
+        self.serving.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Locks a mutex whose data stays valid whatever a panicking holder did.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Pool {
+    pub fn start(
+        app: Arc<LoadedApp>,
+        settings: PoolSettings,
+        status: Arc<StatusPipe>,
+        accepting: Arc<Accepting>,
+    ) -> std::io::Result<Pool> {
+        let (sender, queue) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            app,
+            queue,
+            sender,
+            status,
+            accepting,
+            slots: Mutex::new(Vec::new()),
+            written_off: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
+            gate: RwLock::new(()),
+            recent: Mutex::new(VecDeque::with_capacity(settings.slow.map_or(0, |s| s.1))),
+            settings,
+        });
+        for _ in 0..shared.settings.threads {
+            shared.spawn_thread()?;
+        }
+        Ok(Pool { shared })
+    }
+
+    /// Queues a request; its answer comes on the returned channel. `None` once stopped.
+    pub fn submit(&self, request: Arc<Received>) -> Option<oneshot::Receiver<Answer>> {
+        if self.shared.stopped.load(Ordering::Acquire) {
+            return None;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.shared.sender.send(Job::Http { request, reply }).ok()?;
+        Some(answer)
+    }
+
+    /// The request's deadline passed (its 504 is on its way): a queued request never enters
+    /// the app, and the thread of one inside it is written off and replaced, up to the cap.
+    pub fn expire(&self, request: &Received) {
+        if request.moves(state::QUEUED, state::LATE) {
+            return;
+        }
+        let shared = &self.shared;
+        let cap = shared.settings.threads;
+        let under_cap = shared
+            .written_off
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok();
+        if !under_cap {
+            request.moves(state::IN_APP, state::LATE);
+            return;
+        }
+        if !request.moves(state::IN_APP, state::WRITTEN_OFF) {
+            // It left the app meanwhile: nothing to write off.
+            shared.written_off.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        if let Err(e) = shared.spawn_thread() {
+            say!("cannot start a thread to replace one stuck in the app: {e}");
+        }
+    }
+
+    /// The I/O side stopped waiting for `request`: if still queued, it never enters the app.
+    pub fn forget(&self, request: &Received) {
+        request.moves(state::QUEUED, state::GONE);
+    }
+
+    /// Queues a watchdog probe; a pool thread answers it on the status pipe.
+    pub fn probe(&self, id: u64) {
+        let _ = self.shared.sender.send(Job::Probe(id));
+    }
+
+    /// Puts the pool's present figures into the metrics.
+    pub fn sample(&self, gauges: &Gauges) {
+        let shared = &self.shared;
+        let (threads, busy) = {
+            let slots = lock(&shared.slots);
+            let busy = slots.iter().filter(|s| s.serving().is_some()).count();
+            (slots.len(), busy)
+        };
+        let written_off = shared.written_off.load(Ordering::Acquire);
+        let set = |gauge: &std::sync::atomic::AtomicU64, value: usize| {
+            gauge.store(value as u64, Ordering::Relaxed)
+        };
+        set(&gauges.queued, shared.queue.len());
+        set(&gauges.threads_busy, busy.saturating_sub(written_off));
+        set(&gauges.threads, threads.saturating_sub(written_off));
+        set(&gauges.threads_written_off, written_off);
+    }
+
+    /// Logs every request inside the app with its path and age, and the queue's length.
+    pub fn report(&self) {
+        let now = Instant::now();
+        let slots = lock(&self.shared.slots).clone();
+        let mut inside = 0;
+        for slot in slots {
+            let Some(request) = slot.serving().clone() else {
+                continue;
+            };
+            inside += 1;
+            let age = now.duration_since(request.received).as_secs_f64();
+            let late = match request.state.load(Ordering::Acquire) {
+                state::IN_APP => "",
+                _ => " (answered 504, still inside the app)",
+            };
+            say!(
+                "in flight: {} {} for {age:.3}s{late}",
+                request.head.method,
+                request.head.uri
+            );
+        }
+        say!(
+            "{inside} request(s) inside the app, {} queued, {} thread(s) written off",
+            self.shared.queue.len(),
+            self.shared.written_off.load(Ordering::Relaxed)
+        );
+    }
+
+    /// Stops calling the app and runs its `shutdown` hook once no request is inside it,
+    /// waiting at most `grace`. Returns `false` when requests were still inside the app
+    /// then: the hook is skipped rather than run under them.
+    pub fn shut_down_app(&self, grace: Duration) -> bool {
+        let shared = &self.shared;
+        shared.stopped.store(true, Ordering::Release);
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Ok(_exclusive) = shared.gate.try_write() {
+                shared.app.shutdown();
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Shared {
+    fn spawn_thread(self: &Arc<Self>) -> std::io::Result<()> {
+        let slot = Arc::new(Slot::default());
+        lock(&self.slots).push(slot.clone());
+        let shared = self.clone();
+        let spawned = thread::Builder::new().name("pool".into()).spawn(move || {
+            let mut view = RequestView::default();
+            while let Ok(job) = shared.queue.recv() {
+                let written_off = match job {
+                    Job::Http { request, reply } => shared.serve(request, reply, &slot, &mut view),
+                    Job::Probe(id) => {
+                        shared.answer_probe(id);
+                        false
+                    }
+                };
+                if written_off {
+                    shared.written_off.fetch_sub(1, Ordering::AcqRel);
+                    break;
+                }
+            }
+            lock(&shared.slots).retain(|s| !Arc::ptr_eq(s, &slot));
+        });
+        if let Err(e) = spawned {
+            lock(&self.slots).pop();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Serves one request; `true` when this thread was written off meanwhile and must end.
+    fn serve(
+        &self,
+        request: Arc<Received>,
+        reply: oneshot::Sender<Answer>,
+        slot: &Slot,
+        view: &mut RequestView,
+    ) -> bool {
+        if !request.moves(state::QUEUED, state::IN_APP) {
+            return false; // late, or its client left
+        }
+        let _inside = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        if self.stopped.load(Ordering::Acquire) {
+            request.moves(state::IN_APP, state::ANSWERED);
+            let _ = reply.send(bridge::text(503, "shutting down\n"));
+            return false;
+        }
+        *slot.serving() = Some(request.clone());
+        let answer = match request.kind {
+            Kind::Health => health_answer(self.health()),
+            Kind::App => {
+                let response = self.app.handle(&view.of(&request));
+                bridge::app_answer(&response)
+            }
+        };
+        *slot.serving() = None;
+        if let (Some((_, count)), Kind::App) = (self.settings.slow, request.kind) {
+            let mut recent = lock(&self.recent);
+            if recent.len() == count {
+                recent.pop_front();
+            }
+            recent.push_back(request.received.elapsed());
+        }
+        match request.state.swap(state::ANSWERED, Ordering::AcqRel) {
+            state::IN_APP => {
+                let _ = reply.send(answer);
+                false
+            }
+            state::WRITTEN_OFF => true,
+            _ => false, // late: the 504 went out at the deadline
+        }
+    }
+
+    /// The app's health, the worker's ability to accept connections, and the
+    /// request-duration watchdog's verdict when it is on.
+    fn health(&self) -> Result<(), String> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err("stopping".into());
+        }
+        self.app.health()?;
+        self.accepting.health()?;
+        let Some((threshold, count)) = self.settings.slow else {
+            return Ok(());
+        };
+        let recent = lock(&self.recent);
+        if recent.len() < count {
+            return Ok(());
+        }
+        let mean = recent.iter().sum::<Duration>() / count as u32;
+        match mean > threshold {
+            true => Err(format!(
+                "the last {count} requests took {:.3} s on average, over the threshold of {:.3} s",
+                mean.as_secs_f64(),
+                threshold.as_secs_f64()
+            )),
+            false => Ok(()),
+        }
+    }
+
+    fn answer_probe(&self, id: u64) {
+        let health = {
+            let _inside = self.gate.read().unwrap_or_else(|p| p.into_inner());
+            self.health()
+        };
+        self.status.send(&control::probe_answer(id, &health));
+    }
+}
+
+fn health_answer(health: Result<(), String>) -> Answer {
+    match health {
+        Ok(()) => bridge::text(200, "ok\n"),
+        Err(reason) => bridge::text(503, &format!("unhealthy: {reason}\n")),
+    }
+}
