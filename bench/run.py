@@ -1,18 +1,45 @@
 #!/usr/bin/env python3
-"""`make bench`: the product's numbers beside bare tiny_http, measured in the same run.
+"""`make bench`: the product's figures beside two baselines, measured in the same run.
 
-Product: microservice-rust in production mode with default settings (17 threads) serving
-the example app. Baseline: examples/bare-tiny-http.rs, 17 threads calling recv(). Load:
-wrk on loopback, each run bounded in time and preceded by the same warm-up for both.
-Product and baseline alternate, ROUNDS times,
-and the medians are reported. Writes bench/RESULTS.md and bench/chart.png, then runs the
-slowloris measurement (bench/slowloris.py) into bench/SLOWLORIS.md; `run.py slowloris`
-runs that alone.
+Servers, each started from its release build and measured in turn:
+  product     microservice-rust in production mode with default settings, serving the
+              example app's `GET /`
+  hyper       bench/baselines bare-hyper: hyper 1 on tokio, IO_THREADS runtime threads
+              (the product's resolved `io_threads` when its config has one), 200 `OK`
+  tiny_http   bench/baselines bare-tiny-http: 17 threads calling tiny_http's recv()
 
-Environment: ROUNDS (default 5), DURATION (seconds per wrk run, default 5),
-CONNECTIONS (default "1,16,64,256,1024").
+Load: wrk on loopback, each run bounded in time and preceded by the same warm-up for
+every server. The servers alternate, ROUNDS times, and the medians are reported: req/s,
+p50/p99 latency, server CPU time per request (utime + stime of all the server's
+processes, for the product the supervisor and its workers, read from /proc/PID/stat
+just before and just after each wrk run, divided by the requests wrk completed),
+connections left unanswered, cold bursts, resident memory, start to first 200; for the
+product alone also dev reload, the watchdog and batches. Writes bench/RESULTS.md (with
+the targets, met or not) and bench/chart.png, then runs the slowloris measurement
+(bench/slowloris.py) into bench/SLOWLORIS.md.
+
+Usage:
+  python3 bench/run.py              everything (make bench)
+  python3 bench/run.py slowloris    the slowloris measurement alone (make bench-slowloris)
+  python3 bench/run.py --help       this text
+
+Environment:
+  ROUNDS          runs per server and connection count (default 5)
+  DURATION        seconds per wrk run (default 5)
+  CONNECTIONS     wrk connection counts (default "1,16,64,256,1024")
+  SERVERS         which servers, a comma list of product,hyper,tiny_http (default all);
+                  the product-only figures and slowloris need product
+  PRODUCT_BINARY  the microservice-rust binary to measure (default target/release's,
+                  built by this script); set it to compare another build
+  EXAMPLE_LIB     the app library the product serves (default target/release's example)
+  FIXTURE_LIB     the second library of the dev-reload measurement (default
+                  target/release's fixture app)
+  IO_THREADS      bare hyper's runtime threads (default: the product's io_threads, else 2)
+  SLOWLORIS_CONNECTIONS, SLOWLORIS_SECONDS, SLOWLORIS_DRIP   see bench/slowloris.py
+A binary or library given by PRODUCT_BINARY, EXAMPLE_LIB or FIXTURE_LIB is not built.
 """
 
+import functools
 import json
 import os
 import platform
@@ -28,22 +55,43 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(ROOT, "target", "release")
-BINARY = os.path.join(RELEASE, "microservice-rust")
-BASELINE = os.path.join(RELEASE, "examples", "bare-tiny-http")
-EXAMPLE_LIB = os.path.join(RELEASE, "libexample_rum_counter.so")
-FIXTURE_LIB = os.path.join(RELEASE, "libfixture_app.so")
+TARGET = os.path.abspath(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"))
+RELEASE = os.path.join(TARGET, "release")
+PRODUCT_BINARY = os.environ.get("PRODUCT_BINARY") or os.path.join(RELEASE, "microservice-rust")
+EXAMPLE_LIB = os.environ.get("EXAMPLE_LIB") or os.path.join(RELEASE, "libexample_rum_counter.so")
+FIXTURE_LIB = os.environ.get("FIXTURE_LIB") or os.path.join(RELEASE, "libfixture_app.so")
+BASELINES = {"hyper": os.path.join(RELEASE, "bare-hyper"),
+             "tiny_http": os.path.join(RELEASE, "bare-tiny-http")}
 
+KINDS = ("product", "hyper", "tiny_http")
+NAMES = {"product": "product", "hyper": "bare hyper", "tiny_http": "bare tiny_http"}
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 DURATION = int(os.environ.get("DURATION", "5"))
 CONNECTIONS = [int(c) for c in os.environ.get("CONNECTIONS", "1,16,64,256,1024").split(",")]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The bench's config for the product: production mode, every other setting its default.
+PRODUCTION = {"mode": "production"}
+
+
+def selected_servers():
+    wanted = [s.strip() for s in os.environ.get("SERVERS", ",".join(KINDS)).split(",")
+              if s.strip()]
+    unknown = [s for s in wanted if s not in KINDS]
+    if unknown or not wanted:
+        sys.exit(f"SERVERS: expected a comma list of {', '.join(KINDS)}; got "
+                 f"{os.environ.get('SERVERS')!r}")
+    return [kind for kind in KINDS if kind in wanted]
+
+
+SERVERS = selected_servers()
 
 
 def step(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def prepare():
+def prepare(product):
+    """Installs wrk and ss if missing, builds what is measured, raises the fd limit."""
     missing = [package for tool, package in (("wrk", "wrk"), ("ss", "iproute2"))
                if not shutil.which(tool)]
     if missing:
@@ -51,13 +99,57 @@ def prepare():
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    step("building release binaries")
-    for args in (["-p", "microservice-rust", "-p", "example-rum-counter", "-p", "fixture-app"],
-                 ["-p", "microservice-rust", "--example", "bare-tiny-http"]):
-        subprocess.run(["cargo", "build", "--release", "--quiet", *args], cwd=ROOT, check=True)
+    packages = []
+    if any(kind in SERVERS for kind in BASELINES):
+        packages += ["-p", "bench-baselines"]
+    if product:
+        for variable, package in (("PRODUCT_BINARY", "microservice-rust"),
+                                  ("EXAMPLE_LIB", "example-rum-counter"),
+                                  ("FIXTURE_LIB", "fixture-app")):
+            if not os.environ.get(variable):
+                packages += ["-p", package]
+    if packages:
+        step(f"building release binaries: {' '.join(packages[1::2])}")
+        subprocess.run(["cargo", "build", "--release", "--quiet", *packages], cwd=ROOT,
+                       check=True)
     # 1024 connections need more than 1024 fds on both sides.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+
+@functools.lru_cache(maxsize=None)
+def product_config():
+    """The product's resolved config for the bench's settings (`check-config`'s
+    `config`), or {} when it cannot be read."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(PRODUCTION, f)
+        f.flush()
+        try:
+            out = subprocess.run([PRODUCT_BINARY, "check-config", "--config", f.name],
+                                 capture_output=True, text=True, timeout=30).stdout
+            return json.loads(out).get("config") or {}
+        except (OSError, ValueError, AttributeError, subprocess.TimeoutExpired):
+            return {}
+
+
+def product_threads():
+    """The product's `threads` (17 when its config does not say) and `io_threads` (None
+    when its config has no such setting, as before the product ran on tokio)."""
+    config = product_config()
+    threads, io_threads = config.get("threads"), config.get("io_threads")
+    return (threads if isinstance(threads, int) else 17,
+            io_threads if isinstance(io_threads, int) and io_threads > 0 else None)
+
+
+def hyper_io_threads():
+    """Bare hyper gets the product's io threads, so that both have the same runtime."""
+    return int(os.environ.get("IO_THREADS") or product_threads()[1] or 2)
+
+
+def product_label():
+    """The product's threads, as the tables and the chart name them."""
+    threads, io_threads = product_threads()
+    return f"{threads} threads" + (f", {io_threads} io threads" if io_threads else "")
 
 
 def free_port():
@@ -86,23 +178,26 @@ def wait_answer(port, limit=30, expect=None):
 
 
 class Server:
-    """A server process; `kind` is "product" or "baseline"."""
+    """A server process: `kind` is one of KINDS."""
 
     def __init__(self, kind, config=None, app=EXAMPLE_LIB):
         self.kind = kind
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="msr-bench-")
+        env = None
         if kind == "product":
             path = os.path.join(self.dir, "config.json")
             with open(path, "w") as f:
-                json.dump(config or {"mode": "production"}, f)
-            command = [BINARY, "--host", "127.0.0.1", "--port", str(self.port),
+                json.dump(config or PRODUCTION, f)
+            command = [PRODUCT_BINARY, "--host", "127.0.0.1", "--port", str(self.port),
                        "--app", app, "--config", path]
         else:
-            command = [BASELINE, f"127.0.0.1:{self.port}"]
+            command = [BASELINES[kind], f"127.0.0.1:{self.port}"]
+            if kind == "hyper":
+                env = {**os.environ, "IO_THREADS": str(hyper_io_threads())}
         self.started = time.monotonic()
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, text=True)
+                                        stderr=subprocess.PIPE, text=True, env=env)
         self.log = []
         threading.Thread(target=self._read_log, daemon=True).start()
 
@@ -115,14 +210,21 @@ class Server:
         return time.monotonic() - self.started
 
     def pids(self):
-        """The process and its children (the workers)."""
-        pids = [self.process.pid]
-        try:
-            with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as f:
-                pids += [int(p) for p in f.read().split()]
-        except OSError:
-            pass
+        """The process and its descendants (the product's workers)."""
+        pids, queue = [], [self.process.pid]
+        while queue:
+            pid = queue.pop()
+            pids.append(pid)
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    queue += [int(p) for p in f.read().split()]
+            except OSError:
+                pass
         return pids
+
+    def workers(self):
+        """The product's worker processes (the supervisor's children)."""
+        return self.pids()[1:]
 
     def status_sum(self, field):
         """A /proc/PID/status field summed over the process and its workers."""
@@ -137,6 +239,20 @@ class Server:
 
     def rss_kib(self):
         return self.status_sum("VmRSS")
+
+    def cpu_seconds(self):
+        """User + system CPU time of the process and its workers, all their threads
+        included (the process line of /proc/PID/stat sums them, exited threads too)."""
+        ticks = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    # After the parenthesized name: state is field 3, utime 14, stime 15.
+                    fields = f.read().rpartition(")")[2].split()
+                ticks += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+        return ticks / CLOCK_TICKS
 
     def stop(self):
         self.process.terminate()
@@ -166,8 +282,9 @@ def settle(servers, limit=8.0):
 def warm_up(port, connections):
     """Opens `connections` connections one after another, each answered once, then closes
     them all: tiny_http starts a thread per connection only when its pool has no idle
-    thread, so this leaves both servers with a thread for every connection wrk will open.
-    Without it a burst of new connections can leave some unread (see `cold_bursts`)."""
+    thread, so this leaves it with a thread for every connection wrk will open. Every
+    server gets the same. Without it a burst of new connections can leave some unread
+    (see `cold_bursts`)."""
     streams = []
     try:
         for _ in range(connections):
@@ -198,28 +315,36 @@ def unanswered(port):
     return count
 
 
-def wrk(port, connections):
-    """One bounded wrk run; returns requests/s, p50 and p99 in milliseconds, errors, and
-    the connections left unanswered halfway through the run."""
+def wrk(server, connections):
+    """One bounded wrk run; returns requests/s, p50 and p99 in milliseconds, the server's
+    CPU microseconds per completed request, errors, and the connections left unanswered
+    halfway through the run."""
     threads = min(2, connections)
+    cpu_before = server.cpu_seconds()
     run = subprocess.Popen(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{DURATION}s", "--latency",
-         "--timeout", "5s", f"http://127.0.0.1:{port}/"],
+         "--timeout", "5s", f"http://127.0.0.1:{server.port}/"],
         stdout=subprocess.PIPE, text=True)
     time.sleep(DURATION / 2)
-    left = unanswered(port)
+    left = unanswered(server.port)
     out = run.communicate(timeout=DURATION + 30)[0]
-    result = {"rps": 0.0, "p50": None, "p99": None, "errors": 0, "unanswered": left}
+    cpu = server.cpu_seconds() - cpu_before
+    result = {"rps": 0.0, "p50": None, "p99": None, "cpu_us": None, "requests": 0,
+              "errors": 0, "unanswered": left}
     for line in out.splitlines():
         words = line.split()
         if line.startswith("Requests/sec:"):
             result["rps"] = float(words[1])
+        elif len(words) >= 3 and words[1:3] == ["requests", "in"]:
+            result["requests"] = int(words[0])
         elif len(words) == 2 and words[0] in ("50%", "99%"):
             result["p" + words[0][:-1]] = milliseconds(words[1])
         elif line.strip().startswith("Socket errors:"):
             result["errors"] += sum(int(w.strip(",")) for w in words if w.strip(",").isdigit())
         elif line.strip().startswith("Non-2xx"):
             result["errors"] += int(words[-1])
+    if result["requests"]:
+        result["cpu_us"] = cpu * 1e6 / result["requests"]
     return result
 
 
@@ -230,30 +355,52 @@ def milliseconds(text):
     return float(text)
 
 
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def rounded(value, digits):
+    return None if value is None else round(value, digits)
+
+
 def summarize(runs):
     return {
-        "rps": statistics.median(r["rps"] for r in runs),
-        "p50": statistics.median(r["p50"] for r in runs),
-        "p99": statistics.median(r["p99"] for r in runs),
+        "rps": median(r["rps"] for r in runs),
+        "p50": median(r["p50"] for r in runs),
+        "p99": median(r["p99"] for r in runs),
+        "cpu_us": median(r["cpu_us"] for r in runs),
         "errors": sum(r["errors"] for r in runs),
         "runs": [round(r["rps"]) for r in runs],
-        "p99_runs": [round(r["p99"], 3) for r in runs],
+        "p99_runs": [rounded(r["p99"], 3) for r in runs],
+        "cpu_runs": [rounded(r["cpu_us"], 1) for r in runs],
         "unanswered": [r["unanswered"] for r in runs],
     }
 
 
+def show(value, spec):
+    return "–" if value is None else format(value, spec)
+
+
 def report(label, kind, result):
-    step(f"{label}, {kind:8}: {result['rps']:9.0f} req/s, p50 {result['p50']:.3f} ms, "
-         f"p99 {result['p99']:.3f} ms, unanswered {result['unanswered']}, "
-         f"errors {result['errors']}")
+    step(f"{label}, {NAMES[kind]:14}: {show(result['rps'], '9.0f')} req/s, "
+         f"p50 {show(result['p50'], '.3f')} ms, p99 {show(result['p99'], '.3f')} ms, "
+         f"CPU {show(result['cpu_us'], '.1f')} µs/req, "
+         f"unanswered {result['unanswered']}, errors {result['errors']}")
+
+
+def loaded_connections():
+    """The connection count whose runs give the peak memory figure: 64, or the largest
+    measured when 64 is not."""
+    return 64 if 64 in CONNECTIONS else max(CONNECTIONS)
 
 
 def measure_throughput():
-    """Alternates product and baseline at each connection count, each run after the same
-    warm-up; medians per figure."""
-    samples = {(kind, c): [] for kind in ("product", "baseline") for c in CONNECTIONS}
-    memory = {"product": [], "baseline": []}
-    servers = {"product": Server("product"), "baseline": Server("baseline")}
+    """Alternates the servers at each connection count, each run after the same warm-up;
+    medians per figure."""
+    samples = {(kind, c): [] for kind in SERVERS for c in CONNECTIONS}
+    memory = {kind: [] for kind in SERVERS}
+    servers = {kind: Server(kind) for kind in SERVERS}
     try:
         for server in servers.values():
             server.ready()
@@ -264,7 +411,7 @@ def measure_throughput():
         # a run at few connections should not pay for the burst before it.
         for c in CONNECTIONS:
             for round_ in range(1, ROUNDS + 1):
-                for kind in ("product", "baseline"):
+                for kind in SERVERS:
                     server = servers[kind]
                     peak = [0]
                     done = threading.Event()
@@ -276,10 +423,10 @@ def measure_throughput():
                     warm_up(server.port, c)
                     sampler = threading.Thread(target=sample)
                     sampler.start()
-                    result = wrk(server.port, c)
+                    result = wrk(server, c)
                     done.set()
                     sampler.join()
-                    if c == 64:
+                    if c == loaded_connections():
                         memory[kind].append(peak[0])
                     samples[(kind, c)].append(result)
                     settle(servers.values())
@@ -288,20 +435,20 @@ def measure_throughput():
         for server in servers.values():
             server.stop()
     medians = {key: summarize(runs) for key, runs in samples.items()}
-    loaded = {kind: statistics.median(values) for kind, values in memory.items()}
+    loaded = {kind: median(values) for kind, values in memory.items()}
     return medians, idle, loaded
 
 
 def cold_bursts(connections=64):
     """wrk's connections arriving at once at freshly started servers, with no warm-up:
-    the case in which tiny_http's pool leaves connections unread (src/acceptor.rs)."""
-    samples = {"product": [], "baseline": []}
+    the case in which tiny_http's pool leaves connections unread."""
+    samples = {kind: [] for kind in SERVERS}
     for round_ in range(1, ROUNDS + 1):
-        for kind in samples:
+        for kind in SERVERS:
             server = Server(kind)
             try:
                 server.ready()
-                result = wrk(server.port, connections)
+                result = wrk(server, connections)
             finally:
                 server.stop()
             samples[kind].append(result)
@@ -310,15 +457,18 @@ def cold_bursts(connections=64):
 
 
 def measure_start():
-    times = {"product": [], "baseline": []}
+    times = {kind: [] for kind in SERVERS}
     for _ in range(5):
-        for kind in times:
+        for kind in SERVERS:
             server = Server(kind)
-            times[kind].append(server.ready())
-            server.stop()
-    step(f"start to first 200: product {statistics.median(times['product']) * 1000:.1f} ms, "
-         f"baseline {statistics.median(times['baseline']) * 1000:.1f} ms")
-    return {kind: statistics.median(values) for kind, values in times.items()}
+            try:
+                times[kind].append(server.ready())
+            finally:
+                server.stop()
+    start = {kind: statistics.median(values) for kind, values in times.items()}
+    step("start to first 200: " + ", ".join(
+        f"{NAMES[kind]} {start[kind] * 1000:.1f} ms" for kind in SERVERS))
+    return start
 
 
 def measure_reload():
@@ -347,11 +497,11 @@ def measure_reload():
 
 
 def measure_watchdog():
-    """Default watchdog (interval 5 s, timeout 2 s, 3 failures): all 17 threads hang."""
+    """Default watchdog (interval 5 s, timeout 2 s, 3 failures): all threads hang."""
     server = Server("product", config={"mode": "production", "request_timeout_s": 0})
     try:
         server.ready()
-        for _ in range(17):
+        for _ in range(product_threads()[0]):
             threading.Thread(target=lambda: _quietly(get, server.port, "/delay/1000", 120),
                              daemon=True).start()
         time.sleep(0.2)
@@ -399,84 +549,177 @@ def measure_batches():
     return took
 
 
-def ratio(product, baseline):
-    return product / baseline if baseline else float("nan")
+def ratio_kinds():
+    """The baselines the product is divided by in the tables."""
+    return [kind for kind in ("hyper", "tiny_http") if "product" in SERVERS and kind in SERVERS]
 
 
-def write_results(medians, cold, idle, loaded, start, reload, watchdog, batches):
+def table_row(label, figures, spec, ratios=True):
+    """One row: `figures` maps a server to a tuple of numbers (shown joined by " / "),
+    followed by product ÷ each baseline, figure by figure."""
+    def cell(values, spec):
+        if values is None or any(v is None for v in values):
+            return "–"
+        return " / ".join(format(v, spec) for v in values)
+
+    cells = [cell(figures.get(kind), spec) for kind in SERVERS]
+    for base in ratio_kinds():
+        p, b = figures.get("product"), figures.get(base)
+        if ratios and p is not None and b is not None and None not in p + b:
+            cells.append(cell(tuple(x / y if y else float("nan") for x, y in zip(p, b)),
+                              ".2f"))
+        else:
+            cells.append("–")
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def product_only_row(label, text):
+    return f"| {label} | " + " | ".join(
+        [text if kind == "product" else "–" for kind in SERVERS] + ["–"] * len(ratio_kinds())
+    ) + " |"
+
+
+def targets(medians, idle, start):
+    """The targets, from the 64- and 1-connection medians; each a line "met" or "not met"
+    with the figures behind it."""
+    def figure(kind, c, key):
+        return medians.get((kind, c), {}).get(key)
+
+    # (target, unit, format, at least (else at most), the product's figure, the bound:
+    # a factor times a baseline's figure, or a fixed figure with no baseline)
+    checks = [
+        ("at 64 connections, throughput ≥ 0.75 × bare hyper's", "req/s", ",.0f", True,
+         figure("product", 64, "rps"), 0.75, figure("hyper", 64, "rps")),
+        ("at 64 connections, throughput ≥ 1.6 × bare tiny_http's", "req/s", ",.0f", True,
+         figure("product", 64, "rps"), 1.6, figure("tiny_http", 64, "rps")),
+        ("at 64 connections, CPU per request ≤ 1.6 × bare hyper's", "µs", ".1f", False,
+         figure("product", 64, "cpu_us"), 1.6, figure("hyper", 64, "cpu_us")),
+        ("at 64 connections, p99 ≤ bare hyper's", "ms", ".3f", False,
+         figure("product", 64, "p99"), 1.0, figure("hyper", 64, "p99")),
+        ("at 1 connection, p50 ≤ 1.25 × bare hyper's", "ms", ".3f", False,
+         figure("product", 1, "p50"), 1.25, figure("hyper", 1, "p50")),
+        ("idle resident memory (supervisor + worker) ≤ 8 MiB", "MiB", ".1f", False,
+         idle["product"] / 1024 if "product" in idle else None, 8.0, "fixed"),
+        ("start to first 200 ≤ 10 ms", "ms", ".1f", False,
+         start["product"] * 1000 if "product" in start else None, 10.0, "fixed"),
+    ]
+    lines = []
+    for name, unit, spec, at_least, value, factor, baseline in checks:
+        fixed = baseline == "fixed"
+        if value is None or baseline is None:
+            lines.append(f"- not measured: {name}")
+            continue
+        bound = factor if fixed else factor * baseline
+        met = value >= bound if at_least else value <= bound
+        against = (f"{bound:{spec}} {unit}" if fixed or factor == 1.0 else
+                   f"{factor:g} × {baseline:{spec}} = {bound:{spec}} {unit}")
+        lines.append(f"- {'met' if met else 'not met'}: {name}: {value:{spec}} {unit} "
+                     f"against {against}")
+    return lines
+
+
+def write_results(medians, cold, idle, loaded, start, product_figures):
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                 if l.startswith("model name")), "unknown")
     wrk_version = subprocess.run(["wrk", "--version"], capture_output=True,
                                  text=True).stdout.split("\n")[0]
+    heads = [NAMES[kind] for kind in SERVERS] + [f"product ÷ {NAMES[kind]}"
+                                                 for kind in ratio_kinds()]
     lines = [
         "# Benchmark results",
         "",
         f"Written by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-        "Product: microservice-rust, production mode, default settings (17 threads), the",
-        "example app's `GET /`. Baseline: bare tiny_http, 17 threads calling `recv()`",
-        f"(`examples/bare-tiny-http.rs`). Medians of {ROUNDS} alternating runs of",
-        f"`wrk --latency -d{DURATION}s` each, on loopback; connection counts in ascending",
-        "order, all rounds of one before the next. Before each run, the same warm-up for",
-        "both: as many connections as the run will open, one after another, each answered",
-        "once, then closed (tiny_http starts a connection thread only when none is idle).",
+        f"Product: microservice-rust, production mode, default settings ({product_label()}),",
+        "the example app's `GET /`. Bare hyper: hyper 1 on a tokio runtime of",
+        f"{hyper_io_threads()} threads answering `OK` (`bench/baselines`, `bare-hyper`). Bare",
+        "tiny_http: 17 threads calling `recv()` (`bench/baselines`, `bare-tiny-http`).",
+        f"Medians of {ROUNDS} runs of `wrk --latency -d{DURATION}s` each, the servers in",
+        "turn, on loopback; connection counts in ascending order, all",
+        "rounds of one before the next. Before each run, the same warm-up for every server:",
+        "as many connections as the run will open, one after another, each answered once,",
+        "then closed (tiny_http starts a connection thread only when none is idle).",
         "\"Unanswered\" counts the server's connections that, halfway through a run, had",
         "received a request and never sent a byte (`ss`); wrk's percentiles cover answered",
-        "requests only, so they mean something only where that count is 0.",
+        "requests only, so they mean something only where that count is 0. \"CPU per",
+        "request\": user + system time of all the server's processes and threads (for the",
+        "product the supervisor and its worker), from `/proc/PID/stat` just before and just",
+        "after the run, divided by the requests wrk completed in it.",
         "",
-        "| figure | product | baseline | ratio |",
-        "|---|---|---|---|",
+        "| figure | " + " | ".join(heads) + " |",
+        "|---|" + "---|" * len(heads),
     ]
     for c in CONNECTIONS:
-        p, b = medians[("product", c)], medians[("baseline", c)]
+        m = {kind: medians[(kind, c)] for kind in SERVERS}
         lines += [
-            f"| `GET /` throughput, {c} connections (req/s) | {p['rps']:,.0f} | "
-            f"{b['rps']:,.0f} | {ratio(p['rps'], b['rps']):.2f} |",
-            f"| `GET /` p50 / p99 latency, {c} connections (ms) | "
-            f"{p['p50']:.3f} / {p['p99']:.3f} | {b['p50']:.3f} / {b['p99']:.3f} | "
-            f"{ratio(p['p50'], b['p50']):.2f} / {ratio(p['p99'], b['p99']):.2f} |",
-            f"| connections unanswered halfway, {c} connections (most in a run) | "
-            f"{max(p['unanswered'])} | {max(b['unanswered'])} | – |",
+            table_row(f"`GET /` throughput, {c} connections (req/s)",
+                      {k: (v["rps"],) for k, v in m.items()}, ",.0f"),
+            table_row(f"`GET /` p50 / p99 latency, {c} connections (ms)",
+                      {k: (v["p50"], v["p99"]) for k, v in m.items()}, ".3f"),
+            table_row(f"server CPU per request, {c} connections (µs)",
+                      {k: (v["cpu_us"],) for k, v in m.items()}, ".1f"),
+            table_row(f"connections unanswered halfway, {c} connections (most in a run)",
+                      {k: (max(v["unanswered"]),) for k, v in m.items()}, "d", ratios=False),
         ]
-    p, b = cold["product"], cold["baseline"]
     lines += [
-        f"| cold burst: 64 connections at a fresh server, no warm-up: connections "
-        f"unanswered halfway (median; most) | {statistics.median(p['unanswered']):.0f}; "
-        f"{max(p['unanswered'])} | {statistics.median(b['unanswered']):.0f}; "
-        f"{max(b['unanswered'])} | – |",
-        f"| cold burst: throughput (req/s) | {p['rps']:,.0f} | {b['rps']:,.0f} | "
-        f"{ratio(p['rps'], b['rps']):.2f} |",
-        f"| resident memory, idle (MiB; product: supervisor + worker) | {idle['product'] / 1024:.1f} | "
-        f"{idle['baseline'] / 1024:.1f} | {ratio(idle['product'], idle['baseline']):.2f} |",
-        f"| resident memory, peak under 64 connections (MiB) | {loaded['product'] / 1024:.1f} | "
-        f"{loaded['baseline'] / 1024:.1f} | {ratio(loaded['product'], loaded['baseline']):.2f} |",
-        f"| start to first 200 (ms) | {start['product'] * 1000:.1f} | "
-        f"{start['baseline'] * 1000:.1f} | {ratio(start['product'], start['baseline']):.2f} |",
-        f"| dev reload: library replaced to new code answering (ms) | {reload * 1000:.0f} | – | – |",
-        f"| watchdog (defaults): all threads hung to a new worker answering (s) | {watchdog:.2f} | – | – |",
-        f"| 11 parallel `/delay/1`, 4 threads, wall time (s) | {batches:.2f} | – | – |",
+        "| cold burst: 64 connections at a fresh server, no warm-up: connections unanswered "
+        "halfway (median; most) | " + " | ".join(
+            [f"{statistics.median(cold[k]['unanswered']):.0f}; {max(cold[k]['unanswered'])}"
+             for k in SERVERS] + ["–"] * len(ratio_kinds())) + " |",
+        table_row("cold burst: throughput (req/s)",
+                  {k: (v["rps"],) for k, v in cold.items()}, ",.0f"),
+        table_row("cold burst: server CPU per request (µs)",
+                  {k: (v["cpu_us"],) for k, v in cold.items()}, ".1f"),
+        table_row("resident memory, idle (MiB; product: supervisor + worker)",
+                  {k: (v / 1024,) for k, v in idle.items()}, ".1f"),
+        table_row(f"resident memory, peak under {loaded_connections()} connections (MiB)",
+                  {k: (v / 1024,) for k, v in loaded.items() if v is not None}, ".1f"),
+        table_row("start to first 200 (ms)", {k: (v * 1000,) for k, v in start.items()}, ".1f"),
+    ]
+    if product_figures:
+        reload, watchdog, batches = product_figures
+        lines += [
+            product_only_row("dev reload: library replaced to new code answering (ms)",
+                             f"{reload * 1000:.0f}"),
+            product_only_row("watchdog (defaults): all threads hung to a new worker "
+                             "answering (s)", f"{watchdog:.2f}"),
+            product_only_row("11 parallel `/delay/1`, 4 threads, wall time (s)",
+                             f"{batches:.2f}"),
+        ]
+    lines += [
         "",
         "Errors (wrk socket errors and non-2xx answers, all runs): " + ", ".join(
-            f"{kind} {sum(medians[(kind, c)]['errors'] for c in CONNECTIONS) + cold[kind]['errors']}"
-            for kind in ("product", "baseline")) + ".",
+            f"{NAMES[kind]} "
+            f"{sum(medians[(kind, c)]['errors'] for c in CONNECTIONS) + cold[kind]['errors']}"
+            for kind in SERVERS) + ".",
         "",
-        "Each run in order, product | baseline: throughput (req/s); p99 (ms); connections",
-        "unanswered halfway.",
+        "## Targets",
+        "",
+        "From the medians above (64 and 1 connections), the product against bare hyper and",
+        "bare tiny_http measured in the same run:",
+        "",
+        *targets(medians, idle, start),
+        "",
+        "## Each run",
+        "",
+        "In order, " + " | ".join(NAMES[kind] for kind in SERVERS) + ": throughput (req/s);",
+        "p99 (ms); server CPU per request (µs); connections unanswered halfway.",
         "",
     ]
-    rows = [(f"{c} connections", medians[("product", c)], medians[("baseline", c)])
+    rows = [(f"{c} connections", {kind: medians[(kind, c)] for kind in SERVERS})
             for c in CONNECTIONS]
-    rows.append(("cold burst, 64 connections", cold["product"], cold["baseline"]))
-    for label, p, b in rows:
-        lines.append(f"- {label}: {p['runs']} | {b['runs']}; {p['p99_runs']} | "
-                     f"{b['p99_runs']}; {p['unanswered']} | {b['unanswered']}")
+    rows.append(("cold burst, 64 connections", cold))
+    for label, m in rows:
+        lines.append(f"- {label}: " + "; ".join(
+            " | ".join(str(m[kind][key]) for kind in SERVERS)
+            for key in ("runs", "p99_runs", "cpu_runs", "unanswered")))
     lines += [
         "",
         "Machine: " + f"{os.cpu_count()} cores ({cpu}), {platform.system()} "
-        f"{platform.release()}, {wrk_version}. wrk, both servers and everything else on",
+        f"{platform.release()}, {wrk_version}. wrk, the servers and everything else on",
         "the machine share these cores, so absolute figures move from run to run; the ratio",
         "of two servers measured in turn in the same run is the figure to read.",
         "",
-        "![throughput and p99 latency against connections](chart.png)",
+        "![throughput, p99 latency and CPU per request against connections](chart.png)",
         "",
     ]
     with open(os.path.join(ROOT, "bench", "RESULTS.md"), "w") as f:
@@ -486,116 +729,155 @@ def write_results(medians, cold, idle, loaded, start, reload, watchdog, batches)
 def write_chart(medians):
     try:
         import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
     except ImportError:
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
                         "--disable-pip-version-check", "matplotlib"], check=True)
         import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import matplotlib.ticker
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
-    for kind, label in (("product", "microservice-rust (17 threads)"),
-                        ("baseline", "bare tiny_http (17 threads)")):
-        top.plot(CONNECTIONS, [medians[(kind, c)]["rps"] for c in CONNECTIONS],
-                 marker="o", label=label)
-        bottom.plot(CONNECTIONS, [medians[(kind, c)]["p99"] for c in CONNECTIONS],
-                    marker="o", label=label)
-    top.set_ylabel("GET / throughput (req/s)")
-    bottom.set_ylabel("p99 latency (ms)")
-    bottom.set_yscale("log")
-    bottom.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    bottom.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    bottom.set_xlabel("connections")
-    bottom.set_xscale("log", base=2)
-    bottom.set_xticks(CONNECTIONS)
-    bottom.set_xticklabels([str(c) for c in CONNECTIONS])
-    for axis in (top, bottom):
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    labels = {"product": f"microservice-rust ({product_label()})",
+              "hyper": f"bare hyper ({hyper_io_threads()} io threads)",
+              "tiny_http": "bare tiny_http (17 threads)"}
+    figure, axes = plt.subplots(3, 1, figsize=(7, 9.5), sharex=True)
+    panels = (("rps", "GET / throughput (req/s)"), ("p99", "p99 latency (ms)"),
+              ("cpu_us", "server CPU per request (µs)"))
+    for axis, (key, title) in zip(axes, panels):
+        for kind in SERVERS:
+            axis.plot(CONNECTIONS, [medians[(kind, c)][key] for c in CONNECTIONS],
+                      marker="o", label=labels[kind])
+        axis.set_ylabel(title)
         axis.grid(True, alpha=0.3)
-        axis.legend()
-    top.set_title(f"medians of {ROUNDS} runs of wrk -d{DURATION}s, loopback, {os.cpu_count()} cores")
+        axis.legend(fontsize="small")
+    axes[1].set_yscale("log")
+    axes[1].yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axes[1].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[2].set_ylim(bottom=0)
+    axes[-1].set_xlabel("connections")
+    axes[-1].set_xscale("log", base=2)
+    axes[-1].set_xticks(CONNECTIONS)
+    axes[-1].set_xticklabels([str(c) for c in CONNECTIONS])
+    axes[0].set_title(f"medians of {ROUNDS} runs of wrk -d{DURATION}s, loopback, "
+                      f"{os.cpu_count()} cores")
     figure.tight_layout()
     figure.savefig(os.path.join(ROOT, "bench", "chart.png"), dpi=100)
 
 
 def measure_slowloris():
-    """10,000 connections trickling their heads beside fresh requests, with one worker and
-    with two; writes bench/SLOWLORIS.md."""
+    """SLOWLORIS_CONNECTIONS connections trickling their heads beside fresh requests, at
+    the product with one worker; writes bench/SLOWLORIS.md."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import slowloris
-    results = {}
-    for workers in (1, 2):
-        step(f"slowloris: {slowloris.CONNECTIONS} trickling connections, {workers} worker(s)")
-        server = Server("product", {"mode": "production", "workers": workers})
+    threads, io_threads = product_threads()
+    assumed = " (assumed: the config has no io_threads)" if io_threads is None else ""
+    io_threads = io_threads or 2
+    step(f"slowloris: {slowloris.CONNECTIONS} trickling connections, 1 worker")
+    server = Server("product", {**PRODUCTION, "workers": 1})
+    try:
         server.ready()
-        worker = server.pids()[1]
-        results[workers] = slowloris.measure(server.port, worker)
+        result = slowloris.measure(server.port, server.workers)
+    finally:
         server.stop()
+    starts = sum("started worker" in line for line in server.log)
+    restarted = starts > 1 or len(result["worker_pids"]) > 1
+    peak, probe, attack = result["worker_peak"], result["probe"], result["attack"]
+    answered = probe["requests"] - probe["failures"]
+    thread_bound = threads + io_threads + 8
+    step(f"slowloris: fresh requests answered {answered}, failed {probe['failures']}, "
+         f"p99 {probe['p99_ms']} ms; worker peak {peak.get('Threads', 0)} threads, "
+         f"{peak.get('VmRSS', 0) / 1024:.0f} MiB, {peak.get('fds', 0)} fds; "
+         f"restarted: {'yes' if restarted else 'no'}")
+
+    def verdict(met):
+        return "met" if met else "not met"
+
+    p99 = probe["p99_ms"]
     fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     lines = [
         "# Slowloris",
         "",
         f"Written by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"({os.cpu_count()} cores, fd limit {fd_limit} per process). Product in production",
-        "mode, default settings (`keep_alive_timeout_s` 5), the example app. Attack",
-        f"(bench/slowloris.py): {slowloris.CONNECTIONS} connections, each sending a request",
-        f"line and then a header line every {slowloris.DRIP:g} s, never ending its head; a",
-        "connection the server closes is opened again at once. Once all are open, a fresh",
-        f"connection with `GET /` every 20 ms for {slowloris.STEADY:g} s; the worker's figures",
-        "are the highest of one-second samples (the first worker, with two).",
+        f"mode, default settings ({product_label()}) but one worker,",
+        f"the example app. Attack (bench/slowloris.py): {slowloris.CONNECTIONS:,} connections,",
+        f"each sending a request line and then a header line every {slowloris.DRIP:g} s, never",
+        "ending its head; a connection the server closes, answered or not, is opened again at",
+        "once. Once all are open, a fresh connection with `GET /` every 20 ms for",
+        f"{slowloris.STEADY:g} s. The worker's figures are the highest of samples taken every",
+        "second for the whole attack, from its first connection to its last.",
         "",
-        "| figure | 1 worker | 2 workers |",
-        "|---|---|---|",
-    ]
-    one, two = results[1], results[2]
-    def row(label, pick):
-        return f"| {label} | {pick(one)} | {pick(two)} |"
-    lines += [
-        row("trickling connections open (at the start; fewest later)",
-            lambda r: f"{r['ready']['ready']:,}; {r['attack']['least_open']:,}"),
-        row("fresh requests: answered / failed",
-            lambda r: f"{r['probe']['requests'] - r['probe']['failures']:,} / {r['probe']['failures']}"),
-        row("fresh requests: p50 / p99 / max (ms)",
-            lambda r: f"{r['probe']['p50_ms']} / {r['probe']['p99_ms']} / {r['probe']['max_ms']}"),
-        row("trickling connections closed by the server, by answer",
-            lambda r: ", ".join(f"{k}: {v:,}" for k, v in sorted(r['attack']['answers'].items()))),
-        row("a trickling connection lived (s, median / max)",
-            lambda r: f"{r['attack']['lifetime_s']['median']} / {r['attack']['lifetime_s']['max']}"),
-        row("an idle connection lived (s)", lambda r: r["idle_lifetime_s"]),
-        row("worker: threads (peak)", lambda r: f"{r['worker_peak'].get('Threads', 0):,}"),
-        row("worker: resident memory (peak, MiB)",
-            lambda r: f"{r['worker_peak'].get('VmRSS', 0) / 1024:.0f}"),
-        row("worker: open fds (peak)", lambda r: f"{r['worker_peak'].get('fds', 0):,}"),
+        "| figure | 1 worker |",
+        "|---|---|",
+        f"| trickling connections open (at the start; fewest later) | "
+        f"{result['ready']['ready']:,}; {attack['least_open']:,} |",
+        f"| fresh requests: answered / failed | {answered:,} / {probe['failures']} |",
+        f"| fresh requests: p50 / p99 / max (ms) | {probe['p50_ms']} / {p99} / "
+        f"{probe['max_ms']} |",
+        "| trickling connections closed by the server, by answer | " + (", ".join(
+            f"{k}: {v:,}" for k, v in sorted(attack["answers"].items())) or "none") + " |",
+        f"| trickling connections that could not connect | {attack['connect_failures']:,} |",
+        f"| a trickling connection lived (s, median / max) | "
+        f"{attack['lifetime_s']['median']} / {attack['lifetime_s']['max']} |",
+        f"| an idle connection lived (s) | {result['idle_lifetime_s']} |",
+        f"| worker: threads (peak) | {peak.get('Threads', 0):,} |",
+        f"| worker: resident memory (peak, MiB) | {peak.get('VmRSS', 0) / 1024:.0f} |",
+        f"| worker: open fds (peak) | {peak.get('fds', 0):,} |",
+        f"| worker restarted during the run | {'yes' if restarted else 'no'} "
+        f"(`started worker` lines: {starts}; worker PIDs seen: {len(result['worker_pids'])}) |",
         "",
         "Answers: 408 at the head deadline, 503 when shed near the fd limit, `none` when the",
         "connection ended without one.",
         "",
+        "## Targets",
+        "",
+        f"- {verdict(probe['failures'] == 0)}: no fresh request fails: "
+        f"{probe['failures']} failed",
+        f"- {verdict(p99 is not None and p99 < 20)}: fresh requests' p99 < 20 ms: {p99} ms",
+        f"- {verdict(not restarted)}: no worker restart: "
+        f"{'restarted' if restarted else 'not restarted'}",
+        f"- {verdict(peak.get('Threads', 0) <= thread_bound)}: worker threads ≤ threads + "
+        f"io_threads + 8 = {threads} + {io_threads} + 8 = {thread_bound}: "
+        f"{peak.get('Threads', 0):,}{assumed}",
+        f"- {verdict(peak.get('VmRSS', 0) <= 128 * 1024)}: worker resident memory ≤ 128 MiB: "
+        f"{peak.get('VmRSS', 0) / 1024:.0f} MiB",
+        "",
     ]
     with open(os.path.join(ROOT, "bench", "SLOWLORIS.md"), "w") as f:
         f.write("\n".join(lines))
-    return results
+    return result
 
 
 def main():
-    prepare()
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        print(__doc__.strip())
+        return
     if sys.argv[1:] == ["slowloris"]:
+        if "product" not in SERVERS:
+            sys.exit("slowloris measures the product: SERVERS must include product")
+        prepare(product=True)
         measure_slowloris()
         print(open(os.path.join(ROOT, "bench", "SLOWLORIS.md")).read())
         return
-    step("throughput and latency, product and baseline in turn")
+    if sys.argv[1:]:
+        sys.exit(f"unknown arguments {' '.join(sys.argv[1:])}; see --help")
+    prepare(product="product" in SERVERS)
+    step("throughput and latency: " + ", ".join(NAMES[kind] for kind in SERVERS) + " in turn")
     medians, idle, loaded = measure_throughput()
     step("cold bursts: 64 connections at freshly started servers")
     cold = cold_bursts()
-    step(f"resident memory: idle product {idle['product']} KiB, baseline {idle['baseline']} KiB")
+    step("resident memory, idle: " + ", ".join(
+        f"{NAMES[kind]} {idle[kind]} KiB" for kind in SERVERS))
     start = measure_start()
-    reload = measure_reload()
-    watchdog = measure_watchdog()
-    batches = measure_batches()
-    write_results(medians, cold, idle, loaded, start, reload, watchdog, batches)
+    product_figures = None
+    if "product" in SERVERS:
+        product_figures = (measure_reload(), measure_watchdog(), measure_batches())
+    write_results(medians, cold, idle, loaded, start, product_figures)
     write_chart(medians)
-    measure_slowloris()
-    step("wrote bench/RESULTS.md, bench/chart.png and bench/SLOWLORIS.md")
+    if "product" in SERVERS:
+        measure_slowloris()
+        step("wrote bench/RESULTS.md, bench/chart.png and bench/SLOWLORIS.md")
+    else:
+        step("wrote bench/RESULTS.md and bench/chart.png (no slowloris without product)")
     print(open(os.path.join(ROOT, "bench", "RESULTS.md")).read())
 
 

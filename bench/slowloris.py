@@ -2,17 +2,25 @@
 """Slowloris: many connections that trickle their request heads, and fresh requests beside
 them. Part of `make bench` (bench/run.py calls `measure`); also runs alone:
 
-    python3 bench/slowloris.py PORT            # attack a running server and probe it
+    python3 bench/slowloris.py PORT [PID]     # attack a running server, probe it, and
+                                              # sample process PID (default: none)
 
 The attack and the probe run as processes of their own (this file with `attack` or
 `probe`), so neither waits for the other's interpreter lock, and each prints JSON.
 
-Attack: CONNECTIONS connections (default 10,000) each send a request line and then one
-header line every DRIP seconds (default 1), never ending the head; one the server closes
-is opened again at once, so the pressure stays. Probe: a fresh connection with
-`GET /` every 20 ms, each answer timed.
+Attack: SLOWLORIS_CONNECTIONS connections (default 10,000) each send a request line and
+then one header line every SLOWLORIS_DRIP seconds (default 1), never ending the head.
+Whenever fewer are open than that, whether the server answered and closed a connection,
+closed it without an answer, or refused it, new ones are opened at once (until one fails
+to connect: the next try is 10 ms later), so the pressure stays; the answers are counted
+by status.
+Probe: once all are open, a fresh connection with `GET /` every 20 ms for
+SLOWLORIS_SECONDS (default 30), each answer timed. The worker is sampled every second
+from the attack's first connection to its last.
 """
 
+import heapq
+import itertools
 import json
 import os
 import resource
@@ -21,6 +29,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 CONNECTIONS = int(os.environ.get("SLOWLORIS_CONNECTIONS", "10000"))
@@ -38,69 +47,107 @@ def raise_fd_limit():
             pass
 
 
-def attack(port, connections, seconds):
-    """Keeps `connections` trickling heads open for `seconds` after the ramp-up."""
-    raise_fd_limit()
-    selector = selectors.DefaultSelector()
-    open_at = {}
-    next_drip = {}
-    lifetimes, answers, refused = [], {}, 0
+class Attack:
+    """The trickling connections: which are open, when each drips next, what ended them."""
 
-    def open_one():
-        nonlocal refused
+    def __init__(self, port):
+        self.port = port
+        self.selector = selectors.DefaultSelector()
+        self.opened_at = {}
+        # (due, sequence, socket): the next drip of each open connection, earliest first.
+        self.drips = []
+        self.sequence = itertools.count()
+        self.lifetimes = []
+        self.answers = {}
+        self.connect_failures = 0
+
+    def open_one(self):
+        """Opens one trickling connection; False if it could not connect."""
         s = socket.socket()
-        s.settimeout(5)
+        s.settimeout(2)
         try:
-            s.connect(("127.0.0.1", port))
+            s.connect(("127.0.0.1", self.port))
             s.sendall(b"GET / HTTP/1.1\r\nHost: slow\r\n")
         except OSError:
-            refused += 1
+            self.connect_failures += 1
             s.close()
-            return
+            return False
         s.setblocking(False)
-        selector.register(s, selectors.EVENT_READ)
+        self.selector.register(s, selectors.EVENT_READ)
         now = time.monotonic()
-        open_at[s] = now
-        next_drip[s] = now + DRIP * (len(open_at) % 100) / 100
+        self.opened_at[s] = now
+        # Spread the first drips over one period, so that they do not all come at once.
+        due = now + DRIP * (len(self.opened_at) % 100) / 100
+        heapq.heappush(self.drips, (due, next(self.sequence), s))
+        return True
 
-    def closed(s, data):
-        lifetimes.append(time.monotonic() - open_at.pop(s))
-        next_drip.pop(s, None)
-        selector.unregister(s)
+    def close(self, s, data):
+        """Ends a connection the server answered (`data`) or closed."""
+        self.lifetimes.append(time.monotonic() - self.opened_at.pop(s))
+        self.selector.unregister(s)
         s.close()
         status = data[9:12].decode(errors="replace") if data.startswith(b"HTTP/") else "none"
-        answers[status] = answers.get(status, 0) + 1
+        self.answers[status] = self.answers.get(status, 0) + 1
 
-    ramp_started = time.monotonic()
-    for _ in range(connections):
-        open_one()
-    ramp = time.monotonic() - ramp_started
-    print(json.dumps({"ready": len(open_at), "ramp_s": round(ramp, 2)}), flush=True)
-    least_open, deadline = len(open_at), time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        for key, _ in selector.select(timeout=0.01):
+    def read_answers(self, timeout):
+        for key, _ in self.selector.select(timeout=timeout):
             s = key.fileobj
             try:
                 data = s.recv(4096)
             except OSError:
                 data = b""
-            closed(s, data)
-            open_one()
+            self.close(s, data)
+
+    def drip(self):
         now = time.monotonic()
-        for s in [s for s, due in next_drip.items() if due <= now]:
+        while self.drips and self.drips[0][0] <= now:
+            _, _, s = heapq.heappop(self.drips)
+            if s not in self.opened_at:
+                continue
             try:
                 s.send(b"X-Slow: 1\r\n")
-                next_drip[s] = now + DRIP
+            except BlockingIOError:
+                pass
             except OSError:
-                closed(s, b"")
-                open_one()
-        least_open = min(least_open, len(open_at))
+                self.close(s, b"")
+                continue
+            heapq.heappush(self.drips, (now + DRIP, next(self.sequence), s))
+
+    def top_up(self, wanted):
+        """Opens connections until `wanted` are open or one fails to connect."""
+        while len(self.opened_at) < wanted and self.open_one():
+            pass
+
+    def tick(self, wanted):
+        """Up to 10 ms waiting for answers, then the drips that are due, then new
+        connections for those that ended."""
+        self.read_answers(timeout=0.01)
+        self.drip()
+        self.top_up(wanted)
+
+
+def attack(port, connections, seconds):
+    """Keeps `connections` trickling heads open for `seconds` after the ramp-up."""
+    raise_fd_limit()
+    trickling = Attack(port)
+    ramp_started = time.monotonic()
+    # Up to a minute for every connection to be open at once.
+    while len(trickling.opened_at) < connections and time.monotonic() - ramp_started < 60:
+        trickling.tick(connections)
+    ramp = time.monotonic() - ramp_started
+    print(json.dumps({"ready": len(trickling.opened_at), "ramp_s": round(ramp, 2)}),
+          flush=True)
+    least_open, deadline = len(trickling.opened_at), time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        trickling.tick(connections)
+        least_open = min(least_open, len(trickling.opened_at))
+    lifetimes = trickling.lifetimes
     print(json.dumps({
-        "open_at_end": len(open_at),
+        "open_at_end": len(trickling.opened_at),
         "least_open": least_open,
         "closed_by_server": len(lifetimes),
-        "answers": answers,
-        "connect_failures": refused,
+        "answers": trickling.answers,
+        "connect_failures": trickling.connect_failures,
         "lifetime_s": {
             "median": round(statistics.median(lifetimes), 2) if lifetimes else None,
             "max": round(max(lifetimes), 2) if lifetimes else None,
@@ -125,7 +172,7 @@ def probe(port, seconds):
                         break
                     data += chunk
             if not data.startswith(b"HTTP/1.1 200"):
-                failures.append(data[:40].decode(errors="replace"))
+                failures.append(data[:40].decode(errors="replace") or "closed, no answer")
             else:
                 latencies.append((time.monotonic() - started) * 1000)
         except OSError as e:
@@ -169,29 +216,64 @@ def process_figures(pid):
     return figures
 
 
-def measure(port, worker_pid, connections=CONNECTIONS, seconds=STEADY):
-    """Runs the attack and, once every connection is open, the probe; samples the worker
-    every second. Returns everything as a dict."""
+def report(process):
+    """The one JSON line a child process prints; fails clearly when it died first."""
+    line = process.stdout.readline()
+    if not line:
+        raise RuntimeError(f"{' '.join(process.args[2:4])}: ended without a report "
+                           f"(exit code {process.wait()})")
+    return json.loads(line)
+
+
+def measure(port, workers, connections=CONNECTIONS, seconds=STEADY):
+    """Runs the attack and, once every connection is open, the probe. `workers` returns
+    the worker PIDs of the moment: each is sampled every second for the whole attack, and
+    the peaks are those of the busiest. Returns everything as a dict."""
     me = os.path.abspath(__file__)
+    peak, seen = {}, set()
+    attack_over = threading.Event()
+
+    def sample():
+        while True:
+            for pid in workers():
+                seen.add(pid)
+                for key, value in process_figures(pid).items():
+                    peak[key] = max(peak.get(key, 0), value)
+            if attack_over.wait(1):
+                return
+
+    idle = {}
+
+    def measure_idle():
+        time.sleep(1)
+        try:
+            idle["s"] = idle_lifetime(port)
+        except OSError:
+            idle["s"] = None
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     attacker = subprocess.Popen([sys.executable, me, "attack", str(port), str(connections),
                                  str(seconds + 2)], stdout=subprocess.PIPE, text=True)
-    ready = json.loads(attacker.stdout.readline())
-    prober = subprocess.Popen([sys.executable, me, "probe", str(port), str(seconds)],
-                              stdout=subprocess.PIPE, text=True)
-    peak = {}
-    idle = None
-    started = time.monotonic()
-    while prober.poll() is None:
-        for key, value in process_figures(worker_pid).items():
-            peak[key] = max(peak.get(key, 0), value)
-        if idle is None and time.monotonic() - started > 1:
-            idle = idle_lifetime(port)
-        time.sleep(1)
-    probed = json.loads(prober.stdout.read())
-    attacked = json.loads(attacker.stdout.readline())
-    attacker.wait()
+    try:
+        ready = report(attacker)
+        prober = subprocess.Popen([sys.executable, me, "probe", str(port), str(seconds)],
+                                  stdout=subprocess.PIPE, text=True)
+        idler = threading.Thread(target=measure_idle, daemon=True)
+        idler.start()
+        probed = report(prober)
+        prober.wait()
+        attacked = report(attacker)
+        attacker.wait()
+        idler.join(timeout=70)
+    finally:
+        if attacker.poll() is None:
+            attacker.kill()
+            attacker.wait()
+        attack_over.set()
+        sampler.join()
     return {"ready": ready, "attack": attacked, "probe": probed, "worker_peak": peak,
-            "idle_lifetime_s": idle}
+            "worker_pids": sorted(seen), "idle_lifetime_s": idle.get("s")}
 
 
 def main():
@@ -202,8 +284,8 @@ def main():
     else:
         raise_fd_limit()
         port = int(sys.argv[1])
-        pid = int(sys.argv[2]) if len(sys.argv) > 2 else os.getpid()
-        print(json.dumps(measure(port, pid), indent=2))
+        pids = [int(sys.argv[2])] if len(sys.argv) > 2 else []
+        print(json.dumps(measure(port, lambda: pids), indent=2))
 
 
 if __name__ == "__main__":

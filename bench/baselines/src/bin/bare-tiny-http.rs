@@ -1,8 +1,8 @@
-//! The benchmark's baseline: bare tiny_http, `THREADS` threads (default 17) calling
+//! One of the benchmark's two baselines (bench/run.py): bare tiny_http, `THREADS` threads (default 17) calling
 //! `recv()` on one shared server and answering `GET /` with `OK`, as tiny_http's own
 //! examples do. No config, no deadlines, no app library.
 //!
-//! `cargo run --release --example bare-tiny-http -- 127.0.0.1:9090`
+//! `cargo run --release -p bench-baselines --bin bare-tiny-http -- 127.0.0.1:9090`
 
 use std::sync::Arc;
 
