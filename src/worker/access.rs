@@ -2,17 +2,17 @@
 //! duration added (`log_format: "text"`) or as a JSON object (`"json"`).
 //!
 //! A request never waits for the log. The line is formatted where the answer leaves (an I/O
-//! thread) and handed to a bounded queue; one writer thread empties it onto stdout in writes of at most
-//! `PIPE_BUF` bytes (so lines of several workers sharing a pipe never mix). When stdout is
-//! slow or blocked and the queue is full, the line is dropped and counted
-//! (`microservice_log_lines_dropped_total`).
+//! thread) and handed to a bounded queue; one writer thread empties it every 10 ms onto
+//! stdout in writes of at most `PIPE_BUF` bytes (so lines of several workers sharing a pipe
+//! never mix). When stdout is slow or blocked and the queue is full, the line is dropped
+//! and counted (`microservice_log_lines_dropped_total`).
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use http::header::{REFERER, USER_AGENT};
 use http::request::Parts;
 
@@ -23,6 +23,9 @@ use crate::metrics::{Event, Recorder};
 const QUEUE_LINES: usize = 16_384;
 /// The largest write: what a pipe writes atomically.
 const WRITE_BYTES: usize = libc::PIPE_BUF;
+/// How often the writer empties the queue. It looks rather than being woken, so a request
+/// never pays for waking it (that cost ~17 µs of CPU per request at one connection).
+const WRITE_EVERY: Duration = Duration::from_millis(10);
 
 /// Where a worker's access lines go.
 pub struct AccessLog {
@@ -58,17 +61,28 @@ fn write_lines(lines: Receiver<Vec<u8>>) {
     // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop never closes it.
     let mut stdout = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
     let mut buffer = Vec::with_capacity(WRITE_BYTES);
-    while let Ok(line) = lines.recv() {
-        buffer.extend_from_slice(&line);
-        while let Ok(line) = lines.try_recv() {
-            if buffer.len() + line.len() > WRITE_BYTES {
-                let _ = stdout.write_all(&buffer);
-                buffer.clear();
+    loop {
+        loop {
+            match lines.try_recv() {
+                Ok(line) => {
+                    if buffer.len() + line.len() > WRITE_BYTES && !buffer.is_empty() {
+                        let _ = stdout.write_all(&buffer);
+                        buffer.clear();
+                    }
+                    buffer.extend_from_slice(&line);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = stdout.write_all(&buffer);
+                    return;
+                }
             }
-            buffer.extend_from_slice(&line);
         }
-        let _ = stdout.write_all(&buffer);
-        buffer.clear();
+        if !buffer.is_empty() {
+            let _ = stdout.write_all(&buffer);
+            buffer.clear();
+        }
+        std::thread::sleep(WRITE_EVERY);
     }
 }
 

@@ -29,10 +29,11 @@ use http::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CONNECTION, VARY};
 use http::request::Parts;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::access::AccessLog;
 use super::bridge::{self, Answer};
+use super::front::Connections;
 use super::pool::{Kind, Pool, Received};
 use super::screen::{Screen, Verdict};
 use crate::config::Settings;
@@ -51,6 +52,7 @@ pub enum Phase {
 /// What every request of a worker shares.
 pub struct Context {
     pub pool: Pool,
+    pub connections: Connections,
     screen: Screen,
     limits: Limits,
     pub metrics: Recorder,
@@ -81,6 +83,7 @@ impl Context {
     ) -> Context {
         Context {
             pool,
+            connections: Connections::new(settings.max_connections()),
             screen,
             limits: Limits {
                 max_body: settings.max_body_bytes,
@@ -127,11 +130,11 @@ impl Context {
     }
 
     /// Puts the present figures into the metrics.
-    pub fn sample(&self, connections: usize) {
+    pub fn sample(&self) {
         let gauges = self.metrics.gauges();
         gauges
             .connections
-            .store(connections as u64, Ordering::Relaxed);
+            .store(self.connections.open() as u64, Ordering::Relaxed);
         gauges
             .in_flight
             .store(self.in_flight() as u64, Ordering::Relaxed);
@@ -267,9 +270,14 @@ impl Context {
         if *phase.borrow() == Phase::Abandoned {
             return self.abandoned_reply();
         }
-        let Some(reply) = self.pool.submit(request.clone()) else {
+        let Some(mut reply) = self.pool.submit(request.clone()) else {
             return Reply::text(503, "shutting down\n");
         };
+        if self.connections.open() == 1 {
+            if let Some(answer) = spin_for_answer(&mut reply) {
+                return Reply::new(answer, None);
+            }
+        }
         // If hyper drops this future (the client left), a request still queued never
         // reaches the app.
         let _waiting = Waiting {
@@ -284,7 +292,7 @@ impl Context {
         };
         tokio::select! {
             biased;
-            answer = reply => match answer {
+            answer = &mut reply => match answer {
                 Ok(answer) => Reply::new(answer, None),
                 Err(_) => Reply::text(503, "shutting down\n"),
             },
@@ -434,6 +442,27 @@ impl BodyFault {
             _ => Closed::Answered,
         };
         Reply::new(bridge::text(status, &text), Some(reason))
+    }
+}
+
+/// How long the I/O thread of a worker with one connection looks for an answer before it
+/// sleeps; see [`spin_for_answer`].
+const SPIN_FOR: Duration = Duration::from_micros(50);
+
+/// With one connection open, the I/O thread has nothing else to do while the pool works:
+/// it looks for the answer for up to [`SPIN_FOR`] instead of sleeping, so the pool thread
+/// that answers does not have to wake it (a system call and a context switch). Nothing is
+/// registered to be woken while it looks. (With more connections open, looking would
+/// keep the others waiting.)
+fn spin_for_answer(reply: &mut oneshot::Receiver<Answer>) -> Option<Answer> {
+    let until = Instant::now() + SPIN_FOR;
+    loop {
+        match reply.try_recv() {
+            Ok(answer) => return Some(answer),
+            Err(oneshot::error::TryRecvError::Closed) => return None,
+            Err(oneshot::error::TryRecvError::Empty) if Instant::now() >= until => return None,
+            Err(oneshot::error::TryRecvError::Empty) => std::hint::spin_loop(),
+        }
     }
 }
 

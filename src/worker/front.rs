@@ -6,7 +6,7 @@
 //! * One task accepts. Before each `accept()` it takes a permit of a semaphore of
 //!   `max_connections`; at the cap it stops accepting until a connection ends, and the
 //!   kernel's backlog holds the rest (counted: `microservice_http_accept_paused_total`).
-//!   The permits in use are the open connections, exactly.
+//!   Open connections are counted exactly, as they start and end.
 //! * Each accepted connection is one task: hyper's `serve_connection` with the service in
 //!   [`super::exchange`]. Every limit on a connection is hyper's: `header_read_timeout`
 //!   (`keep_alive_timeout_s`) closes a connection that has no complete request head that
@@ -27,7 +27,7 @@
 //!   is answered 503 ([`Front::abandon`]).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,8 +52,50 @@ const MAX_BUFFER: usize = 64 * 1024;
 /// The worker's HTTP front: its accept task and its connections.
 pub struct Front {
     context: Arc<Context>,
+}
+
+/// The connections a worker holds: a permit each, of `max_connections`.
+pub struct Connections {
     permits: Arc<Semaphore>,
-    max_connections: u32,
+    max: u32,
+    /// Connections open now (the accept task holds a permit too, for the next one).
+    open: AtomicUsize,
+}
+
+impl Connections {
+    pub fn new(max: u32) -> Connections {
+        Connections {
+            permits: Arc::new(Semaphore::new(max as usize)),
+            max,
+            open: AtomicUsize::new(0),
+        }
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// A permit for one more connection; waits (and counts the pause) at the cap.
+    async fn admit(&self, metrics: &crate::metrics::Recorder) -> OwnedSemaphorePermit {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return permit;
+        }
+        metrics.count(Event::AcceptPaused);
+        match self.permits.clone().acquire_owned().await {
+            Ok(permit) => permit,
+            // The semaphore is never closed.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Waits until every permit is back: the accept task has stopped (it drops the permit
+    /// it holds for its next connection) and every connection has ended.
+    async fn all_closed(&self, deadline: Instant) -> bool {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let all = self.permits.acquire_many(self.max);
+        tokio::time::timeout_at(deadline, all).await.is_ok()
+    }
 }
 
 impl Front {
@@ -64,7 +106,6 @@ impl Front {
         context: Arc<Context>,
         accepting: Arc<Accepting>,
         settings: &Settings,
-        max_connections: u32,
     ) -> std::io::Result<Front> {
         let listener = TcpListener::from_std(listener)?;
         let mut http = http1::Builder::new();
@@ -74,33 +115,22 @@ impl Front {
             .max_buf_size(MAX_BUFFER.max(settings.max_header_bytes as usize))
             .keep_alive(true)
             .half_close(false);
-        let permits = Arc::new(Semaphore::new(max_connections as usize));
         let acceptor = Acceptor {
             context: context.clone(),
             http,
-            permits: permits.clone(),
             accepting,
         };
         tokio::spawn(acceptor.run(listener));
-        Ok(Front {
-            context,
-            permits,
-            max_connections,
-        })
+        Ok(Front { context })
     }
 
     pub fn context(&self) -> &Context {
         &self.context
     }
 
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        (self.max_connections as usize).saturating_sub(self.permits.available_permits())
-    }
-
     /// Puts the present figures into the metrics.
     pub fn sample(&self) {
-        self.context.sample(self.open());
+        self.context.sample();
     }
 
     /// Logs every request inside the app, and what waits.
@@ -108,7 +138,7 @@ impl Front {
         self.context.pool.report();
         say!(
             "{} connection(s) open, {} request(s) read and not yet answered",
-            self.open(),
+            self.context.connections.open(),
             self.context.in_flight()
         );
     }
@@ -118,7 +148,7 @@ impl Front {
     pub async fn retire(&self, deadline: Instant) -> bool {
         self.context.set_ready(false);
         self.context.set_phase(Phase::Draining);
-        self.all_closed(deadline).await
+        self.context.connections.all_closed(deadline).await
     }
 
     /// Answers every request still waiting with 503 at once, stops accepting, and waits
@@ -126,16 +156,8 @@ impl Front {
     pub async fn abandon(&self, deadline: Instant) -> u64 {
         self.context.set_ready(false);
         self.context.set_phase(Phase::Abandoned);
-        self.all_closed(deadline).await;
+        self.context.connections.all_closed(deadline).await;
         self.context.abandoned()
-    }
-
-    /// Waits until every permit is back: the accept task has stopped (it drops the permit
-    /// it holds for its next connection) and every connection has ended.
-    async fn all_closed(&self, deadline: Instant) -> bool {
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let all = self.permits.acquire_many(self.max_connections);
-        tokio::time::timeout_at(deadline, all).await.is_ok()
     }
 }
 
@@ -143,7 +165,6 @@ impl Front {
 struct Acceptor {
     context: Arc<Context>,
     http: http1::Builder,
-    permits: Arc<Semaphore>,
     accepting: Arc<Accepting>,
 }
 
@@ -154,7 +175,7 @@ impl Acceptor {
             let permit = tokio::select! {
                 biased;
                 () = Context::until(&mut phase, |p| *p != Phase::Serving) => break,
-                permit = self.permit() => permit,
+                permit = self.context.connections.admit(&self.context.metrics) => permit,
             };
             let accepted = tokio::select! {
                 biased;
@@ -164,6 +185,10 @@ impl Acceptor {
             match accepted {
                 Ok((stream, peer)) => {
                     self.accepting.succeeded();
+                    self.context
+                        .connections
+                        .open
+                        .fetch_add(1, Ordering::Relaxed);
                     let connection = Connection {
                         context: self.context.clone(),
                         _permit: permit,
@@ -188,19 +213,6 @@ impl Acceptor {
             }
         }
         // Dropping the listener closes this process's copy only.
-    }
-
-    /// A permit for one more connection; waits (and counts the pause) at the cap.
-    async fn permit(&self) -> OwnedSemaphorePermit {
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return permit;
-        }
-        self.context.metrics.count(Event::AcceptPaused);
-        match self.permits.clone().acquire_owned().await {
-            Ok(permit) => permit,
-            // The semaphore is never closed.
-            Err(_) => std::future::pending().await,
-        }
     }
 }
 
@@ -246,6 +258,15 @@ impl Connection {
             };
             self.context.metrics.count(Event::Closed(reason));
         }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.context
+            .connections
+            .open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

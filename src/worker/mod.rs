@@ -145,7 +145,7 @@ pub fn run() -> Result<i32, Error> {
     let mode = settings.mode.name();
     let stop_timeout = settings.stop_timeout();
     let served = runtime.block_on(async move {
-        let front = Front::start(listener, context, accepting, &settings, max_connections)
+        let front = Front::start(listener, context, accepting, &settings)
             .map_err(|e| Error::boot("cannot start accepting connections", e))?;
         say!(
             "serving {} ({mode} mode, {threads} thread(s), {} I/O thread(s), up to {max_connections} connections)",
