@@ -77,18 +77,6 @@ fn staggered_gets(port: u16, path: &str, count: usize, gap: Duration) -> Vec<(f6
         .collect()
 }
 
-/// A gauge of the only worker, from /metrics.
-fn gauge(port: u16, name: &str) -> Option<u64> {
-    let text = get(port, "/metrics").ok()?.text();
-    let prefix = format!("{name}{{worker=");
-    text.lines()
-        .find(|l| l.starts_with(&prefix))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// Each request carries its own deadline: with 2 threads, five `/delay/5` sent 2 ms apart
 /// all get their 504 at 1 s, also the three that wait in the queue, and also once the
 /// write-off cap (2) is used up by replacement threads that took queued requests just

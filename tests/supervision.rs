@@ -207,6 +207,7 @@ fn dev_reload_under_load_answers_every_request_and_a_corrupt_library_changes_not
     let service = Service::start(&app, r#"{"mode": "dev"}"#);
     let port = service.port;
     let load = Load::start(port, "/", 2);
+    let fresh = Load::fresh(port, "/", 1);
     let mut took = Vec::new();
     for round in 0..5 {
         let (library, answer) = match round % 2 {
@@ -234,14 +235,20 @@ fn dev_reload_under_load_answers_every_request_and_a_corrupt_library_changes_not
     assert_eq!(reply.text(), "fixture");
 
     let tally = load.finish();
+    let fresh = fresh.finish();
     eprintln!(
-        "dev reload under load: {} answers, {} errors, {} retried",
+        "dev reload under load: keep-alive: {} answers, {} errors, {} retried; a connection \
+         per request: {} answers, {} errors",
         tally.answers.len(),
         tally.errors.len(),
-        tally.retried
+        tally.retried,
+        fresh.answers.len(),
+        fresh.errors.len()
     );
     assert!(tally.errors.is_empty(), "{:?}", tally.errors);
     assert_eq!(tally.count(200), tally.answers.len());
+    assert!(fresh.errors.is_empty(), "{:?}", fresh.errors);
+    assert_eq!(fresh.count(200), fresh.answers.len());
 }
 
 #[test]
@@ -348,6 +355,9 @@ fn sighup_replaces_every_worker_under_load_without_a_failed_request() {
         (pids.len() == 2).then_some(pids)
     });
     let load = Load::start(port, "/", 4);
+    // Clients that open a connection per request too: one accepted by a retiring worker
+    // just before it stops accepting is served, not reset.
+    let fresh = Load::fresh(port, "/", 2);
     thread::sleep(Duration::from_millis(500));
     let signalled = Instant::now();
     service.signal(SIGHUP);
@@ -362,14 +372,20 @@ fn sighup_replaces_every_worker_under_load_without_a_failed_request() {
     let rolled = signalled.elapsed().as_secs_f64();
     thread::sleep(Duration::from_millis(300));
     let tally = load.finish();
+    let fresh = fresh.finish();
     eprintln!(
-        "SIGHUP: both workers replaced in {rolled:.2}s; {} answers, {} errors, {} retried",
+        "SIGHUP: both workers replaced in {rolled:.2}s; keep-alive: {} answers, {} errors, \
+         {} retried; a connection per request: {} answers, {} errors",
         tally.answers.len(),
         tally.errors.len(),
-        tally.retried
+        tally.retried,
+        fresh.answers.len(),
+        fresh.errors.len()
     );
     assert!(tally.errors.is_empty(), "{:?}", tally.errors);
     assert_eq!(tally.count(200), tally.answers.len());
+    assert!(fresh.errors.is_empty(), "{:?}", fresh.errors);
+    assert_eq!(fresh.count(200), fresh.answers.len());
     for _ in 0..6 {
         let pid = pid_answer(port).expect("an answer");
         assert!(!first.contains(&pid), "{pid} is an old worker");
@@ -406,6 +422,50 @@ fn sighup_replaces_every_worker_under_load_without_a_failed_request() {
     });
 }
 
+/// A connection the old worker accepted before a handover, whose request comes only after
+/// it, is served by the old worker with `Connection: close`, not reset: a client that
+/// connected a moment before cannot know.
+#[test]
+fn a_connection_accepted_before_a_handover_is_served_after_it() {
+    let _serial = serial();
+    let dir = TempDir::new("handover");
+    let config = dir.write("config.json", r#"{"mode": "production", "threads": 2}"#);
+    let lib = fixture_lib();
+    let service = Service::spawn(
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--app",
+            lib.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    service.wait_ready();
+    let port = service.port;
+    let old = pid_answer(port).expect("the worker's pid");
+    let mut early = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    early
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // Accepted by the only worker by now.
+    thread::sleep(Duration::from_millis(200));
+    service.signal(SIGHUP);
+    wait_for("the handover", Duration::from_secs(10), || {
+        logged(&service, &format!("took over from {old}")).then_some(())
+    });
+    use std::io::Write;
+    early
+        .write_all(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send");
+    let reply = read_reply(&mut early).expect("an answer, not a reset");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), old.to_string(), "served by the old worker");
+    assert_eq!(reply.header("connection"), Some("close"));
+    wait_for("the old worker gone", Duration::from_secs(10), || {
+        logged(&service, &format!("worker {old} stopped")).then_some(())
+    });
+}
+
 #[test]
 fn sigusr1_logs_every_request_in_flight_with_its_path_and_age() {
     let service = Service::start(&fixture_lib(), r#"{"mode": "production", "threads": 2}"#);
@@ -422,19 +482,16 @@ fn sigusr1_logs_every_request_in_flight_with_its_path_and_age() {
 
 #[test]
 fn as_pid_1_it_reaps_orphaned_grandchildren() {
-    let root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
-    let unshare = std::process::Command::new("unshare")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !root || !unshare {
-        eprintln!("skipped: needs root and unshare for a PID namespace");
+    if !root_for("it starts the service as PID 1 of a new PID namespace") {
         return;
     }
+    let unshare = std::process::Command::new("unshare")
+        .arg("--version")
+        .output();
+    assert!(
+        unshare.is_ok_and(|o| o.status.success()),
+        "unshare (util-linux) is needed for a PID namespace"
+    );
     let dir = TempDir::new("pid1");
     let config = dir.write("config.json", r#"{"mode": "dev"}"#);
     let lib = fixture_lib();
@@ -548,5 +605,10 @@ fn slow_requests_fail_healthz_and_the_watchdog_replaces_the_worker() {
         pid_answer(service.port).filter(|pid| *pid != first)
     });
     println!("worker {first} replaced by {second} {took:.2} s after the slow requests");
+    // Until the old worker is gone, a new connection may still reach it (and its health
+    // fails, as it should).
+    wait_for("the old worker gone", Duration::from_secs(10), || {
+        logged(&service, &format!("worker {first} stopped")).then_some(())
+    });
     assert_eq!(get(service.port, "/healthz").expect("reply").status, 200);
 }

@@ -10,9 +10,11 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use http::header::{REFERER, USER_AGENT};
 use http::request::Parts;
 
@@ -31,6 +33,15 @@ const WRITE_EVERY: Duration = Duration::from_millis(10);
 pub struct AccessLog {
     sink: Sender<Vec<u8>>,
     metrics: Recorder,
+    writer: Writer,
+}
+
+/// The writer thread, and what says it should finish.
+struct Writer {
+    thread: std::thread::Thread,
+    closing: Arc<AtomicBool>,
+    /// Set by the writer when it has written everything queued before `closing`.
+    done: Arc<AtomicBool>,
 }
 
 impl AccessLog {
@@ -40,10 +51,27 @@ impl AccessLog {
             return Ok(None);
         }
         let (sink, lines) = crossbeam_channel::bounded(QUEUE_LINES);
-        std::thread::Builder::new()
+        let closing = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let (told, finished) = (closing.clone(), done.clone());
+        let thread = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(lines))?;
-        Ok(Some(AccessLog { sink, metrics }))
+            .spawn(move || {
+                write_lines(lines, &told);
+                finished.store(true, Ordering::Release);
+            })?
+            .thread()
+            .clone();
+        let writer = Writer {
+            thread,
+            closing,
+            done,
+        };
+        Ok(Some(AccessLog {
+            sink,
+            metrics,
+            writer,
+        }))
     }
 
     /// Formats a request's line and queues it for the writer (or drops and counts it).
@@ -55,34 +83,41 @@ impl AccessLog {
             self.metrics.count(Event::LogDropped);
         }
     }
+
+    /// Has the writer write out every line queued so far and stop, waiting for it at most
+    /// `within` (stdout may be blocked): the worker is about to exit.
+    pub fn finish(&self, within: Duration) {
+        self.writer.closing.store(true, Ordering::Release);
+        self.writer.thread.unpark();
+        let deadline = std::time::Instant::now() + within;
+        while !self.writer.done.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
-fn write_lines(lines: Receiver<Vec<u8>>) {
+/// Empties the queue onto stdout every [`WRITE_EVERY`] until `closing`, then once more.
+fn write_lines(lines: Receiver<Vec<u8>>, closing: &AtomicBool) {
     // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop never closes it.
     let mut stdout = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
     let mut buffer = Vec::with_capacity(WRITE_BYTES);
     loop {
-        loop {
-            match lines.try_recv() {
-                Ok(line) => {
-                    if buffer.len() + line.len() > WRITE_BYTES && !buffer.is_empty() {
-                        let _ = stdout.write_all(&buffer);
-                        buffer.clear();
-                    }
-                    buffer.extend_from_slice(&line);
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    let _ = stdout.write_all(&buffer);
-                    return;
-                }
+        let last = closing.load(Ordering::Acquire);
+        while let Ok(line) = lines.try_recv() {
+            if buffer.len() + line.len() > WRITE_BYTES && !buffer.is_empty() {
+                let _ = stdout.write_all(&buffer);
+                buffer.clear();
             }
+            buffer.extend_from_slice(&line);
         }
         if !buffer.is_empty() {
             let _ = stdout.write_all(&buffer);
             buffer.clear();
         }
-        std::thread::sleep(WRITE_EVERY);
+        if last {
+            return;
+        }
+        std::thread::park_timeout(WRITE_EVERY);
     }
 }
 

@@ -121,6 +121,13 @@ impl Context {
         let _ = phase.wait_for(reached).await;
     }
 
+    /// Writes out the access lines still queued: the worker is about to exit.
+    pub fn finish_log(&self) {
+        if let Some(access) = &self.access {
+            access.finish(LOG_FLUSH);
+        }
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -169,6 +176,9 @@ pub async fn handle(
     }
     Ok(context.deliver(head.parts(), peer, received, answer, cors))
 }
+
+/// How long an exiting worker waits for its access lines to be written.
+const LOG_FLUSH: Duration = Duration::from_secs(1);
 
 /// How long the rest of a refused body is read and thrown away; see [`linger`].
 const LINGER: Duration = Duration::from_secs(2);

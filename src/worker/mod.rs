@@ -158,6 +158,7 @@ pub fn run() -> Result<i32, Error> {
             stop_timeout,
         };
         worker.serve(received).await;
+        worker.front.context().finish_log();
         Ok(())
     });
     // Threads stuck in the app stay stuck; the process exit ends them.

@@ -79,6 +79,26 @@ impl Drop for TempDir {
     }
 }
 
+/// The variable that lets the tests that need root skip, knowingly, where there is none.
+pub const SKIP_ROOT_VAR: &str = "MICROSERVICE_TEST_SKIP_ROOT";
+
+/// Whether a test that needs root (`what` it needs it for) may run: `true` as root. Without
+/// root it fails, so that a passing run never hides a test that did not run, unless
+/// MICROSERVICE_TEST_SKIP_ROOT=1 says to skip it; then it says so and returns `false`.
+pub fn root_for(what: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let skip = std::env::var(SKIP_ROOT_VAR).is_ok_and(|v| v == "1");
+    assert!(
+        skip,
+        "this test needs root ({what}); run it as root, or set {SKIP_ROOT_VAR}=1 to skip it"
+    );
+    eprintln!("SKIPPED (not root, {SKIP_ROOT_VAR}=1): {what}");
+    false
+}
+
 /// Timing tests run one at a time: on a 2-core machine a parallel test would skew them.
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -153,6 +173,37 @@ impl Service {
     /// says which port it listens on.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Service {
         Service::launch(command(args, env), Stdio::null())
+    }
+
+    /// Like `start`, with the service's limit on open files set to `fds` (its workers
+    /// inherit it).
+    pub fn start_with_fd_limit(app: &Path, config: &str, fds: u64) -> Service {
+        let dir = TempDir::new("svc");
+        let file = dir.write("config.json", config);
+        let args = [
+            "--config",
+            file.to_str().expect("utf-8 path"),
+            "--app",
+            app.to_str().expect("utf-8 path"),
+        ];
+        let mut command = command(&args, &[]);
+        // SAFETY: setrlimit only, between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: fds,
+                    rlim_max: fds,
+                };
+                match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+        let service = Service::launch(command, Stdio::null());
+        service.wait_ready();
+        service
     }
 
     /// Like `spawn`, through another program (e.g. `unshare … microservice-rust …`).
@@ -432,21 +483,33 @@ impl Tally {
     }
 }
 
-/// `clients` threads sending `GET path` back to back on keep-alive connections.
+/// `clients` threads sending `GET path` back to back.
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
     handles: Vec<std::thread::JoinHandle<Tally>>,
 }
 
 impl Load {
+    /// On keep-alive connections (a request whose reused connection was closed before any
+    /// byte of its answer is sent again, as HTTP clients do).
     pub fn start(port: u16, path: &str, clients: usize) -> Load {
+        Load::begin(port, path, clients, false)
+    }
+
+    /// Each request on a new connection, never sent again: any reset or close is an
+    /// error.
+    pub fn fresh(port: u16, path: &str, clients: usize) -> Load {
+        Load::begin(port, path, clients, true)
+    }
+
+    fn begin(port: u16, path: &str, clients: usize, fresh: bool) -> Load {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let start = Instant::now();
         let handles = (0..clients)
             .map(|_| {
                 let stop = stop.clone();
                 let path = path.to_string();
-                std::thread::spawn(move || client(port, &path, start, &stop))
+                std::thread::spawn(move || client(port, &path, start, &stop, fresh))
             })
             .collect();
         Load { stop, handles }
@@ -466,10 +529,19 @@ impl Load {
     }
 }
 
-fn client(port: u16, path: &str, start: Instant, stop: &std::sync::atomic::AtomicBool) -> Tally {
+fn client(
+    port: u16,
+    path: &str,
+    start: Instant,
+    stop: &std::sync::atomic::AtomicBool,
+    fresh: bool,
+) -> Tally {
     let mut tally = Tally::default();
     let mut connection: Option<(TcpStream, usize)> = None; // (stream, answers on it)
-    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    let request = match fresh {
+        true => format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        false => format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"),
+    };
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         let mut retried = false;
         loop {
@@ -502,7 +574,7 @@ fn client(port: u16, path: &str, start: Instant, stop: &std::sync::atomic::Atomi
                         status: reply.status,
                         body: reply.text(),
                     });
-                    if !close {
+                    if !close && !fresh {
                         connection = Some((stream, used + 1));
                     }
                     break;
@@ -557,6 +629,35 @@ pub fn started_workers(log: &[String]) -> Vec<i32> {
 /// Whether a line containing `needle` is in the service's log by now.
 pub fn logged(service: &Service, needle: &str) -> bool {
     service.log_lines().iter().any(|line| line.contains(needle))
+}
+
+/// A gauge of the only worker, from /metrics.
+pub fn gauge(port: u16, name: &str) -> Option<u64> {
+    let text = get(port, "/metrics").ok()?.text();
+    let prefix = format!("{name}{{worker=");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A counter without labels from the service's /metrics.
+pub fn counter(port: u16, name: &str) -> u64 {
+    let text = get(port, "/metrics").expect("metrics").text();
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+}
+
+/// The file descriptors a process has open.
+pub fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| entries.count())
+        .unwrap_or(0)
 }
 
 /// `microservice_connections_closed_total{reason}` from the service's /metrics.

@@ -1,0 +1,232 @@
+//! The worker's HTTP front through the real binary: the connection cap, exact connection
+//! counts, what is left of a connection after its client has gone, bodies read on the I/O
+//! side while clients trickle them, and a worker that cannot accept.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn connect(port: u16) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+}
+
+fn the_worker(service: &Service) -> i32 {
+    *started_workers(&service.log_lines())
+        .last()
+        .expect("a started worker")
+}
+
+/// At `max_connections` the worker stops accepting; the kernel holds the next connection
+/// until one ends, then it is served. `/metrics` counts the pause and the open
+/// connections, exactly.
+#[test]
+fn at_max_connections_accepting_pauses_until_a_connection_ends() {
+    let service = Service::start(
+        &fixture_lib(),
+        r#"{"mode": "production", "max_connections": 4, "keep_alive_timeout_s": 30}"#,
+    );
+    let port = service.port;
+    // Keep-alive connections, each answered once, then held open.
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = connect(port);
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .expect("send");
+            assert_eq!(read_reply(&mut stream).expect("a reply").status, 200);
+            stream
+        })
+        .collect();
+    // The open connections are counted exactly (a /metrics request is one more while it
+    // is served, and the gauge is sampled twice a second).
+    wait_for("3 or 4 connections counted", Duration::from_secs(5), || {
+        gauge(port, "microservice_http_connections_open").filter(|n| *n == 3 || *n == 4)
+    });
+    held.push(connect(port));
+    // The fifth waits in the kernel's backlog, unanswered.
+    let mut waiting = connect(port);
+    waiting
+        .write_all(b"GET /status/203 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    let early = waiting.read(&mut byte);
+    assert!(
+        early.is_err(),
+        "the connection past the cap was served: {early:?}"
+    );
+    // One ends: the waiting one is accepted and answered.
+    let closed_at = Instant::now();
+    drop(held.pop());
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let reply = read_reply(&mut waiting).expect("served once a connection ended");
+    assert_eq!(reply.status, 203);
+    eprintln!("served {:?} after a connection ended", closed_at.elapsed());
+    drop(waiting);
+    assert!(counter(port, "microservice_http_accept_paused_total") >= 1);
+    drop(held);
+    wait_for("0 or 1 connections counted", Duration::from_secs(5), || {
+        gauge(port, "microservice_http_connections_open").filter(|n| *n <= 1)
+    });
+}
+
+/// Request lines of other HTTP versions, and HTTP/2's preface: 400 (hyper's), or the
+/// connection closed at once for the preface, and nothing of 2,000 such connections
+/// outlives its client: the worker's file descriptors are back to their number before
+/// within 1 s of the last.
+#[test]
+fn other_versions_are_refused_and_nothing_of_their_connections_stays() {
+    let service = Service::start(&fixture_lib(), r#"{"mode": "production"}"#);
+    let port = service.port;
+    let worker = the_worker(&service);
+    for (line, answer) in [
+        ("GET / HTTP/2.0\r\n", Some(400)),
+        ("GET / HTTP/3.0\r\nHost: t\r\n\r\n", Some(400)),
+        ("GET / HTTP/9.9\r\n\r\n", Some(400)),
+        ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", None),
+    ] {
+        let mut stream = connect(port);
+        stream.write_all(line.as_bytes()).expect("send");
+        let mut data = Vec::new();
+        let _ = stream.read_to_end(&mut data);
+        let replies = parse_replies(&data);
+        let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, answer.into_iter().collect::<Vec<_>>(), "{line:?}");
+    }
+    let before = open_fds(worker);
+    let lines = [
+        &b"GET / HTTP/2.0\r\n"[..],
+        b"GET / HTTP/3.0\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ];
+    // Clients that send one line and go away, 200 at a time.
+    for batch in 0..10 {
+        let streams: Vec<TcpStream> = (0..200)
+            .map(|i| {
+                let mut stream = connect(port);
+                let _ = stream.write_all(lines[(batch + i) % lines.len()]);
+                stream
+            })
+            .collect();
+        drop(streams);
+    }
+    let gone = Instant::now();
+    let settled = wait_for(
+        "the worker's fds back to their number",
+        Duration::from_secs(1),
+        || (open_fds(worker) <= before).then(|| gone.elapsed()),
+    );
+    eprintln!("fds back to {before} after {settled:?}");
+    assert_eq!(get(port, "/").expect("serving").status, 200);
+}
+
+/// Clients that trickle a request body hold neither a pool thread nor a fresh request:
+/// the body is read on the I/O side. 20, then 2,000 of them beside fresh requests, on a
+/// pool of 2 threads. (The speed target, p99 under 20 ms, is the bench's; the bound here
+/// only catches fresh requests that wait for the trickling bodies.)
+#[test]
+fn trickling_bodies_hold_no_thread_and_fresh_requests_are_answered() {
+    let _serial = serial();
+    let service = Service::start(
+        &fixture_lib(),
+        r#"{"mode": "production", "threads": 2, "request_timeout_s": 60,
+            "keep_alive_timeout_s": 10}"#,
+    );
+    let port = service.port;
+    let workers_before = started_workers(&service.log_lines());
+    for clients in [20, 2000] {
+        let mut trickling: Vec<TcpStream> = (0..clients)
+            .map(|_| {
+                let mut stream = connect(port);
+                stream
+                    .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\nx")
+                    .expect("send");
+                stream
+            })
+            .collect();
+        let started = Instant::now();
+        let mut slowest = Duration::ZERO;
+        let mut answered = 0;
+        while started.elapsed() < Duration::from_secs(3) {
+            for stream in &mut trickling {
+                let _ = stream.write_all(b"x");
+            }
+            for _ in 0..10 {
+                let asked = Instant::now();
+                let reply = get(port, "/").expect("a fresh request is answered");
+                assert_eq!(reply.status, 200);
+                slowest = slowest.max(asked.elapsed());
+                answered += 1;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("{clients} trickling bodies: {answered} fresh requests, slowest {slowest:?}");
+        assert!(
+            slowest < Duration::from_secs(1),
+            "{clients} trickling bodies: slowest fresh request {slowest:?}"
+        );
+        // The pool was never busy with them.
+        assert_eq!(
+            gauge(port, "microservice_pool_threads_busy"),
+            Some(0),
+            "{clients} trickling bodies"
+        );
+    }
+    assert_eq!(
+        started_workers(&service.log_lines()),
+        workers_before,
+        "no worker was replaced"
+    );
+}
+
+/// A worker that cannot accept (here: out of file descriptors) fails `/healthz` and the
+/// watchdog's probes with the reason, and the watchdog replaces it.
+#[test]
+fn a_worker_out_of_file_descriptors_fails_its_probes_and_is_replaced() {
+    let _serial = serial();
+    // 150 fds for the service; the worker starts with about 20 of its own.
+    let service = Service::start_with_fd_limit(
+        &fixture_lib(),
+        r#"{"mode": "production", "threads": 2, "max_connections": 1000,
+            "keep_alive_timeout_s": 30,
+            "watchdog": {"interval_s": 0.5, "timeout_s": 0.5, "failures": 2}}"#,
+        150,
+    );
+    let port = service.port;
+    let first = the_worker(&service);
+    // More connections than the worker has fds left: it accepts until accept() fails.
+    let held: Vec<TcpStream> = (0..170).map(|_| connect(port)).collect();
+    let exhausted = Instant::now();
+    wait_for("the probe's failure", Duration::from_secs(10), || {
+        logged(&service, "accepting connections has failed for").then_some(())
+    });
+    assert!(logged(&service, "Too many open files"));
+    wait_for("a watchdog replacement", Duration::from_secs(10), || {
+        logged(&service, &format!("took over from {first} (watchdog)")).then_some(())
+    });
+    eprintln!(
+        "replaced {:.2} s after the fds ran out",
+        exhausted.elapsed().as_secs_f64()
+    );
+    wait_for("the old worker gone", Duration::from_secs(10), || {
+        logged(&service, &format!("worker {first} stopped")).then_some(())
+    });
+    drop(held);
+    let reply = wait_for("the new worker serving", Duration::from_secs(10), || {
+        get(port, "/").ok().filter(|r| r.status == 200)
+    });
+    assert_eq!(reply.text(), "fixture");
+    assert!(the_worker(&service) != first);
+}
