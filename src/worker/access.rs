@@ -2,36 +2,37 @@
 //! duration added (`log_format: "text"`) or as a JSON object (`"json"`).
 //!
 //! A request never waits for the log. The line is formatted where the answer leaves (an I/O
-//! thread) and handed to a bounded queue; one writer thread empties it every 10 ms onto
-//! stdout in writes of at most `PIPE_BUF` bytes (so lines of several workers sharing a pipe
-//! never mix). When stdout is slow or blocked and the queue is full, the line is dropped
-//! and counted (`microservice_log_lines_dropped_total`).
+//! thread) straight into a buffer shared with one writer thread, which takes the buffer
+//! every 10 ms and writes it onto stdout in writes of at most `PIPE_BUF` bytes, each of
+//! whole lines (so lines of several workers sharing a pipe never mix). Nothing is
+//! allocated per line and nobody is woken. When stdout is slow or blocked and the buffer
+//! holds [`PENDING_BYTES`], further lines are dropped and counted
+//! (`microservice_log_lines_dropped_total`).
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use http::header::{REFERER, USER_AGENT};
 use http::request::Parts;
 
 use crate::log::{self, Format, Level};
 use crate::metrics::{Event, Recorder};
 
-/// Lines waiting for the writer; past this they are dropped.
-const QUEUE_LINES: usize = 16_384;
+/// Bytes of lines waiting for the writer (about 16,000 lines); past this they are dropped.
+const PENDING_BYTES: usize = 2 << 20;
 /// The largest write: what a pipe writes atomically.
 const WRITE_BYTES: usize = libc::PIPE_BUF;
-/// How often the writer empties the queue. It looks rather than being woken, so a request
+/// How often the writer takes the lines. It looks rather than being woken, so a request
 /// never pays for waking it (that cost ~17 µs of CPU per request at one connection).
 const WRITE_EVERY: Duration = Duration::from_millis(10);
 
 /// Where a worker's access lines go.
 pub struct AccessLog {
-    sink: Sender<Vec<u8>>,
+    pending: Arc<Mutex<Vec<u8>>>,
     metrics: Recorder,
     writer: Writer,
 }
@@ -40,8 +41,14 @@ pub struct AccessLog {
 struct Writer {
     thread: std::thread::Thread,
     closing: Arc<AtomicBool>,
-    /// Set by the writer when it has written everything queued before `closing`.
+    /// Set by the writer when it has written everything pending before `closing`.
     done: Arc<AtomicBool>,
+}
+
+/// The pending lines; a panic while they were held (there is none to expect) leaves whole
+/// lines behind at worst one cut short.
+fn lock(pending: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
+    pending.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl AccessLog {
@@ -50,14 +57,14 @@ impl AccessLog {
         if !log::enabled(Level::Info) {
             return Ok(None);
         }
-        let (sink, lines) = crossbeam_channel::bounded(QUEUE_LINES);
+        let pending = Arc::new(Mutex::new(Vec::with_capacity(64 * 1024)));
         let closing = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
-        let (told, finished) = (closing.clone(), done.clone());
+        let (lines, told, finished) = (pending.clone(), closing.clone(), done.clone());
         let thread = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
-                write_lines(lines, &told);
+                write_lines(&lines, &told);
                 finished.store(true, Ordering::Release);
             })?
             .thread()
@@ -68,23 +75,28 @@ impl AccessLog {
             done,
         };
         Ok(Some(AccessLog {
-            sink,
+            pending,
             metrics,
             writer,
         }))
     }
 
-    /// Formats a request's line and queues it for the writer (or drops and counts it).
+    /// Adds a request's line for the writer (or drops and counts it when the writer is
+    /// behind).
     pub fn write(&self, head: &Parts, peer: SocketAddr, status: u16, bytes: u64, took: Duration) {
-        let Some(line) = line(head, peer, status, bytes, took) else {
-            return;
-        };
-        if let Err(TrySendError::Full(_)) = self.sink.try_send(line) {
+        let mut pending = lock(&self.pending);
+        if pending.len() >= PENDING_BYTES {
+            drop(pending);
             self.metrics.count(Event::LogDropped);
+            return;
+        }
+        let start = pending.len();
+        if line(&mut pending, head, peer, status, bytes, took).is_err() {
+            pending.truncate(start);
         }
     }
 
-    /// Has the writer write out every line queued so far and stop, waiting for it at most
+    /// Has the writer write out every line so far and stop, waiting for it at most
     /// `within` (stdout may be blocked): the worker is about to exit.
     pub fn finish(&self, within: Duration) {
         self.writer.closing.store(true, Ordering::Release);
@@ -96,24 +108,19 @@ impl AccessLog {
     }
 }
 
-/// Empties the queue onto stdout every [`WRITE_EVERY`] until `closing`, then once more.
-fn write_lines(lines: Receiver<Vec<u8>>, closing: &AtomicBool) {
+/// Takes the pending lines every [`WRITE_EVERY`] and writes them, until `closing`, then
+/// once more.
+fn write_lines(pending: &Mutex<Vec<u8>>, closing: &AtomicBool) {
     // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop never closes it.
     let mut stdout = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
-    let mut buffer = Vec::with_capacity(WRITE_BYTES);
+    let mut taken = Vec::with_capacity(64 * 1024);
     loop {
         let last = closing.load(Ordering::Acquire);
-        while let Ok(line) = lines.try_recv() {
-            if buffer.len() + line.len() > WRITE_BYTES && !buffer.is_empty() {
-                let _ = stdout.write_all(&buffer);
-                buffer.clear();
-            }
-            buffer.extend_from_slice(&line);
+        std::mem::swap(&mut taken, &mut *lock(pending));
+        for chunk in whole_lines(&taken, WRITE_BYTES) {
+            let _ = stdout.write_all(chunk);
         }
-        if !buffer.is_empty() {
-            let _ = stdout.write_all(&buffer);
-            buffer.clear();
-        }
+        taken.clear();
         if last {
             return;
         }
@@ -121,20 +128,39 @@ fn write_lines(lines: Receiver<Vec<u8>>, closing: &AtomicBool) {
     }
 }
 
-/// A request's whole line, in the configured format.
+/// `text` in pieces of at most `most` bytes that end at line ends (a longer line is a piece
+/// of its own).
+fn whole_lines(mut text: &[u8], most: usize) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if text.is_empty() {
+            return None;
+        }
+        let window = &text[..text.len().min(most)];
+        let end = match window.iter().rposition(|&b| b == b'\n') {
+            Some(at) if window.len() < text.len() => at + 1,
+            _ if window.len() == text.len() => text.len(),
+            // One line longer than `most`: up to its end.
+            _ => text
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(text.len(), |at| at + 1),
+        };
+        let (piece, rest) = text.split_at(end);
+        text = rest;
+        Some(piece)
+    })
+}
+
+/// Writes a request's whole line, in the configured format, at the end of `line`.
 fn line(
+    line: &mut Vec<u8>,
     head: &Parts,
     peer: SocketAddr,
     status: u16,
     bytes: u64,
     took: Duration,
-) -> Option<Vec<u8>> {
-    let mut line = Vec::with_capacity(256);
-    let header = |name| {
-        head.headers
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()))
-    };
+) -> std::io::Result<()> {
+    let header = |name| head.headers.get(name).map(|v| v.as_bytes());
     let target = head
         .uri
         .path_and_query()
@@ -146,15 +172,15 @@ fn line(
     let time = SystemTime::now();
     match log::format() {
         Format::Text => {
-            write!(line, "{} - - [", peer.ip()).ok()?;
-            write_clf_time(&mut line, time).ok()?;
-            write!(line, "] \"{} ", head.method).ok()?;
-            quoted_text(&mut line, target);
-            write!(line, " {protocol}\" {status} {bytes} \"").ok()?;
-            quoted_text(&mut line, header(REFERER).as_deref().unwrap_or("-"));
+            write!(line, "{} - - [", peer.ip())?;
+            write_clf_time(line, time)?;
+            write!(line, "] \"{} ", head.method)?;
+            quoted_text(line, target.as_bytes());
+            write!(line, " {protocol}\" {status} {bytes} \"")?;
+            quoted_text(line, header(REFERER).unwrap_or(b"-"));
             line.extend_from_slice(b"\" \"");
-            quoted_text(&mut line, header(USER_AGENT).as_deref().unwrap_or("-"));
-            writeln!(line, "\" {:.6}", took.as_secs_f64()).ok()?;
+            quoted_text(line, header(USER_AGENT).unwrap_or(b"-"));
+            writeln!(line, "\" {:.6}", took.as_secs_f64())?;
         }
         Format::Json => {
             let fields = serde_json::json!({
@@ -165,21 +191,21 @@ fn line(
                 "protocol": protocol,
                 "status": status,
                 "bytes": bytes,
-                "referer": header(REFERER),
-                "user_agent": header(USER_AGENT),
+                "referer": header(REFERER).map(String::from_utf8_lossy),
+                "user_agent": header(USER_AGENT).map(String::from_utf8_lossy),
             });
-            let mut text = fields.to_string();
-            text.pop(); // the closing brace: the duration comes last
-            line.extend_from_slice(text.as_bytes());
-            writeln!(line, ",\"duration_s\":{:.6}}}", took.as_secs_f64()).ok()?;
+            let mut json = fields.to_string();
+            json.pop(); // the closing brace: the duration comes last
+            line.extend_from_slice(json.as_bytes());
+            writeln!(line, ",\"duration_s\":{:.6}}}", took.as_secs_f64())?;
         }
     }
-    Some(line)
+    Ok(())
 }
 
 /// Text inside a quoted field: `"` and `\` escaped, bytes outside printable ASCII as `\xNN`.
-fn quoted_text(line: &mut Vec<u8>, text: &str) {
-    for &byte in text.as_bytes() {
+fn quoted_text(line: &mut Vec<u8>, text: &[u8]) {
+    for &byte in text {
         match byte {
             b'"' | b'\\' => line.extend_from_slice(&[b'\\', byte]),
             0x20..=0x7e => line.push(byte),
@@ -222,9 +248,23 @@ mod tests {
     }
 
     #[test]
+    fn writes_are_whole_lines_of_at_most_the_size_given() {
+        let text = b"aaaa\nbb\ncccccccccc\nd\n";
+        let pieces: Vec<&[u8]> = whole_lines(text, 8).collect();
+        assert_eq!(
+            pieces,
+            [&b"aaaa\nbb\n"[..], b"cccccccccc\n", b"d\n"],
+            "a line longer than the size is a piece of its own"
+        );
+        assert_eq!(whole_lines(b"", 8).count(), 0);
+        let unended: Vec<&[u8]> = whole_lines(b"abc", 8).collect();
+        assert_eq!(unended, [&b"abc"[..]]);
+    }
+
+    #[test]
     fn quoted_fields_escape_quotes_and_control_bytes() {
         let mut line = Vec::new();
-        quoted_text(&mut line, "a\"b\\c\u{1b}d é");
+        quoted_text(&mut line, "a\"b\\c\u{1b}d é".as_bytes());
         assert_eq!(line, b"a\\\"b\\\\c\\x1bd \\xc3\\xa9");
     }
 }
