@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::config::{self, Loaded, Lookup};
+use crate::control;
 use crate::error::Error;
 use crate::supervisor::{self, Supervisor};
 use crate::worker;
@@ -78,6 +79,14 @@ struct HealthArgs {
 
 /// Parses the command line and runs it; returns the exit code.
 pub fn try_main() -> Result<i32, Error> {
+    // The supervisor starts its workers as `microservice-rust worker` with nothing else:
+    // they skip the parser (and keep its code out of their memory).
+    let mut args = std::env::args_os().skip(1);
+    if let (Some(word), None) = (args.next(), args.next()) {
+        if word == control::WORKER_COMMAND {
+            return worker::run();
+        }
+    }
     let cli = Cli::parse();
     match cli.command {
         None => run(cli.run),

@@ -17,6 +17,9 @@ use std::os::fd::RawFd;
 
 use serde_json::Value;
 
+/// The (hidden) command line argument that makes the binary a worker.
+pub const WORKER_COMMAND: &str = "worker";
+
 /// Where the worker finds the listening socket.
 pub const LISTEN_FD: RawFd = 3;
 /// Where the worker writes its status lines.

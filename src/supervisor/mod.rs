@@ -326,7 +326,7 @@ impl Supervisor {
         }
         let mut command = std::process::Command::new(exe);
         command
-            .arg("worker")
+            .arg(control::WORKER_COMMAND)
             .env(SUPERVISOR_PID_VAR, std::process::id().to_string())
             .env(
                 metrics::SLOT_VAR,
