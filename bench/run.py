@@ -34,7 +34,7 @@ Environment:
   EXAMPLE_LIB     the app library the product serves (default target/release's example)
   FIXTURE_LIB     the second library of the dev-reload measurement (default
                   target/release's fixture app)
-  IO_THREADS      bare hyper's runtime threads (default: the product's io_threads, else 2)
+  IO_THREADS      bare hyper's runtime threads (default: the product's io_threads, else 1)
   SLOWLORIS_CONNECTIONS, SLOWLORIS_SECONDS, SLOWLORIS_DRIP   see bench/slowloris.py
 A binary or library given by PRODUCT_BINARY, EXAMPLE_LIB or FIXTURE_LIB is not built.
 """

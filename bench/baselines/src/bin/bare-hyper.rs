@@ -1,9 +1,10 @@
 //! One of the benchmark's two baselines (bench/run.py): bare hyper 1 on tokio, the least
 //! that the product's HTTP layer can cost on the same stack. A multi-thread runtime with
-//! `IO_THREADS` worker threads (default 2) accepts on the address given, and each
-//! connection is one task serving HTTP/1.1 with keep-alive and hyper's 5 s
-//! `header_read_timeout`; every request is answered `200` with the body `OK`. No config,
-//! no app library, no thread pool for handlers, no limits beyond hyper's own.
+//! `IO_THREADS` worker threads (default 1, the product's default `io_threads`) accepts on
+//! the address given, and each connection is one task serving HTTP/1.1 with keep-alive
+//! and hyper's 5 s `header_read_timeout`; every request is answered `200` with the body
+//! `OK`. No config, no app library, no thread pool for handlers, no limits beyond hyper's
+//! own.
 //!
 //! `cargo run --release -p bench-baselines --bin bare-hyper -- 127.0.0.1:9090`
 
@@ -27,7 +28,7 @@ fn main() {
     let io_threads: usize = std::env::var("IO_THREADS")
         .ok()
         .and_then(|t| t.parse().ok())
-        .unwrap_or(2);
+        .unwrap_or(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(io_threads)
         // Nothing here blocks; one thread is enough for what tokio itself puts there.
