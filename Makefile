@@ -2,8 +2,10 @@
 #   make run     build and serve the example in dev mode on 127.0.0.1:8080 (no Docker)
 #   make test    every test: unit, integration (real binary, real sockets), `make run` itself
 #   make lint    rustfmt and clippy, as CI runs them
-#   make bench   the product's figures beside bare tiny_http's, in one run: bench/RESULTS.md
-#   make bench-slowloris  10,000 trickling connections beside fresh requests: bench/SLOWLORIS.md
+#   make bench   the product's figures beside bare hyper's and bare tiny_http's, in one run:
+#                bench/RESULTS.md
+#   make bench-slowloris  10,000 trickling connections beside fresh requests, one worker:
+#                bench/SLOWLORIS.md
 #   make image   the images microservice-rust and example-rum-counter (no registry needed)
 #   make test-docker  the images in a real Docker engine
 
