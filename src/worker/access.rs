@@ -30,6 +30,34 @@ const WRITE_BYTES: usize = libc::PIPE_BUF;
 /// never pays for waking it (that cost ~17 µs of CPU per request at one connection).
 const WRITE_EVERY: Duration = Duration::from_millis(10);
 
+/// The two records of every answer: the metrics and the access line. Kept where the answer
+/// is made (the pool thread for the app's answers, the I/O thread for the worker's own).
+pub struct Ledger {
+    metrics: Recorder,
+    access: Option<AccessLog>,
+}
+
+impl Ledger {
+    pub fn new(metrics: Recorder, access: Option<AccessLog>) -> Ledger {
+        Ledger { metrics, access }
+    }
+
+    /// Counts an answer and writes its access line.
+    pub fn record(&self, head: &Parts, peer: SocketAddr, status: u16, bytes: u64, took: Duration) {
+        self.metrics.record(&head.method, status, took);
+        if let Some(access) = &self.access {
+            access.write(head, peer, status, bytes, took);
+        }
+    }
+
+    /// Writes out the access lines still waiting: the worker is about to exit.
+    pub fn finish(&self, within: Duration) {
+        if let Some(access) = &self.access {
+            access.finish(within);
+        }
+    }
+}
+
 /// Where a worker's access lines go.
 pub struct AccessLog {
     pending: Arc<Mutex<Vec<u8>>>,

@@ -20,7 +20,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use tokio::sync::{oneshot, watch};
 
-use super::access::AccessLog;
+use super::access::Ledger;
 use super::bridge::{self, Answer};
 use super::front::Connections;
 use super::pool::{Kind, Pool, Received};
@@ -56,14 +56,12 @@ pub struct Context {
     screen: Screen,
     limits: Limits,
     pub metrics: Recorder,
-    access: Option<AccessLog>,
+    ledger: Arc<Ledger>,
     /// What `/readyz` answers.
     ready: AtomicBool,
     phase: watch::Sender<Phase>,
     /// Requests read and not yet answered.
     in_flight: AtomicUsize,
-    /// Requests answered 503 because the worker gave up on them.
-    abandoned: AtomicU64,
 }
 
 struct Limits {
@@ -79,7 +77,7 @@ impl Context {
         screen: Screen,
         settings: &Settings,
         metrics: Recorder,
-        access: Option<AccessLog>,
+        ledger: Arc<Ledger>,
     ) -> Context {
         Context {
             pool,
@@ -91,11 +89,10 @@ impl Context {
                 timeout: settings.request_timeout(),
             },
             metrics,
-            access,
+            ledger,
             ready: AtomicBool::new(true),
             phase: watch::Sender::new(Phase::Serving),
             in_flight: AtomicUsize::new(0),
-            abandoned: AtomicU64::new(0),
         }
     }
 
@@ -121,19 +118,13 @@ impl Context {
         let _ = phase.wait_for(reached).await;
     }
 
-    /// Writes out the access lines still queued: the worker is about to exit.
+    /// Writes out the access lines still waiting: the worker is about to exit.
     pub fn finish_log(&self) {
-        if let Some(access) = &self.access {
-            access.finish(LOG_FLUSH);
-        }
+        self.ledger.finish(LOG_FLUSH);
     }
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
-    }
-
-    pub fn abandoned(&self) -> u64 {
-        self.abandoned.load(Ordering::Relaxed)
     }
 
     /// Puts the present figures into the metrics.
@@ -201,15 +192,28 @@ fn expects_continue(head: &Parts) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-/// An answer, and why its connection must end after it, if it must.
+/// An answer, why its connection must end after it if it must, and whether it is recorded
+/// already (the pool records the app's answers).
 struct Reply {
     answer: Answer,
     ends: Option<Closed>,
+    recorded: bool,
 }
 
 impl Reply {
     fn new(answer: Answer, ends: Option<Closed>) -> Reply {
-        Reply { answer, ends }
+        Reply {
+            answer,
+            ends,
+            recorded: false,
+        }
+    }
+
+    fn from_pool(answer: Answer) -> Reply {
+        Reply {
+            recorded: true,
+            ..Reply::new(answer, None)
+        }
     }
 
     fn text(status: u16, text: &str) -> Reply {
@@ -273,51 +277,45 @@ impl Context {
         }
     }
 
-    /// Hands the request to the pool and waits for its answer, its deadline, or the
-    /// worker's giving up.
+    /// Hands the request to the pool and waits for its answer or its deadline. (When the
+    /// worker gives up on its requests, the pool answers them 503 itself.)
     async fn through_pool(&self, request: &Arc<Received>, deadline: Option<Instant>) -> Reply {
-        let mut phase = self.watch_phase();
-        if *phase.borrow() == Phase::Abandoned {
-            return self.abandoned_reply();
-        }
         let Some(mut reply) = self.pool.submit(request.clone()) else {
             return Reply::text(503, "shutting down\n");
         };
-        if self.connections.open() == 1 {
-            if let Some(answer) = spin_for_answer(&mut reply) {
-                return Reply::new(answer, None);
-            }
-        }
         // If hyper drops this future (the client left), a request still queued never
         // reaches the app.
         let _waiting = Waiting {
             pool: &self.pool,
             request,
         };
+        if self.connections.open() == 1 {
+            if let Some(answer) = spin_for_answer(&mut reply) {
+                return Reply::from_pool(answer);
+            }
+        }
         let deadline = async {
             match deadline {
                 Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let answered = tokio::select! {
             biased;
-            answer = &mut reply => match answer {
-                Ok(answer) => Reply::new(answer, None),
-                Err(_) => Reply::text(503, "shutting down\n"),
-            },
+            answer = &mut reply => answer,
             () = deadline => {
-                self.pool.expire(request);
-                self.metrics.count(Event::Timeout);
-                Reply::text(504, "request timed out\n")
+                if self.pool.expire(request) {
+                    self.metrics.count(Event::Timeout);
+                    return Reply::text(504, "request timed out\n");
+                }
+                // The pool answered just now; its answer is on its way.
+                reply.await
             }
-            () = Context::until(&mut phase, |p| *p == Phase::Abandoned) => self.abandoned_reply(),
+        };
+        match answered {
+            Ok(answer) => Reply::from_pool(answer),
+            Err(_) => Reply::text(503, "shutting down\n"),
         }
-    }
-
-    fn abandoned_reply(&self) -> Reply {
-        self.abandoned.fetch_add(1, Ordering::Relaxed);
-        Reply::text(503, "worker replaced\n")
     }
 
     /// Reads the whole body within the limits; see the module docs.
@@ -370,7 +368,8 @@ impl Context {
         Ok(first.unwrap_or_else(|| rest.freeze()))
     }
 
-    /// Sends an answer on its way: CORS, `Connection: close`, metrics, the access line.
+    /// Sends an answer on its way: CORS, `Connection: close`, and (unless the pool did)
+    /// the metrics and the access line.
     fn deliver(
         &self,
         head: &Parts,
@@ -379,7 +378,11 @@ impl Context {
         reply: Reply,
         cors: Option<HeaderValue>,
     ) -> Answer {
-        let Reply { mut answer, ends } = reply;
+        let Reply {
+            mut answer,
+            ends,
+            recorded,
+        } = reply;
         let headers = answer.headers_mut();
         if let Some(origin) = cors {
             headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -391,11 +394,11 @@ impl Context {
         if ends.is_some() || self.phase() != Phase::Serving {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        let took = received.elapsed();
-        let status = answer.status().as_u16();
-        self.metrics.record(&head.method, status, took);
-        if let Some(access) = &self.access {
-            access.write(head, peer, status, bridge::body_len(&answer), took);
+        if !recorded {
+            let status = answer.status().as_u16();
+            let bytes = bridge::body_len(&answer);
+            self.ledger
+                .record(head, peer, status, bytes, received.elapsed());
         }
         answer
     }

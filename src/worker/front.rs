@@ -156,8 +156,9 @@ impl Front {
     pub async fn abandon(&self, deadline: Instant) -> u64 {
         self.context.set_ready(false);
         self.context.set_phase(Phase::Abandoned);
+        let answered = self.context.pool.abandon();
         self.context.connections.all_closed(deadline).await;
-        self.context.abandoned()
+        answered
     }
 }
 

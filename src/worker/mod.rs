@@ -48,7 +48,7 @@ use crate::exit;
 use crate::log;
 use crate::metrics::Recorder;
 use crate::say;
-use access::AccessLog;
+use access::{AccessLog, Ledger};
 use exchange::Context;
 use front::Front;
 use loader::LoadedApp;
@@ -83,6 +83,7 @@ pub fn run() -> Result<i32, Error> {
     log::configure(settings.log_level, settings.log_format);
     let access =
         AccessLog::start(metrics).map_err(|e| Error::boot("cannot start the access log", e))?;
+    let ledger = Arc::new(Ledger::new(metrics, access));
     let app_path = settings.app.clone().ok_or_else(|| {
         Error::boot(
             "the supervisor sent no app path",
@@ -120,6 +121,7 @@ pub fn run() -> Result<i32, Error> {
         },
         status.clone(),
         accepting.clone(),
+        ledger.clone(),
     )
     .map_err(|e| Error::boot("cannot start the pool's threads", e))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -139,7 +141,7 @@ pub fn run() -> Result<i32, Error> {
         Screen::new(&settings),
         &settings,
         metrics,
-        access,
+        ledger,
     ));
     let max_connections = settings.max_connections();
     let mode = settings.mode.name();

@@ -36,6 +36,7 @@ use crossbeam_channel::{Receiver, Sender};
 use http::request::Parts;
 use tokio::sync::oneshot;
 
+use super::access::Ledger;
 use super::bridge::{self, Answer, RequestView};
 use super::front::Accepting;
 use super::loader::LoadedApp;
@@ -71,6 +72,8 @@ mod state {
     pub const WRITTEN_OFF: u8 = 4;
     /// The I/O side stopped waiting (the client left).
     pub const GONE: u8 = 5;
+    /// The worker gave up on it (it is being replaced or its stop deadline passed): 503.
+    pub const ABANDONED: u8 = 6;
 }
 
 /// A request read in full, shared by the I/O task waiting for it and the pool thread
@@ -132,6 +135,7 @@ struct Shared {
     settings: PoolSettings,
     status: Arc<StatusPipe>,
     accepting: Arc<Accepting>,
+    ledger: Arc<Ledger>,
     /// One per live thread (written-off ones included), for the report and the gauges.
     slots: Mutex<Vec<Arc<Slot>>>,
     written_off: AtomicUsize,
@@ -143,14 +147,20 @@ struct Shared {
     recent: Mutex<VecDeque<Duration>>,
 }
 
-/// The request one pool thread is serving, as the report sees it.
+/// The request one pool thread is serving, and where its answer goes: for the report, and
+/// for answering it 503 when the worker gives up on it while the app still runs.
 #[derive(Default)]
 struct Slot {
-    serving: Mutex<Option<Arc<Received>>>,
+    serving: Mutex<Option<Serving>>,
+}
+
+struct Serving {
+    request: Arc<Received>,
+    reply: Option<oneshot::Sender<Answer>>,
 }
 
 impl Slot {
-    fn serving(&self) -> MutexGuard<'_, Option<Arc<Received>>> {
+    fn serving(&self) -> MutexGuard<'_, Option<Serving>> {
         // It guards a plain value; a panic while it was held leaves nothing half done.
         self.serving.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -167,6 +177,7 @@ impl Pool {
         settings: PoolSettings,
         status: Arc<StatusPipe>,
         accepting: Arc<Accepting>,
+        ledger: Arc<Ledger>,
     ) -> std::io::Result<Pool> {
         let (sender, queue) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
@@ -175,6 +186,7 @@ impl Pool {
             sender,
             status,
             accepting,
+            ledger,
             slots: Mutex::new(Vec::new()),
             written_off: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
@@ -198,11 +210,12 @@ impl Pool {
         Some(answer)
     }
 
-    /// The request's deadline passed (its 504 is on its way): a queued request never enters
-    /// the app, and the thread of one inside it is written off and replaced, up to the cap.
-    pub fn expire(&self, request: &Received) {
+    /// The request's deadline passed: a queued request never enters the app, and the
+    /// thread of one inside it is written off and replaced, up to the cap. `false` when the
+    /// pool had answered it already (its answer is on its way).
+    pub fn expire(&self, request: &Received) -> bool {
         if request.moves(state::QUEUED, state::LATE) {
-            return;
+            return true;
         }
         let shared = &self.shared;
         let cap = shared.settings.threads;
@@ -213,17 +226,48 @@ impl Pool {
             })
             .is_ok();
         if !under_cap {
-            request.moves(state::IN_APP, state::LATE);
-            return;
+            return request.moves(state::IN_APP, state::LATE);
         }
         if !request.moves(state::IN_APP, state::WRITTEN_OFF) {
             // It left the app meanwhile: nothing to write off.
             shared.written_off.fetch_sub(1, Ordering::AcqRel);
-            return;
+            return request.state.load(Ordering::Acquire) != state::ANSWERED;
         }
         if let Err(e) = shared.spawn_thread() {
             say!("cannot start a thread to replace one stuck in the app: {e}");
         }
+        true
+    }
+
+    /// Answers 503 to every request queued or inside the app, at once, and lets nothing more
+    /// into the app: the worker gives up on them. Returns how many were answered.
+    pub fn abandon(&self) -> u64 {
+        let shared = &self.shared;
+        shared.stopped.store(true, Ordering::Release);
+        let gone = || bridge::text(503, "worker replaced\n");
+        let mut answered = 0;
+        while let Ok(job) = shared.queue.try_recv() {
+            if let Job::Http { request, reply } = job {
+                if request.moves(state::QUEUED, state::ABANDONED) {
+                    let _ = reply.send(gone());
+                    answered += 1;
+                }
+            }
+        }
+        let slots = lock(&shared.slots).clone();
+        for slot in slots {
+            let taken = slot
+                .serving()
+                .as_mut()
+                .and_then(|s| Some((s.request.clone(), s.reply.take()?)));
+            if let Some((request, reply)) = taken {
+                if request.moves(state::IN_APP, state::ABANDONED) {
+                    let _ = reply.send(gone());
+                    answered += 1;
+                }
+            }
+        }
+        answered
     }
 
     /// The I/O side stopped waiting for `request`: if still queued, it never enters the app.
@@ -260,7 +304,7 @@ impl Pool {
         let slots = lock(&self.shared.slots).clone();
         let mut inside = 0;
         for slot in slots {
-            let Some(request) = slot.serving().clone() else {
+            let Some(request) = slot.serving().as_ref().map(|s| s.request.clone()) else {
                 continue;
             };
             inside += 1;
@@ -340,7 +384,7 @@ impl Shared {
         view: &mut RequestView,
     ) -> bool {
         if !request.moves(state::QUEUED, state::IN_APP) {
-            return false; // late, or its client left
+            return false; // late, gone, or abandoned
         }
         let _inside = self.gate.read().unwrap_or_else(|p| p.into_inner());
         if self.stopped.load(Ordering::Acquire) {
@@ -348,7 +392,10 @@ impl Shared {
             let _ = reply.send(bridge::text(503, "shutting down\n"));
             return false;
         }
-        *slot.serving() = Some(request.clone());
+        *slot.serving() = Some(Serving {
+            request: request.clone(),
+            reply: Some(reply),
+        });
         let answer = match request.kind {
             Kind::Health => health_answer(self.health()),
             Kind::App => {
@@ -356,7 +403,7 @@ impl Shared {
                 bridge::app_answer(&response)
             }
         };
-        *slot.serving() = None;
+        let reply = slot.serving().take().and_then(|s| s.reply);
         if let (Some((_, count)), Kind::App) = (self.settings.slow, request.kind) {
             let mut recent = lock(&self.recent);
             if recent.len() == count {
@@ -366,11 +413,17 @@ impl Shared {
         }
         match request.state.swap(state::ANSWERED, Ordering::AcqRel) {
             state::IN_APP => {
-                let _ = reply.send(answer);
+                if let Some(reply) = reply {
+                    let (status, bytes) = (answer.status().as_u16(), bridge::body_len(&answer));
+                    let took = request.received.elapsed();
+                    self.ledger
+                        .record(&request.head, request.peer, status, bytes, took);
+                    let _ = reply.send(answer);
+                }
                 false
             }
             state::WRITTEN_OFF => true,
-            _ => false, // late: the 504 went out at the deadline
+            _ => false, // late (its 504 went out at the deadline) or abandoned (503)
         }
     }
 
