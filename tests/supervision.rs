@@ -334,21 +334,12 @@ fn sigterm_finishes_slow_requests_and_refuses_new_connections_after_the_drain() 
 fn sighup_replaces_every_worker_under_load_without_a_failed_request() {
     let _serial = serial();
     let dir = TempDir::new("hup");
-    let config = dir.write(
-        "config.json",
+    let service = Service::start_in(
+        &dir,
+        &fixture_lib(),
         r#"{"mode": "production", "threads": 2, "workers": 2}"#,
     );
-    let lib = fixture_lib();
-    let service = Service::spawn(
-        &[
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--app",
-            lib.to_str().expect("utf-8"),
-        ],
-        &[],
-    );
-    service.wait_ready();
+    let config = dir.0.join("config.json");
     let port = service.port;
     let first = wait_for("two workers", Duration::from_secs(5), || {
         let pids = started_workers(&service.log_lines());
@@ -429,18 +420,11 @@ fn sighup_replaces_every_worker_under_load_without_a_failed_request() {
 fn a_connection_accepted_before_a_handover_is_served_after_it() {
     let _serial = serial();
     let dir = TempDir::new("handover");
-    let config = dir.write("config.json", r#"{"mode": "production", "threads": 2}"#);
-    let lib = fixture_lib();
-    let service = Service::spawn(
-        &[
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--app",
-            lib.to_str().expect("utf-8"),
-        ],
-        &[],
+    let service = Service::start_in(
+        &dir,
+        &fixture_lib(),
+        r#"{"mode": "production", "threads": 2}"#,
     );
-    service.wait_ready();
     let port = service.port;
     let old = pid_answer(port).expect("the worker's pid");
     let mut early = TcpStream::connect(("127.0.0.1", port)).expect("connect");

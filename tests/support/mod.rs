@@ -127,6 +127,18 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("running microservice-rust")
 }
 
+/// The binary serving `app` with `config`, written as `config.json` in `dir`.
+fn configured(dir: &TempDir, app: &Path, config: &str, env: &[(&str, &str)]) -> Command {
+    let file = dir.write("config.json", config);
+    let args = [
+        "--config",
+        file.to_str().expect("utf-8 path"),
+        "--app",
+        app.to_str().expect("utf-8 path"),
+    ];
+    command(&args, env)
+}
+
 fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(binary());
     command
@@ -157,14 +169,14 @@ impl Service {
     /// (`Stdio::piped()` leaves it in `child.stdout`).
     pub fn start_with(app: &Path, config: &str, env: &[(&str, &str)], stdout: Stdio) -> Service {
         let dir = TempDir::new("svc");
-        let file = dir.write("config.json", config);
-        let args = [
-            "--config",
-            file.to_str().expect("utf-8 path"),
-            "--app",
-            app.to_str().expect("utf-8 path"),
-        ];
-        let service = Service::launch(command(&args, env), stdout);
+        let service = Service::launch(configured(&dir, app, config, env), stdout);
+        service.wait_ready();
+        service
+    }
+
+    /// Like `start`, with the config file in `dir`, where it stays for SIGHUP to re-read.
+    pub fn start_in(dir: &TempDir, app: &Path, config: &str) -> Service {
+        let service = Service::launch(configured(dir, app, config, &[]), Stdio::null());
         service.wait_ready();
         service
     }
@@ -179,14 +191,7 @@ impl Service {
     /// inherit it).
     pub fn start_with_fd_limit(app: &Path, config: &str, fds: u64) -> Service {
         let dir = TempDir::new("svc");
-        let file = dir.write("config.json", config);
-        let args = [
-            "--config",
-            file.to_str().expect("utf-8 path"),
-            "--app",
-            app.to_str().expect("utf-8 path"),
-        ];
-        let mut command = command(&args, &[]);
+        let mut command = configured(&dir, app, config, &[]);
         // SAFETY: setrlimit only, between fork and exec.
         unsafe {
             use std::os::unix::process::CommandExt;
