@@ -1,13 +1,13 @@
 //! The access log: one line per response on stdout, in the combined log format with the
 //! duration added (`log_format: "text"`) or as a JSON object (`"json"`).
 //!
-//! A request never waits for the log. The line is formatted where the answer leaves (an I/O
-//! thread) straight into a buffer shared with one writer thread, which takes the buffer
-//! every 10 ms and writes it onto stdout in writes of at most `PIPE_BUF` bytes, each of
-//! whole lines (so lines of several workers sharing a pipe never mix). Nothing is
-//! allocated per line and nobody is woken. When stdout is slow or blocked and the buffer
-//! holds [`PENDING_BYTES`], further lines are dropped and counted
-//! (`microservice_log_lines_dropped_total`).
+//! A request never waits for the log. The line is formatted where the answer is made (the
+//! pool thread for the app's answers, an I/O thread for the worker's own) straight into a
+//! buffer shared with one writer thread, which takes the buffer every 10 ms and writes it
+//! onto stdout in writes of at most `PIPE_BUF` bytes, each of whole lines (so lines of
+//! several workers sharing a pipe never mix). Nothing is allocated per line and nobody is
+//! woken. When stdout is slow or blocked and the buffer holds [`PENDING_BYTES`], further
+//! lines are dropped and counted (`microservice_log_lines_dropped_total`).
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -11,10 +11,11 @@
 //!    client.
 //! 4. The request goes to the pool's queue, and this task waits for its answer with a timer
 //!    at the request's deadline: 504 at the deadline, whether the request is still queued
-//!    (it then never reaches the app) or inside the app (its thread is written off).
+//!    (it then never reaches the app) or inside the app (its thread is written off). When
+//!    the worker gives up on its requests, the pool answers them 503 itself.
 //! 5. Every answer leaves through [`Context::deliver`]: CORS headers for an allowed origin,
-//!    `Connection: close` where the stream cannot be trusted or the worker is retiring, the
-//!    metrics and the access line.
+//!    `Connection: close` where the stream cannot be trusted or the worker is retiring, and
+//!    the metrics and the access line for the answers the pool did not record already.
 //!
 //! Nothing here blocks: the app runs only on the pool's threads.
 
