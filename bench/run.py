@@ -825,8 +825,9 @@ def measure_slowloris():
         f"| worker restarted during the run | {'yes' if restarted else 'no'} "
         f"(`started worker` lines: {starts}; worker PIDs seen: {len(result['worker_pids'])}) |",
         "",
-        "Answers: 408 at the head deadline, 503 when shed near the fd limit, `none` when the",
-        "connection ended without one.",
+        "Answers: the status a trickling connection got before the server closed it; `none`",
+        "when it was closed without one (hyper closes a head not complete within",
+        "keep_alive_timeout_s without answering).",
         "",
         "## Targets",
         "",
