@@ -20,7 +20,8 @@ the targets, met or not) and bench/chart.png, then runs the slowloris measuremen
 
 Usage:
   python3 bench/run.py              everything (make bench)
-  python3 bench/run.py slowloris    the slowloris measurement alone (make bench-slowloris)
+  python3 bench/run.py slowloris    the slowloris measurements alone (make bench-slowloris):
+                                    10,000 trickling heads, then 20 and 2,000 trickling bodies
   python3 bench/run.py --help       this text
 
 Environment:
@@ -36,6 +37,7 @@ Environment:
                   target/release's fixture app)
   IO_THREADS      bare hyper's runtime threads (default: the product's io_threads, else 1)
   SLOWLORIS_CONNECTIONS, SLOWLORIS_SECONDS, SLOWLORIS_DRIP   see bench/slowloris.py
+  SLOWLORIS_BODY_SECONDS  how long the trickling bodies' fresh requests run (default 15)
 A binary or library given by PRODUCT_BINARY, EXAMPLE_LIB or FIXTURE_LIB is not built.
 """
 
@@ -843,9 +845,73 @@ def measure_slowloris():
         f"{peak.get('VmRSS', 0) / 1024:.0f} MiB",
         "",
     ]
+    lines += trickling_bodies(threads, io_threads, slowloris, verdict)
     with open(os.path.join(ROOT, "bench", "SLOWLORIS.md"), "w") as f:
         f.write("\n".join(lines))
     return result
+
+
+def trickling_bodies(threads, io_threads, slowloris, verdict):
+    """20, then 2,000 clients trickling a request body beside fresh requests, each at a
+    fresh product with one worker; the lines of SLOWLORIS.md that say how it went."""
+    seconds = float(os.environ.get("SLOWLORIS_BODY_SECONDS", "15"))
+    results = {}
+    for clients in (20, 2000):
+        step(f"trickling bodies: {clients} clients, 1 worker")
+        server = Server("product", {**PRODUCTION, "workers": 1})
+        try:
+            server.ready()
+            result = slowloris.measure(server.port, server.workers, clients, seconds,
+                                       bodies=True)
+        finally:
+            server.stop()
+        starts = sum("started worker" in line for line in server.log)
+        result["restarted"] = starts > 1 or len(result["worker_pids"]) > 1
+        results[clients] = result
+        probe = result["probe"]
+        step(f"trickling bodies, {clients} clients: fresh requests failed "
+             f"{probe['failures']}, p99 {probe['p99_ms']} ms")
+
+    def row(label, pick):
+        return f"| {label} | {pick(results[20])} | {pick(results[2000])} |"
+
+    def answered(r):
+        return f"{r['probe']['requests'] - r['probe']['failures']:,} / {r['probe']['failures']}"
+
+    lines = [
+        "## Trickling bodies",
+        "",
+        "Each client sends the whole head of a POST declaring a body of 1,000,000 bytes, then",
+        f"one byte of the body every {slowloris.DRIP:g} s (as `slowhttptest -B`), beside a fresh",
+        f"`GET /` every 20 ms for {seconds:g} s; a fresh product with one worker for each count.",
+        "The worker reads bodies on its I/O thread, so none of its 17 pool threads waits for",
+        "them.",
+        "",
+        "| figure | 20 clients | 2,000 clients |",
+        "|---|---|---|",
+        row("fresh requests: answered / failed", answered),
+        row("fresh requests: p50 / p99 / max (ms)", lambda r: f"{r['probe']['p50_ms']} / "
+            f"{r['probe']['p99_ms']} / {r['probe']['max_ms']}"),
+        row("worker: threads (peak)", lambda r: f"{r['worker_peak'].get('Threads', 0):,}"),
+        row("worker: resident memory (peak, MiB)",
+            lambda r: f"{r['worker_peak'].get('VmRSS', 0) / 1024:.0f}"),
+        row("worker restarted during the run", lambda r: "yes" if r["restarted"] else "no"),
+        "",
+        "### Targets",
+        "",
+    ]
+    for clients, result in results.items():
+        probe, p99 = result["probe"], result["probe"]["p99_ms"]
+        lines += [
+            f"- {verdict(probe['failures'] == 0)}: {clients:,} clients: no fresh request "
+            f"fails: {probe['failures']} failed",
+            f"- {verdict(p99 is not None and p99 < 20)}: {clients:,} clients: fresh requests' "
+            f"p99 < 20 ms: {p99} ms",
+            f"- {verdict(not result['restarted'])}: {clients:,} clients: no worker restart: "
+            f"{'restarted' if result['restarted'] else 'not restarted'}",
+        ]
+    lines.append("")
+    return lines
 
 
 def main():

