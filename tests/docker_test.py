@@ -208,7 +208,9 @@ def test_the_watchdog_replaces_a_hung_worker_in_the_container():
     wait_for("the watchdog's replacement", 15,
              lambda: "took over from" in logs(name) and "(watchdog)" in logs(name))
     replaced = time.monotonic() - started
-    assert get(port, "/")[0] == 200
+    # Until the old worker has stopped accepting, a new connection may still reach it, and
+    # it answers what it has read with 503, as it should.
+    wait_for("the new worker serving", 5, lambda: get(port, "/")[0] == 200)
     assert docker("inspect", "-f", "{{.State.Running}}", name) == "true"
     for t in hung:
         t.join()
