@@ -46,7 +46,8 @@ pub enum Phase {
     Serving,
     /// Retiring: answers carry `Connection: close`; nothing new is accepted.
     Draining,
-    /// Everything still waiting is answered 503 at once.
+    /// The worker gave up on what it had read (the pool answered it 503); as `Draining`
+    /// otherwise.
     Abandoned,
 }
 
@@ -113,10 +114,10 @@ impl Context {
         *self.phase.borrow()
     }
 
-    /// Resolves once the worker's phase satisfies `reached`.
-    pub async fn until(phase: &mut watch::Receiver<Phase>, reached: impl FnMut(&Phase) -> bool) {
-        // A closed channel (never: the context holds the sender) reads as reached.
-        let _ = phase.wait_for(reached).await;
+    /// Resolves once the worker is no longer serving (it is being retired).
+    pub async fn retiring(phase: &mut watch::Receiver<Phase>) {
+        // A closed channel (never: the context holds the sender) reads as retiring.
+        let _ = phase.wait_for(|p| *p != Phase::Serving).await;
     }
 
     /// Writes out the access lines still waiting: the worker is about to exit.

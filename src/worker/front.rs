@@ -175,12 +175,12 @@ impl Acceptor {
         loop {
             let permit = tokio::select! {
                 biased;
-                () = Context::until(&mut phase, |p| *p != Phase::Serving) => break,
+                () = Context::retiring(&mut phase) => break,
                 permit = self.context.connections.admit(&self.context.metrics) => permit,
             };
             let accepted = tokio::select! {
                 biased;
-                () = Context::until(&mut phase, |p| *p != Phase::Serving) => break,
+                () = Context::retiring(&mut phase) => break,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
@@ -206,7 +206,7 @@ impl Acceptor {
                         self.context.metrics.count(Event::AcceptError);
                         self.accepting.failed(&e);
                         tokio::select! {
-                            () = Context::until(&mut phase, |p| *p != Phase::Serving) => break,
+                            () = Context::retiring(&mut phase) => break,
                             _ = tokio::time::sleep(ACCEPT_RETRY) => {}
                         }
                     }
@@ -242,7 +242,7 @@ impl Connection {
         let mut phase = self.context.watch_phase();
         let ended = tokio::select! {
             ended = connection.as_mut() => ended,
-            () = Context::until(&mut phase, |p| *p != Phase::Serving) => {
+            () = Context::retiring(&mut phase) => {
                 if begun.load(Ordering::Relaxed) {
                     connection.as_mut().graceful_shutdown();
                 }

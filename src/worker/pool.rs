@@ -5,8 +5,9 @@
 //!
 //! * A request reaches the pool read in full (see `exchange`), as a [`Received`] shared by
 //!   the I/O task that waits for its answer and the pool thread that serves it. Its
-//!   `state` says where it is: queued, inside the app, answered, or given up by the I/O
-//!   side. The I/O side keeps the request's deadline with a timer of its own, so a 504
+//!   `state` says where it is: queued, inside the app, answered, given up by the I/O
+//!   side (deadline, client gone), or given up by the worker (answered 503 by
+//!   [`Pool::abandon`]). The I/O side keeps the request's deadline with a timer of its own, so a 504
 //!   goes out at the deadline whether the request is queued or inside the app, however
 //!   many threads are stuck.
 //! * A pool thread takes a request from the queue only if it is still queued (compare and
