@@ -20,6 +20,11 @@ use crate::worker;
     version,
     about = "Serves an HTTP app built as a dynamic library: a supervisor, worker processes, \
              a thread pool with request timeouts, and a reloading dev mode.",
+    after_help = "The first directory with a config.json wins: --config FILE alone; each \
+                  directory of CONFIG_PATH; /opt/$MICROSERVICE_NAME/$CONFIG_DIR/<ENV> and its \
+                  parents (with MICROSERVICE_APP_ID); ./$CONFIG_DIR/<ENV> and its parents \
+                  from the working directory; /etc/microservice-rust/config.json. \
+                  CONFIG_DIR defaults to `config`.",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -44,7 +49,9 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct ConfigArgs {
-    /// The environment: selects config/<ENV>/config.json.
+    /// The environment: selects config/<ENV>/config.json (see the order below) and, where
+    /// the config sets no `mode`, the mode: production for `production` and below
+    /// (`production/eu`), dev for any other.
     #[arg(long, env = "MICROSERVICE_ENV", value_name = "ENV")]
     env: Option<String>,
     /// Use this config file alone instead of looking one up.
@@ -145,6 +152,7 @@ fn check_config(args: ConfigArgs) -> Result<i32, Error> {
     let report = json!({
         "source": loaded.source_name(),
         "env": lookup.env,
+        "mode_from": loaded.mode_origin(),
         "config": config::redact(&loaded.effective()),
     });
     let text = serde_json::to_string_pretty(&report).expect("a JSON value always serializes");

@@ -218,6 +218,85 @@ fn the_example_configs_are_valid_and_production_has_4_threads() {
     );
 }
 
+/// From an app's own directory, `--env ENV` finds `./config/ENV/config.json` (after
+/// `CONFIG_PATH` and before the image's defaults); relative paths in it are taken from its
+/// directory; without a `mode` in it, the environment's name chooses the mode.
+#[test]
+fn an_app_directory_has_its_configs_found_and_the_environment_chooses_the_mode() {
+    let dir = TempDir::new("appdir");
+    dir.write(
+        "config/production/config.json",
+        r#"{"threads": 4, "app": "../../target/libhello.so", "greeting": "hi"}"#,
+    );
+    dir.write("config/config.json", r#"{"threads": 3}"#);
+    let check_in = |env: &str, vars: &[(&str, &str)]| -> Value {
+        let output = run_in(&dir.0, &["check-config", "--env", env], vars);
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        serde_json::from_slice(&output.stdout).expect("JSON")
+    };
+    let report = check_in("production", &[]);
+    let file = dir.0.join("config/production/config.json");
+    assert_eq!(report["source"], file.display().to_string());
+    assert_eq!(report["mode_from"], "from the environment `production`");
+    let config = &report["config"];
+    assert_eq!(config["mode"], "production");
+    assert_eq!(config["threads"], 4);
+    assert_eq!(config["request_timeout_s"], 60.0);
+    assert_eq!(config["watchdog"]["enabled"], true);
+    assert_eq!(
+        config["app"],
+        dir.0
+            .join("config/production/../../target/libhello.so")
+            .display()
+            .to_string()
+    );
+    // Below production is production; the walk goes up to `config/` itself.
+    let eu = check_in("production/eu", &[]);
+    assert_eq!(eu["source"], file.display().to_string());
+    let staging = check_in("staging", &[]);
+    assert_eq!(
+        staging["source"],
+        dir.0.join("config/config.json").display().to_string()
+    );
+    assert_eq!(staging["config"]["mode"], "dev");
+    // CONFIG_PATH comes first.
+    let other = TempDir::new("first");
+    other.write("config.json", r#"{"mode": "dev"}"#);
+    let first = check_in(
+        "production",
+        &[("CONFIG_PATH", other.0.to_str().expect("utf-8"))],
+    );
+    assert_eq!(first["config"]["mode"], "dev");
+    assert!(first["mode_from"]
+        .as_str()
+        .is_some_and(|m| m.starts_with("set by `mode` in")));
+}
+
+/// `--env production` with no config file at all serves in production mode, and says why.
+#[test]
+fn env_production_alone_means_production() {
+    let mut service = Service::spawn(
+        &[
+            "--env",
+            "production",
+            "--app",
+            fixture_lib().to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    service.wait_ready();
+    assert!(
+        logged(
+            &service,
+            "(production mode, from the environment `production`; 1 worker(s) of 17 thread(s)"
+        ),
+        "{:?}",
+        service.log_lines()
+    );
+    service.signal(15);
+    assert_eq!(service.wait_exit(std::time::Duration::from_secs(10)), 0);
+}
+
 #[test]
 fn help_lists_every_flag_with_its_environment_twin() {
     let output = run(&["--help"], &[]);

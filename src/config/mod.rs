@@ -1,23 +1,16 @@
-//! Configuration: where `config.json` is found, the supervisor's keys, their defaults and
-//! their validation.
+//! Configuration: the supervisor's keys, their defaults and their validation; where
+//! `config.json` is found is in [`lookup`].
 //!
-//! The lookup follows Armada's hermes: the **first** directory holding a `config.json` wins,
-//! and keys it lacks take the built-in defaults (files are never merged):
-//!
-//! 1. `--config FILE`: that file alone;
-//! 2. each directory of `CONFIG_PATH` (`:`-separated), in order;
-//! 3. `/opt/$MICROSERVICE_NAME/$CONFIG_DIR/…` for the environment and its parents, deepest
-//!    first, with the `MICROSERVICE_APP_ID` combinations, then `$CONFIG_DIR/` itself;
-//! 4. the image's own defaults file, [`IMAGE_DEFAULTS`].
-//!
-//! With none found, the built-in defaults apply; `config.json` at the repository root is the
-//! same set written out, and a test keeps the two equal.
-//!
-//! Supervisor keys are checked strictly; every other top-level key belongs to the app, which
-//! receives the whole resolved object.
+//! `config.json` at the repository root is the built-in defaults written out, and a test
+//! keeps the two equal. Supervisor keys are checked strictly; every other top-level key
+//! belongs to the app, which receives the whole resolved object.
+
+mod lookup;
+
+pub use lookup::{find_app, Loaded, Lookup};
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
@@ -37,6 +30,15 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The mode an environment chooses when the config does not: `production` and the
+    /// environments below it (`production/eu`) are production, any other is dev.
+    pub fn for_env(env: &str) -> Mode {
+        match env == "production" || env.starts_with("production/") {
+            true => Mode::Production,
+            false => Mode::Dev,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Mode::Dev => "dev",
@@ -77,7 +79,11 @@ pub struct DevSettings {
 /// The supervisor's keys, typed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
+    /// The mode in force.
     pub mode: Mode,
+    /// The key that set the mode (`mode` or `use_apache`); `None`: the environment chose
+    /// it (see `Loaded`).
+    pub mode_key: Option<&'static str>,
     pub threads: usize,
     pub workers: usize,
     /// tokio threads per worker for connection I/O.
@@ -162,6 +168,7 @@ impl Default for Settings {
     fn default() -> Settings {
         Settings {
             mode: Mode::Dev,
+            mode_key: None,
             threads: 17,
             workers: 1,
             io_threads: DEFAULT_IO_THREADS,
@@ -251,8 +258,12 @@ impl Settings {
             true => json!(self.max_connections()),
             false => json!(self.max_connections),
         };
+        let mode = match (resolved, self.mode_key) {
+            (false, None) => Value::Null,
+            _ => json!(self.mode.name()),
+        };
         json!({
-            "mode": self.mode.name(),
+            "mode": mode,
             "threads": self.threads,
             "workers": self.workers,
             "io_threads": self.io_threads,
@@ -391,6 +402,7 @@ impl Settings {
                     Some("production") => Mode::Production,
                     _ => return Err(r.fail("mode", "\"dev\" or \"production\"", v)),
                 };
+                s.mode_key = Some("mode");
                 if use_apache == Some(true) && s.mode == Mode::Dev {
                     return Err(Error::config(
                         source,
@@ -399,7 +411,10 @@ impl Settings {
                     ));
                 }
             }
-            (None, Some(true)) => s.mode = Mode::Production,
+            (None, Some(true)) => {
+                s.mode = Mode::Production;
+                s.mode_key = Some("use_apache");
+            }
             (None, _) => {}
         }
 
@@ -594,232 +609,11 @@ fn short_kind(value: &Value) -> &'static str {
     }
 }
 
-/// Where to look, taken from the command line and the environment.
-#[derive(Clone, Debug, Default)]
-pub struct Lookup {
-    /// `--config FILE`.
-    pub file: Option<PathBuf>,
-    /// `--env`, `MICROSERVICE_ENV` or `dev`.
-    pub env: String,
-    pub config_path: Option<String>,
-    pub microservice_name: Option<String>,
-    pub config_dir: String,
-    pub app_id: Option<String>,
-    pub image_defaults: PathBuf,
-}
-
-impl Lookup {
-    /// The lookup as this process's environment describes it.
-    pub fn from_environment(file: Option<PathBuf>, env: Option<String>) -> Lookup {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        Lookup {
-            file,
-            env: env
-                .or_else(|| var("MICROSERVICE_ENV"))
-                .unwrap_or_else(|| "dev".into()),
-            config_path: var("CONFIG_PATH"),
-            microservice_name: var("MICROSERVICE_NAME"),
-            config_dir: var("CONFIG_DIR").unwrap_or_else(|| "config".into()),
-            app_id: var("MICROSERVICE_APP_ID"),
-            image_defaults: PathBuf::from(IMAGE_DEFAULTS),
-        }
-    }
-
-    /// The directories searched for `config.json`, in order (without `--config`).
-    pub fn directories(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = self
-            .config_path
-            .iter()
-            .flat_map(|p| p.split(':'))
-            .filter(|d| !d.is_empty())
-            .map(PathBuf::from)
-            .collect();
-        if let Some(name) = &self.microservice_name {
-            let base = Path::new("/opt").join(name).join(&self.config_dir);
-            dirs.extend(
-                env_subdirectories(&self.env, self.app_id.as_deref())
-                    .into_iter()
-                    .map(|sub| base.join(sub)),
-            );
-        }
-        if let Some(parent) = self.image_defaults.parent() {
-            dirs.push(parent.to_path_buf());
-        }
-        dirs
-    }
-
-    /// Finds, reads and validates the config.
-    pub fn resolve(&self) -> Result<Loaded, Error> {
-        check_env_name(&self.env)?;
-        if let Some(file) = &self.file {
-            return Loaded::read(file);
-        }
-        for dir in self.directories() {
-            let file = dir.join("config.json");
-            if file.is_file() {
-                return Loaded::read(&file);
-            }
-        }
-        Loaded::from_value(json!({}), None)
-    }
-}
-
-fn check_env_name(env: &str) -> Result<(), Error> {
-    let ok = !env.is_empty()
-        && !env.starts_with('/')
-        && env
-            .split('/')
-            .all(|part| !part.is_empty() && part != "." && part != "..");
-    match ok {
-        true => Ok(()),
-        false => Err(Error::config(
-            "--env / MICROSERVICE_ENV",
-            format!("expected a name such as `production` or `production/eu`, found {env:?}"),
-        )),
-    }
-}
-
-/// The sub-directories of `$CONFIG_DIR` for an environment, deepest first, as Armada builds
-/// them: the environment, `env/app_id` and `app_id/env`, each with all its parents, and
-/// finally `$CONFIG_DIR` itself (the empty path).
-pub fn env_subdirectories(env: &str, app_id: Option<&str>) -> Vec<String> {
-    let mut combos = Vec::new();
-    if let Some(app) = app_id {
-        combos.push(format!("{env}/{app}"));
-        combos.push(format!("{app}/{env}"));
-    }
-    combos.push(env.to_string());
-    let mut dirs: Vec<String> = Vec::new();
-    for combo in &combos {
-        let parts: Vec<&str> = combo.split('/').collect();
-        for depth in (1..=parts.len()).rev() {
-            let dir = parts[..depth].join("/");
-            if !dirs.contains(&dir) {
-                dirs.push(dir);
-            }
-        }
-    }
-    // Stable: among equal depths the order above (env/app, app/env, env) is kept.
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.split('/').count()));
-    dirs.push(String::new());
-    dirs
-}
-
-/// A resolved config: the typed supervisor settings and the whole object for the app.
-#[derive(Clone, Debug)]
-pub struct Loaded {
-    pub settings: Settings,
-    /// The object as read, with command-line overrides applied.
-    pub value: Value,
-    /// The file it came from; `None` for the built-in defaults.
-    pub source: Option<PathBuf>,
-}
-
-impl Loaded {
-    pub fn read(file: &Path) -> Result<Loaded, Error> {
-        let shown = file.display().to_string();
-        let text = std::fs::read_to_string(file).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::config(&shown, "file not found"),
-            _ => Error::config(&shown, format!("cannot read it: {e}")),
-        })?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::config(&shown, format!("not valid JSON: {e}")))?;
-        Loaded::from_value(value, Some(file.to_path_buf()))
-    }
-
-    pub fn from_value(value: Value, source: Option<PathBuf>) -> Result<Loaded, Error> {
-        let settings = Settings::from_json(&value, &source_name(source.as_deref()))?;
-        Ok(Loaded {
-            settings,
-            value,
-            source,
-        })
-    }
-
-    /// Applies a command-line value over the file's, re-validating it under `flag`'s name.
-    pub fn set(&mut self, key: &str, value: Value, flag: &str) -> Result<(), Error> {
-        let mut candidate = self.value.clone();
-        match candidate.as_object_mut() {
-            Some(map) => map.insert(key.to_string(), value),
-            None => unreachable!("validated as an object when loaded"),
-        };
-        self.settings = Settings::from_json(&candidate, flag)?;
-        self.value = candidate;
-        Ok(())
-    }
-
-    /// The object handed to the app and printed by `check-config`: the app's keys as read,
-    /// and every supervisor key with the value in force.
-    pub fn effective(&self) -> Value {
-        let mut out = self.value.as_object().cloned().unwrap_or_default();
-        for key in ["use_apache", "apache_config"] {
-            out.remove(key);
-        }
-        if let Value::Object(supervisor) = self.settings.to_json(true) {
-            out.extend(supervisor);
-        }
-        Value::Object(out)
-    }
-
-    pub fn source_name(&self) -> String {
-        source_name(self.source.as_deref())
-    }
-}
-
-fn source_name(source: Option<&Path>) -> String {
-    source.map_or_else(
-        || "built-in defaults".to_string(),
-        |p| p.display().to_string(),
-    )
-}
-
-/// The app library to serve: `app` from the config (or `--app`), else the single `*.so` in
-/// `/opt/$MICROSERVICE_NAME/lib/`.
-pub fn find_app(
-    configured: Option<&Path>,
-    microservice_name: Option<&str>,
-) -> Result<PathBuf, Error> {
-    if let Some(path) = configured {
-        return Ok(path.to_path_buf());
-    }
-    let Some(name) = microservice_name else {
-        return Err(Error::app(
-            Path::new("(none)"),
-            "no app library given: set `app` in config.json, pass --app, or set \
-             MICROSERVICE_NAME and put the library in /opt/$MICROSERVICE_NAME/lib/",
-        ));
-    };
-    let dir = Path::new("/opt").join(name).join("lib");
-    let entries = std::fs::read_dir(&dir)
-        .map_err(|e| Error::app(&dir, format!("cannot list the app directory: {e}")))?;
-    let mut libraries: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "so"))
-        .collect();
-    libraries.sort();
-    match libraries.len() {
-        1 => Ok(libraries.remove(0)),
-        0 => Err(Error::app(
-            &dir,
-            "holds no *.so library; set `app` or pass --app",
-        )),
-        _ => Err(Error::app(
-            &dir,
-            format!(
-                "holds several libraries ({}); set `app` or pass --app to choose one",
-                libraries
-                    .iter()
-                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::lookup::env_subdirectories;
     use super::*;
+    use std::path::Path;
 
     fn root_config() -> Value {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.json");
@@ -871,6 +665,61 @@ mod tests {
     }
 
     #[test]
+    fn the_environment_chooses_the_mode_unless_the_config_sets_it() {
+        for (env, mode) in [
+            ("production", Mode::Production),
+            ("production/eu", Mode::Production),
+            ("dev", Mode::Dev),
+            ("staging", Mode::Dev),
+            ("productionish", Mode::Dev),
+        ] {
+            let loaded = Loaded::from_value(json!({}), None, env).expect("valid");
+            assert_eq!(loaded.settings.mode, mode, "{env}");
+            assert_eq!(
+                loaded.mode_origin(),
+                format!("from the environment `{env}`")
+            );
+        }
+        let set = Loaded::from_value(json!({"mode": "dev"}), None, "production").expect("ok");
+        assert_eq!(set.settings.mode, Mode::Dev);
+        assert_eq!(set.mode_origin(), "set by `mode` in built-in defaults");
+        let apache = Loaded::from_value(json!({"use_apache": true}), None, "dev").expect("ok");
+        assert_eq!(apache.settings.mode, Mode::Production);
+        // A command-line override keeps the environment's choice.
+        let mut overridden = Loaded::from_value(json!({}), None, "production").expect("ok");
+        overridden
+            .set("port", json!(8080), "--port")
+            .expect("valid");
+        assert_eq!(overridden.settings.mode, Mode::Production);
+        // The worker gets the mode written out.
+        assert_eq!(overridden.effective()["mode"], "production");
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_are_taken_from_its_directory() {
+        let dir = std::env::temp_dir().join(format!("msr-paths-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("config/dev")).expect("mkdir");
+        let file = dir.join("config/dev/config.json");
+        let text =
+            r#"{"app": "../../target/libhello.so", "dev": {"watch": ["../../src", "/abs"]}}"#;
+        std::fs::write(&file, text).expect("write");
+        let loaded = Loaded::read(&file, "dev").expect("valid");
+        let from = dir.join("config/dev");
+        assert_eq!(
+            loaded.settings.app,
+            Some(from.join("../../target/libhello.so"))
+        );
+        assert_eq!(
+            loaded.settings.dev.watch,
+            [
+                from.join("../../src").display().to_string(),
+                "/abs".to_string()
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn flask_thread_key_is_the_same_as_threads() {
         let s = Settings::from_json(
             &json!({"apache_config": {"wsgi_worker_threads_count": 4, "other": 1}}),
@@ -893,7 +742,8 @@ mod tests {
     #[test]
     fn effective_config_resolves_the_mode_dependent_keys_and_keeps_app_keys() {
         let loaded =
-            Loaded::from_value(json!({"mode": "production", "rums_limit": 2}), None).expect("ok");
+            Loaded::from_value(json!({"mode": "production", "rums_limit": 2}), None, "dev")
+                .expect("ok");
         let effective = loaded.effective();
         assert_eq!(effective["rums_limit"], 2);
         assert_eq!(effective["request_timeout_s"], 60.0);
@@ -984,7 +834,7 @@ mod tests {
         runner
             .run(&any_json(), |value| {
                 let _ = Settings::from_json(&value, "fuzz.json");
-                let _ = Loaded::from_value(value, None);
+                let _ = Loaded::from_value(value, None, "production");
                 Ok(())
             })
             .expect("no panic");

@@ -193,8 +193,9 @@ impl Supervisor {
         signals::forward(sender.clone())?;
         let settings = &loaded.settings;
         say!(
-            "listening on http://{address} ({} mode, {} worker(s) of {} thread(s), config: {})",
+            "listening on http://{address} ({} mode, {}; {} worker(s) of {} thread(s); config: {})",
             settings.mode.name(),
+            loaded.mode_origin(),
             settings.workers,
             settings.pool_threads(),
             loaded.source_name()

@@ -127,6 +127,14 @@ pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("running microservice-rust")
 }
 
+/// Like `run`, in the working directory `dir`.
+pub fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(args, env)
+        .current_dir(dir)
+        .output()
+        .expect("running microservice-rust")
+}
+
 /// The binary serving `app` with `config`, written as `config.json` in `dir`.
 fn configured(dir: &TempDir, app: &Path, config: &str, env: &[(&str, &str)]) -> Command {
     let file = dir.write("config.json", config);
