@@ -12,6 +12,7 @@ use crate::config::{self, Loaded, Lookup};
 use crate::control;
 use crate::error::Error;
 use crate::supervisor::{self, Supervisor};
+use crate::warn;
 use crate::worker;
 
 #[derive(Parser)]
@@ -146,9 +147,13 @@ fn from_environment(loaded: &mut Loaded) -> Result<(), Error> {
 }
 
 fn check_config(args: ConfigArgs) -> Result<i32, Error> {
+    crate::log::set_role("check-config");
     let lookup = Lookup::from_environment(args.config, args.env);
     let mut loaded = lookup.resolve()?;
     from_environment(&mut loaded)?;
+    for warning in loaded.warnings() {
+        warn!("config: {warning}");
+    }
     let report = json!({
         "source": loaded.source_name(),
         "env": lookup.env,

@@ -118,6 +118,12 @@ macro_rules! say {
     ($($arg:tt)*) => { $crate::log::line($crate::log::Level::Info, format_args!($($arg)*)) };
 }
 
+/// `warn!("…")`: one log line at level warn.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log::line($crate::log::Level::Warn, format_args!($($arg)*)) };
+}
+
 /// A moment in UTC on the calendar, for log lines.
 pub struct Civil {
     pub year: i64,

@@ -297,6 +297,38 @@ fn env_production_alone_means_production() {
     assert_eq!(service.wait_exit(std::time::Duration::from_secs(10)), 0);
 }
 
+/// A top-level key close to a server key is warned about, naming the key it resembles; it
+/// is not refused (app keys share that level).
+#[test]
+fn keys_that_look_like_server_keys_are_warned_about() {
+    let dir = TempDir::new("near");
+    let file = dir.write(
+        "config.json",
+        r#"{"thread": 4, "request_timeout": 3, "rums_limit": 2}"#,
+    );
+    let output = run(
+        &["check-config", "--config", file.to_str().expect("utf-8")],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for (key, like) in [
+        ("thread", "threads"),
+        ("request_timeout", "request_timeout_s"),
+    ] {
+        let expected = format!(
+            "check-config: config: {}: key `{key}` is not a server key (the app gets it as it \
+             is); did you mean `{like}`?",
+            file.display()
+        );
+        assert!(stderr.contains(&expected), "{stderr}");
+    }
+    assert!(!stderr.contains("rums_limit"), "{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["config"]["threads"], 17);
+    assert_eq!(report["config"]["thread"], 4);
+}
+
 #[test]
 fn help_lists_every_flag_with_its_environment_twin() {
     let output = run(&["--help"], &[]);

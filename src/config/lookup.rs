@@ -203,6 +203,21 @@ impl Loaded {
         source_name(self.source.as_deref())
     }
 
+    /// What looks wrong in the config without being an error: top-level keys that are not
+    /// server keys but look like one (they may be the app's).
+    pub fn warnings(&self) -> Vec<String> {
+        super::near_misses(&self.value)
+            .into_iter()
+            .map(|(key, like)| {
+                format!(
+                    "{}: key `{key}` is not a server key (the app gets it as it is); did you \
+                     mean `{like}`?",
+                    self.source_name()
+                )
+            })
+            .collect()
+    }
+
     /// Where the mode in force came from, for the start line and `check-config`.
     pub fn mode_origin(&self) -> String {
         match self.settings.mode_key {

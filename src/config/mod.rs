@@ -512,6 +512,67 @@ impl Settings {
     }
 }
 
+/// Top-level keys of the config that are not server keys but look like one (an edit
+/// distance of at most 2: `thread`, `request_timeout`), with the key each resembles. They
+/// are only warned about: app keys live at the same level.
+pub fn near_misses(value: &Value) -> Vec<(String, &'static str)> {
+    let Some(top) = value.as_object() else {
+        return Vec::new();
+    };
+    top.keys()
+        .filter(|key| !SERVER_KEYS.contains(&key.as_str()))
+        .filter_map(|key| {
+            let (distance, like) = SERVER_KEYS
+                .iter()
+                .map(|known| (edit_distance(key, known), *known))
+                .min()?;
+            (distance <= 2).then(|| (key.clone(), like))
+        })
+        .collect()
+}
+
+/// Every top-level server key: those `to_json` writes, and the Flask image's two.
+const SERVER_KEYS: [&str; 22] = [
+    "mode",
+    "threads",
+    "workers",
+    "io_threads",
+    "max_connections",
+    "host",
+    "port",
+    "app",
+    "request_timeout_s",
+    "keep_alive_timeout_s",
+    "max_body_bytes",
+    "watchdog",
+    "drain_time_s",
+    "stop_timeout_s",
+    "dev",
+    "log_level",
+    "log_format",
+    "max_header_bytes",
+    "api_key",
+    "cors_allow_origin_regex",
+    "use_apache",
+    "apache_config",
+];
+
+/// The Levenshtein distance between two keys (they are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
 /// The API key: visible ASCII without spaces (a key read from a file with its newline
 /// would never match a header). Errors never show the value.
 fn api_key(r: &Reader, value: &Value) -> Result<Secret, Error> {
@@ -717,6 +778,41 @@ mod tests {
             ]
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn keys_near_a_server_key_are_found_and_others_left_alone() {
+        let written: Vec<String> = Settings::default()
+            .to_json(false)
+            .as_object()
+            .expect("an object")
+            .keys()
+            .cloned()
+            .collect();
+        for key in &written {
+            assert!(
+                SERVER_KEYS.contains(&key.as_str()),
+                "{key} is not in SERVER_KEYS"
+            );
+        }
+        assert_eq!(written.len() + 2, SERVER_KEYS.len());
+        let config = json!({
+            "thread": 4, "request_timeout": 5, "threads": 2, "rums_limit": 3,
+            "greeting": "hi", "modes": 1, "log_formats": "json"
+        });
+        let mut found = near_misses(&config);
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                ("log_formats".to_string(), "log_format"),
+                ("modes".to_string(), "mode"),
+                ("request_timeout".to_string(), "request_timeout_s"),
+                ("thread".to_string(), "threads"),
+            ]
+        );
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 
     #[test]

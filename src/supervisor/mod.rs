@@ -37,7 +37,7 @@ use crate::error::Error;
 use crate::exit;
 use crate::log;
 use crate::metrics::{self, Restart, METRICS_FD};
-use crate::say;
+use crate::{say, warn};
 use listen::AddressFile;
 use reload::{Changed, Identity};
 
@@ -182,6 +182,9 @@ impl Supervisor {
         log::configure(loaded.settings.log_level, loaded.settings.log_format);
         become_subreaper();
         let settings = &loaded.settings;
+        for warning in loaded.warnings() {
+            warn!("config: {warning}");
+        }
         let listener = listen::bind(settings.host, settings.port)?;
         let address = listener
             .local_addr()
@@ -558,6 +561,9 @@ impl Supervisor {
                 return;
             }
         };
+        for warning in loaded.warnings() {
+            warn!("SIGHUP: config: {warning}");
+        }
         let bound = self.listener.local_addr().map(|a| a.port()).unwrap_or(0);
         if loaded.settings.port != bound && loaded.settings.port != 0 {
             say!("SIGHUP: a new port needs a restart; keeping port {bound}");
