@@ -130,6 +130,8 @@ fn resolve_run(args: &RunArgs) -> Result<Loaded, Error> {
     }
     let name = std::env::var("MICROSERVICE_NAME").ok();
     let app = config::find_app(loaded.settings.app.as_deref(), name.as_deref())?;
+    // Refused before anything is bound or started (the worker's load tells the rest).
+    config::check_library(&app)?;
     loaded.set("app", json!(app.display().to_string()), "the app path")?;
     Ok(loaded)
 }

@@ -143,9 +143,13 @@ def test_the_base_image_default_config_is_the_last_fallback():
     with open(os.path.join(os.path.dirname(__file__), "..", "config.json")) as f:
         shipped = json.load(f)
     config = report["config"]
-    for key in ("mode", "threads", "workers", "port", "max_body_bytes", "stop_timeout_s"):
+    for key in ("threads", "workers", "port", "max_body_bytes", "stop_timeout_s"):
         assert config[key] == shipped[key], (key, config[key], shipped[key])
-    return "check-config in the base image reads /etc/microservice-rust/config.json"
+    # The shipped config leaves the mode to the environment, which is dev by default.
+    assert shipped["mode"] is None, shipped["mode"]
+    assert (config["mode"], report["mode_from"]) == ("dev", "from the environment `dev`"), report
+    return ("check-config in the base image reads /etc/microservice-rust/config.json; "
+            "mode dev from the environment")
 
 
 def test_docker_reports_healthy_on_a_port_given_on_the_command_line():

@@ -22,6 +22,31 @@ fn refuses(app: &Path, problem: &str) {
     assert!(log.contains(&expected), "expected {expected:?} in:\n{log}");
 }
 
+/// Asserts that `app` is refused with `problem` before the service binds anything.
+fn refuses_before_binding(app: &Path, problem: &str) {
+    let log = fails_to_start(app);
+    let expected = format!("cannot load the app {}: {problem}", app.display());
+    assert!(log.contains(&expected), "expected {expected:?} in:\n{log}");
+    assert!(
+        !log.contains("listening on"),
+        "refused only after binding:\n{log}"
+    );
+}
+
+/// Compiles the C `source` with `cc KIND -fPIC` into `dir/output`.
+fn cc(dir: &TempDir, kind: &str, source: &str, output: &str) -> std::path::PathBuf {
+    let source = dir.write("source.c", source);
+    let path = dir.0.join(output);
+    let status = std::process::Command::new("cc")
+        .args([kind, "-fPIC", "-o"])
+        .arg(&path)
+        .arg(&source)
+        .status()
+        .expect("cc");
+    assert!(status.success());
+    path
+}
+
 /// `fails_to_start` with a config of our choosing.
 fn fails_to_start_with(app: &Path, config: &str) -> String {
     let (code, log) = start_once(app, config);
@@ -52,38 +77,45 @@ fn start_once(app: &Path, config: &str) -> (Option<i32>, String) {
 
 #[test]
 fn a_missing_library_is_named() {
-    refuses(Path::new("/nonexistent/libapp.so"), "file not found");
+    refuses_before_binding(Path::new("/nonexistent/libapp.so"), "file not found");
 }
 
 #[test]
 fn a_file_that_is_not_a_shared_library_is_named() {
     let dir = TempDir::new("notlib");
     let path = dir.write("libtext.so", "this is text, not ELF\n");
-    let log = fails_to_start(&path);
-    let expected = format!(
-        "cannot load the app {}: not a shared library that can be loaded: ",
-        path.display()
+    refuses_before_binding(
+        &path,
+        "not a shared library that can be loaded: not an ELF file",
     );
-    assert!(log.contains(&expected), "{log}");
-    assert!(
-        log.contains("invalid ELF header") || log.contains("file too short"),
-        "{log}"
+}
+
+#[test]
+fn an_object_file_is_named_before_binding() {
+    let dir = TempDir::new("object");
+    let path = cc(
+        &dir,
+        "-c",
+        "int msr_abi_version(void) { return 1; }\n",
+        "app.o",
+    );
+    refuses_before_binding(
+        &path,
+        "not a shared library that can be loaded: an ELF file, but an executable or an \
+         object file",
     );
 }
 
 #[test]
 fn a_foreign_library_without_the_handshake_is_named() {
     let dir = TempDir::new("foreign");
-    let source = dir.write("foreign.c", "int not_an_app(void) { return 1; }\n");
-    let path = dir.0.join("libforeign.so");
-    let status = std::process::Command::new("cc")
-        .args(["-shared", "-fPIC", "-o"])
-        .arg(&path)
-        .arg(&source)
-        .status()
-        .expect("cc");
-    assert!(status.success());
-    refuses(
+    let path = cc(
+        &dir,
+        "-shared",
+        "int not_an_app(void) { return 1; }\n",
+        "libforeign.so",
+    );
+    refuses_before_binding(
         &path,
         "symbol `msr_abi_version` not found: not a microservice-rust app (a Rust app calls \
          `export_app!`; a C app defines it as include/microservice_rust.h says)",
@@ -108,7 +140,7 @@ fn a_library_built_for_another_abi_version_is_named() {
 fn a_library_without_the_entry_symbol_is_named() {
     let dir = TempDir::new("entry");
     let path = compile_c_app(&dir, "libnoentry.so", &["-DNO_ENTRY"]);
-    refuses(
+    refuses_before_binding(
         &path,
         "symbol `msr_app_entry` not found: the library answers the ABI handshake but \
          exports no app",

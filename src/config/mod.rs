@@ -5,9 +5,11 @@
 //! keeps the two equal. Supervisor keys are checked strictly; every other top-level key
 //! belongs to the app, which receives the whole resolved object.
 
+mod app;
 mod lookup;
 
-pub use lookup::{find_app, Loaded, Lookup};
+pub use app::{check_library, find_app, missing_symbol};
+pub use lookup::{Loaded, Lookup};
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use microservice_rust::abi::{self, MsrAppApi, MsrRequest, MsrResponse};
 
+use crate::config::{check_library, missing_symbol};
 use crate::error::Error;
 
 /// Room for the app's error and health messages.
@@ -36,14 +37,8 @@ impl LoadedApp {
     /// Loads `path`, checks the ABI version and builds the app from `config_json`.
     pub fn load(path: &Path, config_json: &str) -> Result<LoadedApp, Error> {
         let fail = |problem: String| Error::app(path, problem);
-        match std::fs::metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(fail("file not found".into()))
-            }
-            Err(e) => return Err(fail(format!("cannot read it: {e}"))),
-            Ok(m) if m.is_dir() => return Err(fail("is a directory, not a library".into())),
-            Ok(_) => {}
-        }
+        // The same checks as the supervisor's before it binds, with the same messages.
+        check_library(path)?;
         // A bare name would make dlopen search the system's library path instead.
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
 
@@ -60,13 +55,7 @@ impl LoadedApp {
         // SAFETY: the symbol's type is fixed by the ABI; a foreign library that exports the
         // same name with another type is outside what can be checked.
         let version = unsafe { library.get::<unsafe extern "C" fn() -> u32>(abi::VERSION_SYMBOL) }
-            .map_err(|_| {
-                fail(format!(
-                    "symbol `{}` not found: not a microservice-rust app (a Rust app calls \
-                     `export_app!`; a C app defines it as include/microservice_rust.h says)",
-                    abi::VERSION_SYMBOL
-                ))
-            })?;
+            .map_err(|_| fail(missing_symbol(abi::VERSION_SYMBOL)))?;
         let found = unsafe { version() };
         if found != abi::ABI_VERSION {
             return Err(fail(wrong_version(found)));
@@ -74,13 +63,7 @@ impl LoadedApp {
 
         let entry =
             unsafe { library.get::<unsafe extern "C" fn() -> *const MsrAppApi>(abi::ENTRY_SYMBOL) }
-                .map_err(|_| {
-                    fail(format!(
-                        "symbol `{}` not found: the library answers the ABI handshake but \
-                         exports no app",
-                        abi::ENTRY_SYMBOL
-                    ))
-                })?;
+                .map_err(|_| fail(missing_symbol(abi::ENTRY_SYMBOL)))?;
         // SAFETY: the ABI says the table is static data of the library, which stays loaded.
         let api: &'static MsrAppApi = match unsafe { entry().as_ref() } {
             Some(api) => unsafe { &*(api as *const MsrAppApi) },
