@@ -168,3 +168,64 @@ fn a_blocked_stdout_drops_lines_and_stalls_no_request() {
     assert!(started.elapsed() < Duration::from_millis(500));
     println!("{answered} answers, {dropped} lines dropped, {late} in the last second");
 }
+
+/// Starts the fixture with `log_format` and `env`, has it panic in `GET /panic?x=1`, and
+/// returns the service's stderr lines once the panic's line is among them.
+fn panic_lines(log_format: &str, env: &[(&str, &str)]) -> Vec<String> {
+    let config = format!(r#"{{"mode": "production", "log_format": "{log_format}"}}"#);
+    let service = Service::start_with(&fixture_lib(), &config, env, Stdio::null());
+    assert_eq!(
+        get(service.port, "/panic?x=1").expect("a reply").status,
+        500
+    );
+    wait_for("the panic's line", Duration::from_secs(5), || {
+        let lines = service.log_lines();
+        lines
+            .iter()
+            .any(|l| l.contains("the fixture was asked to panic"))
+            .then_some(lines)
+    })
+}
+
+#[test]
+fn an_app_panic_is_one_text_line_with_the_request_and_the_location() {
+    let lines = panic_lines("text", &[]);
+    let panics: Vec<&String> = lines.iter().filter(|l| l.contains("panic")).collect();
+    assert_eq!(panics.len(), 1, "one line about the panic: {lines:?}");
+    let line = panics[0];
+    let expected = "worker: the app panicked answering GET /panic: the fixture was asked to \
+                    panic (at tests/apps/fixture/src/lib.rs:";
+    assert!(
+        line.starts_with("microservice-rust[") && line.contains(expected),
+        "{line}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("RUST_BACKTRACE")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn an_app_panic_is_one_json_line_and_carries_a_backtrace_only_when_asked() {
+    for (value, backtrace) in [("0", false), ("1", true)] {
+        let env = &[("RUST_BACKTRACE", value)];
+        let lines = panic_lines("json", env);
+        let panics: Vec<&String> = lines.iter().filter(|l| l.contains("panic")).collect();
+        assert_eq!(panics.len(), 1, "one line about the panic: {lines:?}");
+        let entry: serde_json::Value = serde_json::from_str(panics[0]).expect("a JSON line");
+        assert_eq!(entry["level"], "error");
+        assert_eq!(entry["process"], "worker");
+        assert_eq!(entry["method"], "GET");
+        assert_eq!(entry["path"], "/panic");
+        assert_eq!(entry["panic"], "the fixture was asked to panic");
+        let location = entry["location"].as_str().expect("a location");
+        assert!(
+            location.starts_with("tests/apps/fixture/src/lib.rs:"),
+            "{location}"
+        );
+        assert!(entry["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("the app panicked answering GET /panic: ")));
+        assert_eq!(entry.get("backtrace").is_some(), backtrace, "{entry}");
+    }
+}

@@ -1,13 +1,14 @@
 //! The [`App`] trait and the C entry points that [`export_app!`](crate::export_app) emits.
 //!
 //! Every exported function catches panics: unwinding across `extern "C"` would abort the
-//! worker, so a panic in `handle` becomes a 500 and the worker lives on.
+//! worker, so a panic in `handle` becomes a 500 and the worker lives on. The panic's log
+//! line is written by the hook in `panics`.
 
-use std::any::Any;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::abi::{self, MsrAppApi, MsrBytes, MsrHeader, MsrRequest, MsrResponse};
+use crate::panics::{install_hook, panic_message, while_doing, Doing};
 use crate::{Request, Response};
 
 /// The whole configuration object the worker resolved, as JSON text.
@@ -79,14 +80,6 @@ pub const fn api<A: App>() -> MsrAppApi {
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
-}
-
 unsafe extern "C" fn create<A: App>(
     config_json: *const u8,
     config_len: usize,
@@ -95,7 +88,10 @@ unsafe extern "C" fn create<A: App>(
 ) -> *mut c_void {
     let json = std::str::from_utf8(MsrBytes::from_raw(config_json, config_len).as_slice())
         .map_err(|e| format!("config is not UTF-8: {e}"));
-    let built = catch_unwind(|| json.and_then(|json| A::new(&Config::from_json(json))));
+    install_hook();
+    let built = while_doing(Doing::Starting, || {
+        catch_unwind(|| json.and_then(|json| A::new(&Config::from_json(json))))
+    });
     let message = match built {
         Ok(Ok(app)) => return Box::into_raw(Box::new(app)).cast(),
         Ok(Err(message)) => message,
@@ -110,20 +106,28 @@ unsafe extern "C" fn create<A: App>(
 
 unsafe extern "C" fn handle<A: App>(
     app: *mut c_void,
-    request: *const MsrRequest,
+    request_raw: *const MsrRequest,
     response: *mut MsrResponse,
 ) {
     let app = &*(app as *const A);
-    let request = Request::from_raw(&*request);
-    let answer = catch_unwind(AssertUnwindSafe(|| app.handle(&request)))
-        .unwrap_or_else(|_| Response::text(500, "Internal Server Error\n"));
+    let request = Request::from_raw(&*request_raw);
+    let doing = Doing::Handling {
+        method: (*request_raw).method,
+        path: (*request_raw).path,
+    };
+    let answer = while_doing(doing, || {
+        catch_unwind(AssertUnwindSafe(|| app.handle(&request)))
+    })
+    .unwrap_or_else(|_| Response::text(500, "Internal Server Error\n"));
     fill_response(answer, &mut *response);
 }
 
 unsafe extern "C" fn health<A: App>(app: *mut c_void, message: *mut u8, message_cap: usize) -> i32 {
     let app = &*(app as *const A);
-    let outcome = catch_unwind(AssertUnwindSafe(|| app.health()))
-        .unwrap_or_else(|panic| Err(format!("health check panicked: {}", panic_message(&*panic))));
+    let outcome = while_doing(Doing::CheckingHealth, || {
+        catch_unwind(AssertUnwindSafe(|| app.health()))
+    })
+    .unwrap_or_else(|panic| Err(format!("health check panicked: {}", panic_message(&*panic))));
     match outcome {
         Ok(()) => 0,
         Err(reason) => {
@@ -136,8 +140,10 @@ unsafe extern "C" fn health<A: App>(app: *mut c_void, message: *mut u8, message_
 unsafe extern "C" fn shutdown<A: App>(app: *mut c_void) {
     let app = Box::from_raw(app as *mut A);
     // A panic here must not unwind into the worker; the app is dropped either way.
-    let _ = catch_unwind(AssertUnwindSafe(|| app.shutdown()));
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(app)));
+    while_doing(Doing::ShuttingDown, || {
+        let _ = catch_unwind(AssertUnwindSafe(|| app.shutdown()));
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(app)));
+    });
 }
 
 /// A response kept alive, with its C view of the headers, until `release`.

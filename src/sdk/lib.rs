@@ -29,7 +29,11 @@
 
 pub mod abi;
 mod app;
+#[doc(hidden)]
+pub mod clock;
 mod http;
+mod panics;
 
 pub use app::{api, App, Config};
 pub use http::{Request, Response};
+pub use panics::LOG_FORMAT_VAR;

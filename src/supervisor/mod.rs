@@ -332,6 +332,11 @@ impl Supervisor {
         command
             .arg(control::WORKER_COMMAND)
             .env(SUPERVISOR_PID_VAR, std::process::id().to_string())
+            // The app's panic lines (written by the SDK inside the app) follow the log format.
+            .env(
+                microservice_rust::LOG_FORMAT_VAR,
+                self.loaded.settings.log_format.name(),
+            )
             .env(
                 metrics::SLOT_VAR,
                 slot.map(|s| s.to_string()).unwrap_or_default(),
