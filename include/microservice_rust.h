@@ -10,10 +10,26 @@
  * version. It then calls `create` once, `handle` from many threads at once, `health` for
  * /healthz, and `shutdown` once before it exits.
  *
- * Memory: each side frees what it allocated. The request and every byte it points at
- * belong to the worker and are valid only during `handle`. The response's headers and body
- * belong to the app until the worker passes the response to `release` (which may be NULL
- * when the app returns only static data). Byte runs are not NUL-terminated.
+ * Memory: each side frees what it allocated.
+ *   - The request and every byte it points at belong to the worker and are valid only
+ *     during `handle`; copy what you keep. Its byte runs are not NUL-terminated.
+ *   - The config passed to `create` belongs to the worker and is valid only during
+ *     `create`. It IS NUL-terminated: config_json[config_len] == 0, so it can be passed
+ *     to a parser that takes a C string.
+ *   - The response's headers and body belong to the app until the worker passes the
+ *     response to `release`, after the response has been sent. `release` may be NULL
+ *     when the app returns only static data.
+ *   - Error and health messages are written by the app into the worker's buffer, at most
+ *     *_cap bytes including the terminating NUL.
+ *
+ * NULL: `create` returns NULL only to refuse to start. A stateless app returns any
+ * non-NULL pointer (the address of a static object will do); the worker passes it back
+ * as `app` and never frees it. `health`, `release` and `shutdown` may be NULL in the
+ * table; `create` and `handle` may not. In a request, a byte run with len 0 may have a
+ * NULL ptr, and `headers` may be NULL when header_count is 0 (likewise in a response).
+ *
+ * Threads: `handle` and `health` are called from several threads at once; `create` and
+ * `shutdown` once each, with no other call running.
  *
  * src/sdk/abi.rs is the same ABI in Rust; the two change together, with MSR_ABI_VERSION.
  */
@@ -60,7 +76,8 @@ typedef struct msr_response {
 typedef struct msr_app_api {
     uint32_t abi_version;    /* MSR_ABI_VERSION */
 
-    /* Builds the app from the resolved config (JSON text). Returns NULL on failure after
+    /* Builds the app from the resolved config (JSON text, config_len bytes followed by a
+     * NUL). Returns the app's handle, never NULL on success; on failure returns NULL after
      * writing a NUL-terminated message of at most error_cap bytes into error. */
     void *(*create)(const uint8_t *config_json, size_t config_len,
                     uint8_t *error, size_t error_cap);

@@ -100,8 +100,9 @@ impl MsrResponse {
     }
 }
 
-/// Builds the app. Returns NULL on failure after writing a NUL-terminated message of at most
-/// `error_cap` bytes into `error`.
+/// Builds the app from `config_len` bytes of JSON, followed by a NUL the length leaves out.
+/// Returns the app's handle (never NULL on success), or NULL on failure after writing a
+/// NUL-terminated message of at most `error_cap` bytes into `error`.
 pub type CreateFn = unsafe extern "C" fn(
     config_json: *const u8,
     config_len: usize,

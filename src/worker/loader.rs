@@ -73,10 +73,15 @@ impl LoadedApp {
             return Err(fail(wrong_version(api.abi_version)));
         }
 
+        // The config is passed NUL-terminated (the length leaves the NUL out), so a C app
+        // can hand it to a parser that wants a C string. JSON text holds no raw NUL.
+        let mut config = Vec::with_capacity(config_json.len() + 1);
+        config.extend_from_slice(config_json.as_bytes());
+        config.push(0);
         let mut message = [0u8; MESSAGE_CAP];
         let app = unsafe {
             (api.create)(
-                config_json.as_ptr(),
+                config.as_ptr(),
                 config_json.len(),
                 message.as_mut_ptr(),
                 message.len(),

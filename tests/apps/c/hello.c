@@ -26,8 +26,11 @@ struct app {
 
 static void *create(const uint8_t *config_json, size_t config_len, uint8_t *error,
                     size_t error_cap) {
-    (void)config_json;
-    (void)config_len;
+    /* The header promises a NUL after the config's bytes. */
+    if (config_json[config_len] != 0 || strlen((const char *)config_json) != config_len) {
+        snprintf((char *)error, error_cap, "the config is not NUL-terminated");
+        return NULL;
+    }
 #ifdef REFUSE
     snprintf((char *)error, error_cap, "the C app refuses to start");
     return NULL;
