@@ -366,3 +366,22 @@ fn healthcheck_exits_0_while_serving_and_the_address_file_goes_with_the_supervis
         String::from_utf8_lossy(&after.stderr).contains(&format!("/readyz at 127.0.0.1:{port}"))
     );
 }
+
+#[test]
+fn the_app_reads_decoded_query_parameters() {
+    let service = Service::start(&fixture_lib(), r#"{"mode": "dev"}"#);
+    for (query, expected) in [
+        ("name=a%20b+c", "a b c"),
+        ("na%6De=%E2%82%AC", "€"),
+        ("x=1&&name=%zz&name=2", "%zz"),
+        ("name=a%", "a%"),
+        ("other=1", "none"),
+    ] {
+        let reply = get(service.port, &format!("/param?{query}")).expect("a reply");
+        assert_eq!(
+            (reply.status, reply.text().as_str()),
+            (200, expected),
+            "{query}"
+        );
+    }
+}

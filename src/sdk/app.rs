@@ -9,44 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::abi::{self, MsrAppApi, MsrBytes, MsrHeader, MsrRequest, MsrResponse};
 use crate::panics::{install_hook, panic_message, while_doing, Doing};
-use crate::{Request, Response};
-
-/// The whole configuration object the worker resolved, as JSON text.
-///
-/// Supervisor keys (`threads`, `port`, …) and the app's own keys live side by side.
-#[derive(Clone, Copy, Debug)]
-pub struct Config<'a> {
-    json: &'a str,
-}
-
-impl<'a> Config<'a> {
-    pub fn from_json(json: &'a str) -> Config<'a> {
-        Config { json }
-    }
-
-    /// The configuration as JSON text.
-    pub fn json(&self) -> &'a str {
-        self.json
-    }
-
-    /// The configuration parsed (feature `json`).
-    #[cfg(feature = "json")]
-    pub fn value(&self) -> Result<serde_json::Value, String> {
-        serde_json::from_str(self.json).map_err(|e| format!("config is not JSON: {e}"))
-    }
-
-    /// One top-level key, deserialized (feature `json`); `Ok(None)` when it is absent.
-    #[cfg(feature = "json")]
-    pub fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
-        let value = self.value()?;
-        match value.get(key) {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(v) => serde_json::from_value(v.clone())
-                .map(Some)
-                .map_err(|e| format!("config key `{key}`: {e}")),
-        }
-    }
-}
+use crate::{Config, Request, Response};
 
 /// An HTTP app that the worker loads from a dynamic library.
 ///

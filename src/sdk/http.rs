@@ -1,5 +1,7 @@
 //! The request an app reads and the response it returns.
 
+use std::borrow::Cow;
+
 use crate::abi::{MsrHeader, MsrRequest};
 
 /// One HTTP request, borrowed from the worker for the duration of [`crate::App::handle`].
@@ -11,6 +13,41 @@ pub struct Request<'a> {
 /// can only come from a foreign host and reads as empty.
 fn text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or("")
+}
+
+/// Decodes one component of an `application/x-www-form-urlencoded` query: `+` is a space and
+/// `%XX` a byte. An invalid escape (`%zz`, a trailing `%`) stays as is; bytes that do not form
+/// UTF-8 become U+FFFD. Borrows when there is nothing to decode.
+fn form_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains(['%', '+']) {
+        return Cow::Borrowed(s);
+    }
+    // The byte that the two hex digits at the start of `rest` stand for.
+    let escaped = |rest: &[u8]| {
+        let digit = |i: usize| (*rest.get(i)? as char).to_digit(16);
+        Some((digit(0)? * 16 + digit(1)?) as u8)
+    };
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match escaped(&bytes[i + 1..]) {
+                Some(byte) => {
+                    out.push(byte);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    Cow::Owned(match String::from_utf8(out) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
 }
 
 impl<'a> Request<'a> {
@@ -35,12 +72,24 @@ impl<'a> Request<'a> {
         text(unsafe { self.raw.query.as_slice() })
     }
 
-    /// The first value of a query parameter, as sent (not percent-decoded).
-    pub fn query_param(&self, name: &str) -> Option<&'a str> {
-        self.query().split('&').find_map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (key == name).then_some(value)
-        })
+    /// All query parameters in the order sent, as (name, value), both decoded like a form
+    /// (`+` and `%XX`). Empty segments (`a=1&&b=2`) are skipped; a segment without `=` has an
+    /// empty value.
+    pub fn query_pairs(&self) -> impl Iterator<Item = (Cow<'a, str>, Cow<'a, str>)> + 'a {
+        self.query()
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (form_decode(key), form_decode(value))
+            })
+    }
+
+    /// The first value of a query parameter, decoded as in [`Request::query_pairs`]; the
+    /// names are compared after decoding.
+    pub fn query_param(&self, name: &str) -> Option<Cow<'a, str>> {
+        self.query_pairs()
+            .find_map(|(key, value)| (key == name).then_some(value))
     }
 
     fn raw_headers(&self) -> &'a [MsrHeader] {
@@ -135,5 +184,117 @@ impl Response {
     pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Response {
         self.body = body.into();
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::MsrBytes;
+
+    /// A request with only a query string, as the worker would pass it.
+    fn raw(query: &str) -> MsrRequest {
+        MsrRequest {
+            method: MsrBytes::from_slice(b"GET"),
+            path: MsrBytes::from_slice(b"/"),
+            query: MsrBytes::from_slice(query.as_bytes()),
+            headers: std::ptr::null(),
+            header_count: 0,
+            body: MsrBytes::EMPTY,
+            peer: MsrBytes::from_slice(b"127.0.0.1:1"),
+        }
+    }
+
+    fn param(query: &str, name: &str) -> Option<String> {
+        let raw = raw(query);
+        // SAFETY: `raw` and `query` outlive the request.
+        let request = unsafe { Request::from_raw(&raw) };
+        request.query_param(name).map(Cow::into_owned)
+    }
+
+    fn pairs(query: &str) -> Vec<(String, String)> {
+        let raw = raw(query);
+        // SAFETY: `raw` and `query` outlive the request.
+        let request = unsafe { Request::from_raw(&raw) };
+        request
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn query_param_decodes_percent_escapes() {
+        assert_eq!(param("q=a%20b", "q").as_deref(), Some("a b"));
+        assert_eq!(param("q=%2B%26%3d", "q").as_deref(), Some("+&="));
+    }
+
+    #[test]
+    fn query_param_decodes_plus_as_space() {
+        assert_eq!(param("q=a+b", "q").as_deref(), Some("a b"));
+    }
+
+    #[test]
+    fn query_param_decodes_utf8_sequences() {
+        assert_eq!(param("q=%E2%82%AC", "q").as_deref(), Some("€"));
+    }
+
+    #[test]
+    fn query_param_replaces_invalid_utf8() {
+        assert_eq!(param("q=a%FFb", "q").as_deref(), Some("a\u{FFFD}b"));
+    }
+
+    #[test]
+    fn query_param_keeps_invalid_escapes() {
+        assert_eq!(param("q=%zz", "q").as_deref(), Some("%zz"));
+        assert_eq!(param("q=a%", "q").as_deref(), Some("a%"));
+        assert_eq!(param("q=a%4", "q").as_deref(), Some("a%4"));
+        assert_eq!(param("q=%+1", "q").as_deref(), Some("% 1"));
+    }
+
+    #[test]
+    fn query_param_decodes_the_key() {
+        assert_eq!(param("na%6De=x", "name").as_deref(), Some("x"));
+        assert_eq!(param("a+b=y", "a b").as_deref(), Some("y"));
+        assert_eq!(param("na%6De=x", "na%6De"), None);
+    }
+
+    #[test]
+    fn query_param_first_of_repeated_keys_wins() {
+        assert_eq!(param("k=1&k=2", "k").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn query_param_missing_key_is_none() {
+        assert_eq!(param("a=1&b=2", "c"), None);
+        assert_eq!(param("", "a"), None);
+        assert_eq!(param("flag", "flag").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn query_param_borrows_when_nothing_to_decode() {
+        let raw = raw("a=plain&b=x%20y");
+        // SAFETY: `raw` outlives the request.
+        let request = unsafe { Request::from_raw(&raw) };
+        let v = request.query_param("a").expect("a is present");
+        assert!(matches!(v, Cow::Borrowed("plain")));
+        let v = request.query_param("b").expect("b is present");
+        assert!(matches!(v, Cow::Owned(_)));
+    }
+
+    #[test]
+    fn query_pairs_in_order_skipping_empty_segments() {
+        let owned = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            pairs("b=2&&a=1&flag&=e&b=3&"),
+            [
+                owned("b", "2"),
+                owned("a", "1"),
+                owned("flag", ""),
+                owned("", "e"),
+                owned("b", "3"),
+            ]
+        );
+        assert!(pairs("").is_empty());
+        assert!(pairs("&&").is_empty());
     }
 }

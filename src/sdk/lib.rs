@@ -22,7 +22,8 @@
 //! ```
 //!
 //! Depend on this crate with `default-features = false` (add `features = ["json"]` for the
-//! serde helpers): the default features build the server, which an app does not need.
+//! serde helpers and the re-exported `serde_json`): the default features build the server,
+//! which an app does not need.
 //!
 //! Build the app with unwinding panics (the default `panic = "unwind"`): the exported entry
 //! points catch a panic and answer 500, which `panic = "abort"` makes impossible.
@@ -31,9 +32,15 @@ pub mod abi;
 mod app;
 #[doc(hidden)]
 pub mod clock;
+mod config;
 mod http;
 mod panics;
 
-pub use app::{api, App, Config};
+pub use app::{api, App};
+pub use config::Config;
 pub use http::{Request, Response};
 pub use panics::LOG_FORMAT_VAR;
+/// serde_json itself (feature `json`), so that an app can write
+/// `microservice_rust::serde_json::json!` with no dependency of its own.
+#[cfg(feature = "json")]
+pub use serde_json;
