@@ -1,13 +1,6 @@
 # microservice-rust: the commands of the README.
-#   make run     build and serve the example in dev mode on 127.0.0.1:8080 (no Docker)
-#   make test    every test: unit, integration (real binary, real sockets), `make run` itself
-#   make lint    rustfmt and clippy, as CI runs them
-#   make bench   the product's figures beside bare hyper's and bare tiny_http's, in one run:
-#                bench/RESULTS.md
-#   make bench-slowloris  10,000 trickling connections beside fresh requests, one worker:
-#                bench/SLOWLORIS.md
-#   make image   the images microservice-rust and example-rum-counter (no registry needed)
-#   make test-docker  the images in a real Docker engine
+# `make help` lists the targets, one line each (the `## ` comment after each target);
+# `make` alone builds.
 
 CARGO ?= cargo
 HOST ?= 127.0.0.1
@@ -17,30 +10,32 @@ EXAMPLE_LIB := target/debug/libexample_rum_counter.so
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
-.PHONY: build run test lint bench bench-slowloris image test-docker clean
+.PHONY: build run test lint bench bench-slowloris image test-docker clean help
 
-build:
+.DEFAULT_GOAL := build
+
+build: ## Debug build of the workspace: server, example app, fixture app, baselines (default)
 	$(CARGO) build --workspace
 
-run: build
+run: build ## Build, then serve the example app in dev mode on 127.0.0.1:8080 (HOST, PORT)
 	$(BIN) --host $(HOST) --port $(PORT) --app $(EXAMPLE_LIB) \
 		--config example-rum-counter/config/dev/config.json
 
-test: build
+test: build ## Every test: unit, integration (real binary, real sockets), `make run` itself
 	$(CARGO) test --workspace
 	bash tests/make-run.sh
 
-lint:
+lint: ## rustfmt --check and clippy -D warnings, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench:
+bench: ## Product vs bare hyper and bare tiny_http (~15 min): bench/RESULTS.md, SLOWLORIS.md
 	python3 bench/run.py
 
-bench-slowloris:
+bench-slowloris: ## Only the slowloris part: trickling heads, then bodies (~3 min): bench/SLOWLORIS.md
 	python3 bench/run.py slowloris
 
-image:
+image: ## Images microservice-rust and example-rum-counter, from a release build (no registry)
 	$(CARGO) build --release -p microservice-rust -p example-rum-counter
 	bash docker/rootfs.sh
 	docker build -q -t microservice-rust:$(VERSION) -t microservice-rust --build-arg VERSION=$(VERSION) docker
@@ -51,10 +46,14 @@ image:
 	@docker images --format '{{.Repository}}:{{.Tag}}  {{.Size}}' microservice-rust
 	@docker images --format '{{.Repository}}:{{.Tag}}  {{.Size}}' example-rum-counter
 
-test-docker: image
+test-docker: image ## `make image`, then the images in a real Docker engine; check docker/examples
 	python3 tests/docker_test.py
 	bash docker/examples/check.sh
 
-clean:
+clean: ## cargo clean, and remove docker/build and example-rum-counter/build
 	$(CARGO) clean
 	rm -rf docker/build example-rum-counter/build
+
+help: ## List the targets, one line each
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z0-9_.-]+:[^=]*## / {printf "  %-16s %s\n", $$1, $$2}' \
+		$(MAKEFILE_LIST)

@@ -1,6 +1,19 @@
 #!/usr/bin/env python3
 """`make bench`: the product's figures beside two baselines, measured in the same run.
 
+Modes:
+  (none)      everything (make bench, minutes): throughput and latency, cold bursts,
+              memory and start time for each server, then for the product alone dev
+              reload, the watchdog and batches; writes bench/RESULTS.md (with the targets,
+              met or not) and bench/chart.png, then runs the slowloris mode into
+              bench/SLOWLORIS.md (when SERVERS includes product); prints RESULTS.md
+  slowloris   the slowloris measurements alone (make bench-slowloris), at the product
+              with one worker: 10,000 trickling heads, then 20 and 2,000 trickling
+              bodies, each beside fresh requests (failures, p50/p99/max latency, the
+              worker's peak threads, memory and fds, restarts); writes and prints
+              bench/SLOWLORIS.md
+Both first install wrk and ss if missing (apt) and build the release binaries measured.
+
 Servers, each started from its release build and measured in turn:
   product     microservice-rust in production mode with default settings, serving the
               example app's `GET /`
@@ -14,15 +27,12 @@ p50/p99 latency, server CPU time per request (utime + stime of all the server's
 processes, for the product the supervisor and its workers, read from /proc/PID/stat
 just before and just after each wrk run, divided by the requests wrk completed),
 connections left unanswered, cold bursts, resident memory, start to first 200; for the
-product alone also dev reload, the watchdog and batches. Writes bench/RESULTS.md (with
-the targets, met or not) and bench/chart.png, then runs the slowloris measurement
-(bench/slowloris.py) into bench/SLOWLORIS.md.
+product alone also dev reload, the watchdog and batches.
 
-Usage:
-  python3 bench/run.py              everything (make bench)
-  python3 bench/run.py slowloris    the slowloris measurements alone (make bench-slowloris):
-                                    10,000 trickling heads, then 20 and 2,000 trickling bodies
-  python3 bench/run.py --help       this text
+Prints: a timestamped line per step and per wrk run (req/s, p50 and p99 latency in ms,
+server CPU µs per request, connections unanswered, errors), then RESULTS.md: the medians
+for the product, bare hyper and bare tiny_http side by side, with the ratios product ÷
+bare hyper and product ÷ bare tiny_http.
 
 Environment:
   ROUNDS          runs per server and connection count (default 5)
@@ -35,12 +45,16 @@ Environment:
   EXAMPLE_LIB     the app library the product serves (default target/release's example)
   FIXTURE_LIB     the second library of the dev-reload measurement (default
                   target/release's fixture app)
-  IO_THREADS      bare hyper's runtime threads (default: the product's io_threads, else 1)
-  SLOWLORIS_CONNECTIONS, SLOWLORIS_SECONDS, SLOWLORIS_DRIP   see bench/slowloris.py
+  IO_THREADS      bare hyper's runtime threads (default: the product's io_threads, else 2)
+  CARGO_TARGET_DIR  where the release builds are (default target/)
+  SLOWLORIS_CONNECTIONS   trickling heads (default 10000)
+  SLOWLORIS_SECONDS       how long the fresh requests beside them run (default 30)
+  SLOWLORIS_DRIP          seconds between two trickled lines or bytes (default 1)
   SLOWLORIS_BODY_SECONDS  how long the trickling bodies' fresh requests run (default 15)
 A binary or library given by PRODUCT_BINARY, EXAMPLE_LIB or FIXTURE_LIB is not built.
 """
 
+import argparse
 import functools
 import json
 import os
@@ -55,6 +69,24 @@ import tempfile
 import threading
 import time
 import urllib.request
+
+
+def parse_args(argv=None):
+    """The command line: nothing (everything) or `slowloris`. --help prints this file's
+    docstring and exits 0; anything else prints the usage to stderr and exits 2."""
+    description, _, environment = __doc__.strip().partition("\nEnvironment:\n")
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py", description=description, allow_abbrev=False,
+        epilog="Environment:\n" + environment,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", nargs="?", choices=("slowloris",), metavar="slowloris",
+                        help="the slowloris measurements alone; without it, everything")
+    return parser.parse_args(argv)
+
+
+# The command line before the environment is read: --help and a wrong argument answer
+# even when a variable below is malformed, and nothing starts.
+ARGS = parse_args() if __name__ == "__main__" else None
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.path.abspath(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"))
@@ -915,18 +947,13 @@ def trickling_bodies(threads, io_threads, slowloris, verdict):
 
 
 def main():
-    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
-        print(__doc__.strip())
-        return
-    if sys.argv[1:] == ["slowloris"]:
+    if ARGS.mode == "slowloris":
         if "product" not in SERVERS:
             sys.exit("slowloris measures the product: SERVERS must include product")
         prepare(product=True)
         measure_slowloris()
         print(open(os.path.join(ROOT, "bench", "SLOWLORIS.md")).read())
         return
-    if sys.argv[1:]:
-        sys.exit(f"unknown arguments {' '.join(sys.argv[1:])}; see --help")
     prepare(product="product" in SERVERS)
     step("throughput and latency: " + ", ".join(NAMES[kind] for kind in SERVERS) + " in turn")
     medians, idle, loaded = measure_throughput()
