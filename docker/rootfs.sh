@@ -2,7 +2,8 @@
 # Stages the base image's root filesystem in docker/build/rootfs/ from this machine:
 # the release binary, the dynamic loader and the C libraries the binary and apps load
 # (apps are dlopen'ed, so the image needs the C library they were linked against), a user
-# to run as, /tmp, and the defaults file. `make image` runs it; no registry is needed.
+# to run as, /tmp, the defaults file, and the app SDK. `make image` runs it; no registry
+# is needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,11 @@ chmod 1777 "$rootfs/tmp"
 install -m 0755 "$binary" "$rootfs/usr/local/bin/microservice-rust"
 strip "$rootfs/usr/local/bin/microservice-rust" 2>/dev/null || true
 install -m 0644 config.json "$rootfs/etc/microservice-rust/config.json"
+# The app SDK and the C header at fixed paths, for `COPY --from=microservice-rust` in an
+# app's build stage (the Dockerfile `microservice-rust new` writes does that).
+mkdir -p "$rootfs/usr/local/share/microservice-rust" "$rootfs/usr/local/include"
+"$binary" sdk "$rootfs/usr/local/share/microservice-rust/sdk" >/dev/null
+install -m 0644 include/microservice_rust.h "$rootfs/usr/local/include/microservice_rust.h"
 
 # The binary's own libraries (ldd), plus the ones apps commonly link: libm, libdl,
 # libpthread, librt, libgcc_s (Rust cdylibs link libgcc_s for unwinding).

@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::config::{self, Loaded, Lookup};
 use crate::control;
 use crate::error::Error;
+use crate::scaffold::{self, Lang};
 use crate::supervisor::{self, Supervisor};
 use crate::warn;
 use crate::worker;
@@ -43,6 +44,16 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Exit 0 if the running service answers 200 on /readyz (for Docker's HEALTHCHECK).
     Healthcheck(HealthArgs),
+    /// Write a new app into DIR: the handler, configs for dev and production, a Dockerfile,
+    /// a README, and this version's SDK (Rust) or header (C). It builds with no registry.
+    New(NewArgs),
+    /// Write this version's app SDK (the Rust crate, and the C header in include/) into
+    /// DIR, replacing one written before: run it when you upgrade the server.
+    Sdk {
+        /// Where the SDK goes; an app from `new` has it in `microservice-rust/`.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Internal: a worker process, started by the supervisor.
     #[command(hide = true)]
     Worker,
@@ -76,6 +87,19 @@ struct RunArgs {
 }
 
 #[derive(Args)]
+struct NewArgs {
+    /// The new app's directory; it must not exist or be empty.
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+    /// The crate and library name (lower-case letters, digits, - and _); default: DIR's name.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// The app's language.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    lang: Lang,
+}
+
+#[derive(Args)]
 struct HealthArgs {
     #[command(flatten)]
     config: ConfigArgs,
@@ -101,8 +125,50 @@ pub fn try_main() -> Result<i32, Error> {
         Some(Command::Run(args)) => run(args),
         Some(Command::CheckConfig(args)) => check_config(args),
         Some(Command::Healthcheck(args)) => healthcheck(args),
+        Some(Command::New(args)) => new_app(args),
+        Some(Command::Sdk { dir }) => write_sdk(&dir),
         Some(Command::Worker) => worker::run(),
     }
+}
+
+fn new_app(args: NewArgs) -> Result<i32, Error> {
+    let files = scaffold::new_app(&args.dir, args.name.as_deref(), args.lang)?;
+    let dir = args.dir.display();
+    let build = match args.lang {
+        Lang::Rust => "cargo build",
+        Lang::C => "make",
+    };
+    let mut out = format!("wrote {} files into {dir}:\n", files.len());
+    for file in &files {
+        out.push_str(&format!("  {}\n", file.display()));
+    }
+    out.push_str(&format!(
+        "next: cd {dir} && {build}, then run the command in {dir}/README.md\n"
+    ));
+    print(&out)
+}
+
+fn write_sdk(dir: &std::path::Path) -> Result<i32, Error> {
+    let files = scaffold::write_sdk(dir)?;
+    let mut out = format!(
+        "wrote the app SDK of microservice-rust {} into {} ({} files; the image has it in {} \
+         and {})\n",
+        env!("CARGO_PKG_VERSION"),
+        dir.display(),
+        files.len(),
+        scaffold::IMAGE_SDK,
+        scaffold::IMAGE_HEADER
+    );
+    for file in &files {
+        out.push_str(&format!("  {}\n", file.display()));
+    }
+    print(&out)
+}
+
+/// Writes `text` on stdout; a closed stdout is not worth a failure.
+fn print(text: &str) -> Result<i32, Error> {
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    Ok(0)
 }
 
 fn resolve(args: &ConfigArgs) -> Result<Loaded, Error> {

@@ -22,6 +22,8 @@ enum Kind {
     Io { about: String, err: std::io::Error },
     /// The worker could not set itself up (before loading the app).
     Boot { about: String, err: std::io::Error },
+    /// A command given something it cannot work with.
+    Usage { problem: String },
 }
 
 impl Error {
@@ -78,6 +80,14 @@ impl Error {
         }
     }
 
+    pub fn usage(problem: impl Into<String>) -> Error {
+        Error {
+            kind: Kind::Usage {
+                problem: problem.into(),
+            },
+        }
+    }
+
     /// The process exit code for this error (see `exit`).
     pub fn exit_code(&self) -> i32 {
         match self.kind {
@@ -85,6 +95,7 @@ impl Error {
             Kind::App { .. } => exit::APP_LOAD,
             Kind::Io { .. } => exit::FAILURE,
             Kind::Boot { .. } => exit::BOOT,
+            Kind::Usage { .. } => exit::USAGE,
         }
     }
 }
@@ -119,6 +130,7 @@ impl fmt::Display for Error {
                 write!(f, "cannot load the app {}: {problem}", path.display())
             }
             Kind::Io { about, err } | Kind::Boot { about, err } => write!(f, "{about}: {err}"),
+            Kind::Usage { problem } => f.write_str(problem),
         }
     }
 }

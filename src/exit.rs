@@ -8,6 +8,8 @@ pub const CONFIG: i32 = 78;
 pub const BOOT: i32 = 3;
 /// The app library could not be loaded, or its constructor refused to start.
 pub const APP_LOAD: i32 = 4;
+/// A command used wrongly: a bad argument, a directory that is not empty (`EX_USAGE`).
+pub const USAGE: i32 = 64;
 /// Any other failure of the supervisor itself (e.g. the port cannot be bound).
 pub const FAILURE: i32 = 1;
 

@@ -6,7 +6,7 @@
 //! what both use: `cli` (the command line, which starts one or the other), `config`
 //! (lookup, keys, validation), `control` (the channel between the two processes),
 //! `metrics` (the shared memory behind `/metrics`), `log`, `error` and `exit`. The app SDK
-//! is the crate's library, in `sdk/`.
+//! is the crate's library, in `sdk/`; `scaffold` writes it, and new apps, for app authors.
 
 mod cli;
 mod config;
@@ -15,6 +15,7 @@ mod error;
 mod exit;
 mod log;
 mod metrics;
+mod scaffold;
 mod supervisor;
 mod worker;
 

@@ -17,6 +17,8 @@ import threading
 import time
 import traceback
 
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+BINARY = os.path.join(ROOT, "target", "release", "microservice-rust")
 IMAGE = "example-rum-counter"
 BASE = "microservice-rust"
 TOLERANCE_S = 0.45
@@ -66,15 +68,15 @@ def wait_for(what, limit, check):
         time.sleep(0.1)
 
 
-def run_container(*args, docker_args=(), port=None):
-    """Starts the example image; returns (name, port) once /readyz is 200. Without `port`
+def run_container(*args, docker_args=(), port=None, image=IMAGE):
+    """Starts the example image (or `image`); returns (name, port) once /readyz is 200. Without `port`
     it picks a free one and passes it as --port; with one, the config must give it."""
     port_args = ()
     if port is None:
         port = free_port()
         port_args = ("--port", str(port))
     name = f"msr-test-{os.getpid()}-{len(CONTAINERS)}"
-    docker("run", "-d", "--network", "host", "--name", name, *docker_args, IMAGE,
+    docker("run", "-d", "--network", "host", "--name", name, *docker_args, image,
            *port_args, *args)
     CONTAINERS.append(name)
     wait_for("/readyz", 20, lambda: get(port, "/readyz", timeout=2)[0] == 200)
@@ -237,6 +239,66 @@ def test_pid_1_is_the_supervisor_running_as_the_unprivileged_user():
             uid = [line for line in f if line.startswith("Uid:")][0].split()[1]
         assert uid == "10001", f"worker {child} runs as {uid}"
     return f"PID 1 is {' '.join(command).strip()}, uid 10001; {len(children)} worker(s) uid 10001"
+
+
+def files_under(top):
+    """{relative path: bytes} of every file under `top`."""
+    found = {}
+    for directory, _, names in os.walk(top):
+        for name in names:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, top)] = f.read()
+    return found
+
+
+def test_a_new_app_builds_against_the_base_image_sdk_and_serves_from_its_dockerfile():
+    """`new --lang c`, compiled here against the header copied out of the base image, then
+    served by its Dockerfile's final stage. The build stage's compiler image cannot be
+    pulled here, so a stage holding the library built here stands in for it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([BINARY, "new", "--lang", "c", "hello-c"], cwd=tmp, check=True,
+                       capture_output=True)
+        app = os.path.join(tmp, "hello-c")
+        container = docker("create", BASE)
+        try:
+            docker("cp", f"{container}:/usr/local/include/microservice_rust.h",
+                   os.path.join(app, "include", "microservice_rust.h"))
+            docker("cp", f"{container}:/usr/local/share/microservice-rust/sdk",
+                   os.path.join(tmp, "image-sdk"))
+        finally:
+            docker("rm", container)
+        subprocess.run([BINARY, "sdk", os.path.join(tmp, "binary-sdk")], check=True,
+                       capture_output=True)
+        image_sdk = files_under(os.path.join(tmp, "image-sdk"))
+        assert "Cargo.toml" in image_sdk and "include/microservice_rust.h" in image_sdk, \
+            sorted(image_sdk)
+        assert image_sdk == files_under(os.path.join(tmp, "binary-sdk")), sorted(image_sdk)
+        subprocess.run(["make", "--quiet"], cwd=app, check=True, capture_output=True)
+
+        with open(os.path.join(app, "Dockerfile")) as f:
+            dockerfile = f.read()
+        assert "COPY --from=server /usr/local/include/microservice_rust.h" in dockerfile
+        final = dockerfile[dockerfile.rindex("\nFROM microservice-rust\n"):]
+        with open(os.path.join(app, "Dockerfile.test"), "w") as f:
+            f.write("FROM scratch AS build\nCOPY build/libhello_c.so /src/build/\n" + final)
+        tag = f"msr-test-new-app-{os.getpid()}"
+        docker("build", "-q", "-f", os.path.join(app, "Dockerfile.test"), "-t", tag, app)
+    try:
+        _, port = run_container("--env", "production", image=tag)
+        assert get(port, "/") == (200, "Hello, world!\n"), get(port, "/")
+        status, body = get(port, "/json")
+        assert status == 200 and body.startswith('{"requests": '), (status, body)
+        report = json.loads(docker("run", "--rm", "--network", "host", tag, "check-config",
+                                   "--env", "production"))
+        assert report["source"] == "/opt/hello-c/config/production/config.json", report
+    finally:
+        for container in CONTAINERS:
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+        CONTAINERS.clear()
+        docker("rmi", "-f", tag, check=False)
+    return (f"the image's SDK ({len(image_sdk)} files) is the binary's; the app served / and "
+            "/json from /opt/hello-c in production")
 
 
 def test_image_sizes():

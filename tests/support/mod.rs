@@ -219,6 +219,13 @@ impl Service {
         service
     }
 
+    /// Like `spawn`, in the working directory `dir`.
+    pub fn spawn_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Service {
+        let mut command = command(args, env);
+        command.current_dir(dir);
+        Service::launch(command, Stdio::null())
+    }
+
     /// Like `spawn`, through another program (e.g. `unshare … microservice-rust …`).
     pub fn spawn_program(program: &str, args: &[&str]) -> Service {
         let mut command = Command::new(program);
