@@ -158,7 +158,7 @@ const MAX_THREADS: u64 = 1024;
 pub const MAX_WORKERS: u64 = 64;
 const MAX_IO_THREADS: u64 = 64;
 const MAX_CONNECTIONS: u64 = 10_000_000;
-/// I/O threads per worker by default; see the README's design notes for the measurement.
+/// I/O threads per worker by default; see docs/DESIGN.md for the measurement.
 const DEFAULT_IO_THREADS: usize = 1;
 /// The share of the file descriptor limit that `max_connections` takes by default, in
 /// percent; the rest is left to the app and the worker's own files.
