@@ -6,6 +6,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use support::*;
 
@@ -108,6 +109,21 @@ fn a_new_rust_app_builds_offline_and_serves_in_dev_and_production() {
     );
     let reply = get(service.port, "/?name=a%20b+c").expect("a reply");
     assert_eq!(reply.text(), "Hello, a b c!\n");
+    drop(service);
+
+    // Dev mode reloads the app when `cargo build` replaces the library, as its README says.
+    let service = Service::spawn_in(&dir, &["--app", library], &[]);
+    service.wait_ready();
+    let source = dir.join("src/lib.rs");
+    let text = std::fs::read_to_string(&source).expect("src/lib.rs");
+    let edited = text.replace("{name}!", "{name}?");
+    assert_ne!(edited, text, "the greeting's format in src/lib.rs");
+    std::fs::write(&source, edited).expect("editing src/lib.rs");
+    build(&dir, "cargo", &["build", "--offline", "--quiet"]);
+    wait_for("the rebuilt app's answer", Duration::from_secs(20), || {
+        let reply = get(service.port, "/").ok()?;
+        (reply.text() == "Hello, world?\n").then_some(())
+    });
 }
 
 #[test]
