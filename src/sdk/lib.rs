@@ -21,9 +21,10 @@
 //! export_app!(Hello);
 //! ```
 //!
-//! Depend on this crate with `default-features = false` (add `features = ["json"]` for the
-//! serde helpers and the re-exported `serde_json`): the default features build the server,
-//! which an app does not need.
+//! `microservice-rust new` and `microservice-rust sdk DIR` write this crate on its own, with
+//! no dependency (add `features = ["json"]` for the serde helpers and the re-exported
+//! `serde_json`). Inside the server's repository, where the crate's default features build
+//! the server, an app depends on it with `default-features = false`.
 //!
 //! Build the app with unwinding panics (the default `panic = "unwind"`): the exported entry
 //! points catch a panic and answer 500, which `panic = "abort"` makes impossible.
