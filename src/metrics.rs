@@ -62,6 +62,7 @@ pub struct Counters {
     log_dropped: AtomicU64,
     accept_paused: AtomicU64,
     accept_errors: AtomicU64,
+    shed: AtomicU64,
     closed: [AtomicU64; Closed::ALL.len()],
 }
 
@@ -225,6 +226,7 @@ impl Recorder {
             Event::LogDropped => &counters.log_dropped,
             Event::AcceptPaused => &counters.accept_paused,
             Event::AcceptError => &counters.accept_errors,
+            Event::Shed => &counters.shed,
             Event::Closed(reason) => &counters.closed[reason as usize],
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -248,6 +250,8 @@ pub enum Event {
     AcceptPaused,
     /// `accept()` failed for a reason other than the connection itself (out of fds).
     AcceptError,
+    /// A request answered 503 at once because `max_queue` requests were waiting.
+    Shed,
     Closed(Closed),
 }
 
@@ -361,6 +365,7 @@ impl Counters {
                 &self.log_dropped,
                 &self.accept_paused,
                 &self.accept_errors,
+                &self.shed,
             ])
             .chain(self.closed.iter())
     }
@@ -388,6 +393,7 @@ struct Totals {
     log_dropped: u64,
     accept_paused: u64,
     accept_errors: u64,
+    shed: u64,
     closed: [u64; Closed::ALL.len()],
 }
 
@@ -401,6 +407,7 @@ impl Totals {
             log_dropped: 0,
             accept_paused: 0,
             accept_errors: 0,
+            shed: 0,
             closed: [0; Closed::ALL.len()],
         }
     }
@@ -422,6 +429,7 @@ impl Totals {
         self.log_dropped += load(&counters.log_dropped);
         self.accept_paused += load(&counters.accept_paused);
         self.accept_errors += load(&counters.accept_errors);
+        self.shed += load(&counters.shed);
         for (total, counter) in self.closed.iter_mut().zip(&counters.closed) {
             *total += load(counter);
         }
@@ -599,6 +607,11 @@ fn write_events(out: &mut Text, region: &Region, totals: &Totals) {
             "microservice_http_accept_errors_total",
             "accept() failures other than the connection's own (out of file descriptors).",
             totals.accept_errors,
+        ),
+        (
+            "microservice_http_requests_shed_total",
+            "Requests answered 503 at once because max_queue requests were waiting for a pool thread.",
+            totals.shed,
         ),
     ];
     for (name, help, value) in counters {

@@ -385,3 +385,42 @@ fn the_app_reads_decoded_query_parameters() {
         );
     }
 }
+
+#[test]
+fn past_max_queue_requests_are_shed_at_once_and_health_checks_are_not() {
+    let _serial = serial();
+    let config = r#"{"mode": "production", "threads": 1, "max_queue": 2}"#;
+    let service = Service::start(&example_lib(), config);
+    let port = service.port;
+    // One request inside the app first, so that "waiting" means waiting for that thread.
+    let first = std::thread::spawn(move || get(port, "/delay/1").expect("a reply"));
+    wait_for(
+        "the first request inside the app",
+        Duration::from_secs(5),
+        || (gauge(port, "microservice_pool_threads_busy") == Some(1)).then_some(()),
+    );
+    let health = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        get(port, "/healthz").expect("a reply")
+    });
+    let results = parallel_gets(port, "/delay/1", 5);
+    let statuses: Vec<(f64, u16)> = results.iter().map(|(t, r)| (*t, r.status)).collect();
+    let shed: Vec<&(f64, Reply)> = results.iter().filter(|(_, r)| r.status == 503).collect();
+    assert_eq!(shed.len(), 3, "two wait, three are shed: {statuses:?}");
+    for (at, reply) in &shed {
+        // At once, not after a thread came free (1 s); 0.5 s is the tolerance for a loaded
+        // machine.
+        assert!(*at < 0.5, "shed after {at:.3}s: {statuses:?}");
+        assert_eq!(reply.header("retry-after"), Some("1"));
+        assert!(reply.text().starts_with("overloaded"), "{}", reply.text());
+    }
+    assert_eq!(
+        results.iter().filter(|(_, r)| r.status == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(first.join().expect("first").status, 200);
+    let health = health.join().expect("health");
+    assert_eq!(health.status, 200, "a health check is never shed");
+    assert_eq!(counter(port, "microservice_http_requests_shed_total"), 3);
+}

@@ -92,6 +92,8 @@ pub struct Settings {
     pub io_threads: usize,
     /// Connections a worker holds at once; `None`: from its file descriptor limit.
     pub max_connections: Option<u64>,
+    /// Requests one worker lets wait for a pool thread; one more is shed with 503.
+    pub max_queue: u64,
     pub host: IpAddr,
     pub port: u16,
     pub app: Option<PathBuf>,
@@ -164,6 +166,9 @@ const DEFAULT_IO_THREADS: usize = 1;
 /// percent; the rest is left to the app and the worker's own files.
 const CONNECTIONS_SHARE_OF_FDS: u64 = 90;
 const MAX_SECONDS: f64 = 86_400.0;
+/// Requests a worker lets wait for a pool thread by default (see the README's table).
+const DEFAULT_MAX_QUEUE: u64 = 1024;
+const MAX_QUEUE: u64 = 10_000_000;
 const PRODUCTION_REQUEST_TIMEOUT_S: f64 = 60.0;
 
 impl Default for Settings {
@@ -175,6 +180,7 @@ impl Default for Settings {
             workers: 1,
             io_threads: DEFAULT_IO_THREADS,
             max_connections: None,
+            max_queue: DEFAULT_MAX_QUEUE,
             host: IpAddr::from([0, 0, 0, 0]),
             port: 80,
             app: None,
@@ -270,6 +276,7 @@ impl Settings {
             "workers": self.workers,
             "io_threads": self.io_threads,
             "max_connections": max_connections,
+            "max_queue": self.max_queue,
             "host": self.host.to_string(),
             "port": self.port,
             "app": self.app.as_ref().map(|p| p.display().to_string()),
@@ -449,6 +456,9 @@ impl Settings {
         if let Some(v) = present(top, "max_connections") {
             s.max_connections = Some(r.whole("max_connections", v, 1, MAX_CONNECTIONS)?);
         }
+        if let Some(v) = present(top, "max_queue") {
+            s.max_queue = r.whole("max_queue", v, 1, MAX_QUEUE)?;
+        }
         if let Some(v) = present(top, "host") {
             s.host = v
                 .as_str()
@@ -534,12 +544,13 @@ pub fn near_misses(value: &Value) -> Vec<(String, &'static str)> {
 }
 
 /// Every top-level server key: those `to_json` writes, and the Flask image's two.
-const SERVER_KEYS: [&str; 22] = [
+const SERVER_KEYS: [&str; 23] = [
     "mode",
     "threads",
     "workers",
     "io_threads",
     "max_connections",
+    "max_queue",
     "host",
     "port",
     "app",

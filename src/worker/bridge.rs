@@ -83,6 +83,16 @@ pub fn text(status: u16, text: &str) -> Answer {
     with_type(status, Bytes::copy_from_slice(text.as_bytes()), PLAIN_TEXT)
 }
 
+/// The answer to a request shed because `max_queue` requests were waiting: come back in a
+/// second.
+pub fn shed() -> Answer {
+    let mut answer = text(503, "overloaded: too many requests waiting, retry later\n");
+    answer
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    answer
+}
+
 /// The `/metrics` text.
 pub fn metrics(text: String) -> Answer {
     with_type(

@@ -35,7 +35,7 @@ use tokio::sync::{oneshot, watch};
 use super::access::Ledger;
 use super::bridge::{self, Answer};
 use super::front::Connections;
-use super::pool::{Kind, Pool, Received};
+use super::pool::{Kind, Pool, Received, Submitted};
 use super::screen::{Screen, Verdict};
 use crate::config::Settings;
 use crate::metrics::{Closed, Event, Recorder};
@@ -282,8 +282,13 @@ impl Context {
     /// Hands the request to the pool and waits for its answer or its deadline. (When the
     /// worker gives up on its requests, the pool answers them 503 itself.)
     async fn through_pool(&self, request: &Arc<Received>, deadline: Option<Instant>) -> Reply {
-        let Some(mut reply) = self.pool.submit(request.clone()) else {
-            return Reply::text(503, "shutting down\n");
+        let mut reply = match self.pool.submit(request.clone()) {
+            Submitted::Queued(reply) => reply,
+            Submitted::Shed => {
+                self.metrics.count(Event::Shed);
+                return Reply::new(bridge::shed(), None);
+            }
+            Submitted::Stopped => return Reply::text(503, "shutting down\n"),
         };
         // If hyper drops this future (the client left), a request still queued never
         // reaches the app.

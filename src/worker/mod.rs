@@ -112,6 +112,7 @@ pub fn run() -> Result<i32, Error> {
         app.clone(),
         PoolSettings {
             threads,
+            max_queue: usize::try_from(settings.max_queue).unwrap_or(usize::MAX),
             slow: settings.watchdog.request_threshold_s.map(|t| {
                 (
                     Duration::from_secs_f64(t),

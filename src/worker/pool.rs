@@ -49,6 +49,8 @@ use crate::say;
 #[derive(Clone, Debug)]
 pub struct PoolSettings {
     pub threads: usize,
+    /// App requests that may wait for a thread; one more is shed (`max_queue`).
+    pub max_queue: usize,
     /// The request-duration watchdog: (threshold, how many recent requests to average).
     pub slow: Option<(Duration, usize)>,
 }
@@ -114,6 +116,16 @@ impl Received {
     }
 }
 
+/// What [`Pool::submit`] did with a request.
+pub enum Submitted {
+    /// Queued: its answer comes on this channel.
+    Queued(oneshot::Receiver<Answer>),
+    /// `max_queue` app requests were waiting already: it was not queued.
+    Shed,
+    /// The pool is stopped.
+    Stopped,
+}
+
 /// What waits in the pool's queue.
 enum Job {
     Http {
@@ -140,6 +152,8 @@ struct Shared {
     /// One per live thread (written-off ones included), for the report and the gauges.
     slots: Mutex<Vec<Arc<Slot>>>,
     written_off: AtomicUsize,
+    /// App requests queued and not yet taken or given up (`max_queue` bounds it).
+    waiting: AtomicUsize,
     /// Nothing more enters the app.
     stopped: AtomicBool,
     /// Held for reading by every call into the app; taken for writing to shut it down.
@@ -190,6 +204,7 @@ impl Pool {
             ledger,
             slots: Mutex::new(Vec::new()),
             written_off: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
             gate: RwLock::new(()),
             recent: Mutex::new(VecDeque::with_capacity(settings.slow.map_or(0, |s| s.1))),
@@ -201,24 +216,43 @@ impl Pool {
         Ok(Pool { shared })
     }
 
-    /// Queues a request; its answer comes on the returned channel. `None` once stopped.
-    pub fn submit(&self, request: Arc<Received>) -> Option<oneshot::Receiver<Answer>> {
-        if self.shared.stopped.load(Ordering::Acquire) {
-            return None;
+    /// Queues a request, unless `max_queue` app requests wait already (health checks are
+    /// never shed: they must see what a request would).
+    pub fn submit(&self, request: Arc<Received>) -> Submitted {
+        let shared = &self.shared;
+        if shared.stopped.load(Ordering::Acquire) {
+            return Submitted::Stopped;
+        }
+        let counted = request.kind == Kind::App;
+        if counted {
+            let limit = shared.settings.max_queue;
+            let room = shared
+                .waiting
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < limit).then_some(n + 1)
+                });
+            if room.is_err() {
+                return Submitted::Shed;
+            }
         }
         let (reply, answer) = oneshot::channel();
-        self.shared.sender.send(Job::Http { request, reply }).ok()?;
-        Some(answer)
+        if shared.sender.send(Job::Http { request, reply }).is_err() {
+            if counted {
+                shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+            return Submitted::Stopped;
+        }
+        Submitted::Queued(answer)
     }
 
     /// The request's deadline passed: a queued request never enters the app, and the
     /// thread of one inside it is written off and replaced, up to the cap. `false` when the
     /// pool had answered it already (its answer is on its way).
     pub fn expire(&self, request: &Received) -> bool {
-        if request.moves(state::QUEUED, state::LATE) {
+        let shared = &self.shared;
+        if shared.leaves_queue(request, state::LATE) {
             return true;
         }
-        let shared = &self.shared;
         let cap = shared.settings.threads;
         let under_cap = shared
             .written_off
@@ -249,7 +283,7 @@ impl Pool {
         let mut answered = 0;
         while let Ok(job) = shared.queue.try_recv() {
             if let Job::Http { request, reply } = job {
-                if request.moves(state::QUEUED, state::ABANDONED) {
+                if shared.leaves_queue(&request, state::ABANDONED) {
                     let _ = reply.send(gone());
                     answered += 1;
                 }
@@ -273,7 +307,7 @@ impl Pool {
 
     /// The I/O side stopped waiting for `request`: if still queued, it never enters the app.
     pub fn forget(&self, request: &Received) {
-        request.moves(state::QUEUED, state::GONE);
+        self.shared.leaves_queue(request, state::GONE);
     }
 
     /// Queues a watchdog probe; a pool thread answers it on the status pipe.
@@ -348,6 +382,16 @@ impl Pool {
 }
 
 impl Shared {
+    /// Moves a queued request on to `to`; `false` when it was not queued any more. Every
+    /// way out of the queue goes through here, so `waiting` counts what still waits.
+    fn leaves_queue(&self, request: &Received, to: u8) -> bool {
+        let moved = request.moves(state::QUEUED, to);
+        if moved && request.kind == Kind::App {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        moved
+    }
+
     fn spawn_thread(self: &Arc<Self>) -> std::io::Result<()> {
         let slot = Arc::new(Slot::default());
         lock(&self.slots).push(slot.clone());
@@ -384,7 +428,7 @@ impl Shared {
         slot: &Slot,
         view: &mut RequestView,
     ) -> bool {
-        if !request.moves(state::QUEUED, state::IN_APP) {
+        if !self.leaves_queue(&request, state::IN_APP) {
             return false; // late, gone, or abandoned
         }
         let _inside = self.gate.read().unwrap_or_else(|p| p.into_inner());
