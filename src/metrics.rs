@@ -130,9 +130,11 @@ pub enum Restart {
     Crash,
     Reload,
     Signal,
+    /// Past `max_requests` or `max_worker_memory_mb`.
+    Recycle,
 }
 
-const RESTARTS: [&str; 4] = ["watchdog", "crash", "reload", "signal"];
+const RESTARTS: [&str; 5] = ["watchdog", "crash", "reload", "signal", "recycle"];
 
 #[repr(C)]
 pub struct Region {
@@ -339,6 +341,19 @@ impl Slots {
 
     pub fn slot_of(&self, pid: i32) -> Option<usize> {
         self.owners.iter().position(|o| *o == Some(pid))
+    }
+
+    /// The requests the worker `pid` has answered so far (0 without a slot).
+    pub fn requests_of(&self, pid: i32) -> u64 {
+        self.slot_of(pid).map_or(0, |slot| {
+            self.region.slots[slot]
+                .counters
+                .requests
+                .iter()
+                .flatten()
+                .map(|n| n.load(Ordering::Relaxed))
+                .sum()
+        })
     }
 
     /// The supervisor started a worker in another's place.

@@ -596,3 +596,106 @@ fn slow_requests_fail_healthz_and_the_watchdog_replaces_the_worker() {
     });
     assert_eq!(get(service.port, "/healthz").expect("reply").status, 200);
 }
+
+/// How many workers took over from a recycled one, by the supervisor's log.
+fn recycled(service: &Service) -> usize {
+    service
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("took over from") && l.contains("(recycle)"))
+        .count()
+}
+
+/// `microservice_worker_restarts_total{reason="recycle"}`.
+fn recycle_count(port: u16) -> u64 {
+    let text = get(port, "/metrics").expect("metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("microservice_worker_restarts_total{reason=\"recycle\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("the recycle count in /metrics")
+}
+
+#[test]
+fn max_requests_recycles_workers_under_load_without_a_failed_request() {
+    let _serial = serial();
+    let config = r#"{"mode": "production", "threads": 2, "workers": 2,
+                     "max_requests": 200, "max_requests_jitter": 50}"#;
+    let service = Service::start(&fixture_lib(), config);
+    let port = service.port;
+    let load = Load::start(port, "/", 4);
+    let started = Instant::now();
+    // The issue's figure is 5 in 10 s; 30 s is the bound on a loaded machine.
+    wait_for("5 recycles", Duration::from_secs(30), || {
+        (recycled(&service) >= 5).then_some(())
+    });
+    let took = started.elapsed().as_secs_f64();
+    thread::sleep(Duration::from_millis(300));
+    let tally = load.finish();
+    eprintln!(
+        "max_requests 200: 5 recycles in {took:.2}s; {} answers, {} errors, {} retried",
+        tally.answers.len(),
+        tally.errors.len(),
+        tally.retried
+    );
+    assert!(tally.errors.is_empty(), "{:?}", tally.errors);
+    assert_eq!(tally.count(200), tally.answers.len());
+    assert!(recycle_count(port) >= 5);
+    let reasons: Vec<String> = service
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains("recycling it"))
+        .collect();
+    // Each worker answered at least max_requests, and at most max_requests + the jitter
+    // plus what arrived in the supervisor's 50 ms between two looks.
+    assert!(
+        reasons.iter().all(|l| l.contains("requests (limit 2") && {
+            let limit: u64 = l
+                .split("(limit ")
+                .nth(1)
+                .and_then(|r| r.split(')').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            (200..=250).contains(&limit)
+        }),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn max_worker_memory_mb_recycles_a_leaking_worker_without_a_failed_request() {
+    let _serial = serial();
+    let config = r#"{"mode": "production", "threads": 2, "max_worker_memory_mb": 64}"#;
+    let service = Service::start(&example_lib(), config);
+    let port = service.port;
+    let old = pid_answer_of(&service);
+    let load = Load::start(port, "/", 4);
+    thread::sleep(Duration::from_millis(300));
+    let reply = get(port, "/leak/100").expect("a reply");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    wait_for(
+        "the leaking worker recycled",
+        Duration::from_secs(10),
+        || (recycled(&service) == 1).then_some(()),
+    );
+    thread::sleep(Duration::from_millis(300));
+    let tally = load.finish();
+    assert!(tally.errors.is_empty(), "{:?}", tally.errors);
+    assert_eq!(tally.count(200), tally.answers.len());
+    let line = format!("worker {old} resident memory ");
+    assert!(
+        service
+            .log_lines()
+            .iter()
+            .any(|l| l.contains(&line) && l.contains("> max_worker_memory_mb 64: recycling it")),
+        "{:?}",
+        service.log_lines()
+    );
+    assert_eq!(recycle_count(port), 1);
+}
+
+/// The only worker's pid, from the supervisor's log.
+fn pid_answer_of(service: &Service) -> i32 {
+    wait_for("the worker's start", Duration::from_secs(5), || {
+        started_workers(&service.log_lines()).first().copied()
+    })
+}

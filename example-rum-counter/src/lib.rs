@@ -5,6 +5,8 @@
 //!   `rums_limit` the drink is refused with 403
 //! * `GET /report` → every user's count as JSON
 //! * `GET /delay/{n}` → sleeps `n` seconds (fractions allowed) and answers `rnd=<number>`
+//! * `GET /leak/{mb}` → leaks `mb` MiB on purpose (touched, so resident): try it with
+//!   `max_worker_memory_mb`
 
 use std::collections::hash_map::RandomState;
 use std::collections::BTreeMap;
@@ -20,6 +22,9 @@ const DEFAULT_RUMS_LIMIT: u64 = 2;
 
 /// The longest `/delay/{n}` sleeps.
 const MAX_DELAY_S: f64 = 3600.0;
+
+/// The most `/leak/{mb}` leaks at once.
+const MAX_LEAK_MB: usize = 1024;
 
 pub struct RumCounter {
     limit: u64,
@@ -44,9 +49,12 @@ impl App for RumCounter {
             ("POST", ["drink", user, count]) if !user.is_empty() => self.drink(user, count),
             ("GET", ["report"]) => self.report(),
             ("GET", ["delay", seconds]) => delay(seconds),
-            (_, ["drink", ..]) | (_, ["report"]) | (_, ["delay", ..]) | (_, [""]) => {
-                Response::text(405, "method not allowed\n")
-            }
+            ("GET", ["leak", mb]) => leak(mb),
+            (_, ["drink", ..])
+            | (_, ["report"])
+            | (_, ["delay", ..])
+            | (_, ["leak", ..])
+            | (_, [""]) => Response::text(405, "method not allowed\n"),
             _ => Response::text(404, "not found\n"),
         }
     }
@@ -104,6 +112,20 @@ fn delay(seconds: &str) -> Response {
         _ => Response::text(
             400,
             format!("delay must be a number of seconds from 0 to {MAX_DELAY_S}\n"),
+        ),
+    }
+}
+
+/// Leaks `mb` MiB, written to so that they count as resident memory.
+fn leak(mb: &str) -> Response {
+    match mb.parse::<usize>() {
+        Ok(mb) if mb <= MAX_LEAK_MB => {
+            let leaked: &'static mut [u8] = vec![1u8; mb << 20].leak();
+            Response::text(200, format!("leaked {} MiB\n", leaked.len() >> 20))
+        }
+        _ => Response::text(
+            400,
+            format!("leak must be a whole number of MiB from 0 to {MAX_LEAK_MB}\n"),
         ),
     }
 }

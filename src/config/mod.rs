@@ -94,6 +94,12 @@ pub struct Settings {
     pub max_connections: Option<u64>,
     /// Requests one worker lets wait for a pool thread; one more is shed with 503.
     pub max_queue: u64,
+    /// A worker that has answered this many requests (plus up to `max_requests_jitter`) is
+    /// replaced; 0: never.
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    /// A worker whose resident memory passes this many MiB is replaced; `None`: never.
+    pub max_worker_memory_mb: Option<u64>,
     pub host: IpAddr,
     pub port: u16,
     pub app: Option<PathBuf>,
@@ -169,6 +175,8 @@ const MAX_SECONDS: f64 = 86_400.0;
 /// Requests a worker lets wait for a pool thread by default (see the README's table).
 const DEFAULT_MAX_QUEUE: u64 = 1024;
 const MAX_QUEUE: u64 = 10_000_000;
+const MAX_REQUESTS: u64 = 1 << 53;
+const MAX_WORKER_MEMORY_MB: u64 = 1 << 24;
 const PRODUCTION_REQUEST_TIMEOUT_S: f64 = 60.0;
 
 impl Default for Settings {
@@ -181,6 +189,9 @@ impl Default for Settings {
             io_threads: DEFAULT_IO_THREADS,
             max_connections: None,
             max_queue: DEFAULT_MAX_QUEUE,
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_worker_memory_mb: None,
             host: IpAddr::from([0, 0, 0, 0]),
             port: 80,
             app: None,
@@ -277,6 +288,9 @@ impl Settings {
             "io_threads": self.io_threads,
             "max_connections": max_connections,
             "max_queue": self.max_queue,
+            "max_requests": self.max_requests,
+            "max_requests_jitter": self.max_requests_jitter,
+            "max_worker_memory_mb": self.max_worker_memory_mb,
             "host": self.host.to_string(),
             "port": self.port,
             "app": self.app.as_ref().map(|p| p.display().to_string()),
@@ -459,6 +473,16 @@ impl Settings {
         if let Some(v) = present(top, "max_queue") {
             s.max_queue = r.whole("max_queue", v, 1, MAX_QUEUE)?;
         }
+        if let Some(v) = present(top, "max_requests") {
+            s.max_requests = r.whole("max_requests", v, 0, MAX_REQUESTS)?;
+        }
+        if let Some(v) = present(top, "max_requests_jitter") {
+            s.max_requests_jitter = r.whole("max_requests_jitter", v, 0, MAX_REQUESTS)?;
+        }
+        if let Some(v) = present(top, "max_worker_memory_mb") {
+            s.max_worker_memory_mb =
+                Some(r.whole("max_worker_memory_mb", v, 1, MAX_WORKER_MEMORY_MB)?);
+        }
         if let Some(v) = present(top, "host") {
             s.host = v
                 .as_str()
@@ -544,13 +568,16 @@ pub fn near_misses(value: &Value) -> Vec<(String, &'static str)> {
 }
 
 /// Every top-level server key: those `to_json` writes, and the Flask image's two.
-const SERVER_KEYS: [&str; 23] = [
+const SERVER_KEYS: [&str; 26] = [
     "mode",
     "threads",
     "workers",
     "io_threads",
     "max_connections",
     "max_queue",
+    "max_requests",
+    "max_requests_jitter",
+    "max_worker_memory_mb",
     "host",
     "port",
     "app",

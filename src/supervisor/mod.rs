@@ -31,7 +31,7 @@ mod signals;
 
 pub use listen::address_file;
 
-use crate::config::{Loaded, Mode};
+use crate::config::{Loaded, Mode, Settings};
 use crate::control::{self, Command, LISTEN_FD, READY, STATUS_FD, SUPERVISOR_PID_VAR};
 use crate::error::Error;
 use crate::exit;
@@ -83,6 +83,8 @@ enum Reason {
     Watchdog,
     Reload,
     Config,
+    /// Past `max_requests` or `max_worker_memory_mb`.
+    Recycle,
 }
 
 impl Reason {
@@ -91,6 +93,7 @@ impl Reason {
             Reason::Watchdog => Restart::Watchdog,
             Reason::Reload => Restart::Reload,
             Reason::Config => Restart::Signal,
+            Reason::Recycle => Restart::Recycle,
         }
     }
 
@@ -99,6 +102,7 @@ impl Reason {
             Reason::Watchdog => "watchdog",
             Reason::Reload => "reload",
             Reason::Config => "config re-read",
+            Reason::Recycle => "recycle",
         }
     }
 }
@@ -143,6 +147,8 @@ struct Worker {
     replaces: Option<(i32, Reason)>,
     /// A replacement for this worker is on its way: no more probes.
     replaced: bool,
+    /// Requests after which it is recycled (`max_requests` plus its share of the jitter).
+    request_limit: Option<u64>,
     probes: Probes,
     kill_at: Option<Instant>,
 }
@@ -302,6 +308,7 @@ impl Supervisor {
         self.watch_health(now);
         self.restart_if_due(now);
         self.roll_on();
+        self.recycle_if_due();
         if let Phase::Draining { until } = self.phase {
             if now >= until {
                 self.phase = Phase::Stopping;
@@ -387,6 +394,7 @@ impl Supervisor {
             control,
             replaces,
             replaced: false,
+            request_limit: request_limit(&self.loaded.settings, pid),
             probes: Probes {
                 next_id: 1,
                 outstanding: None,
@@ -474,7 +482,7 @@ impl Supervisor {
             {
                 let how = match reason {
                     Reason::Watchdog => Stop::Abandon,
-                    Reason::Reload | Reason::Config => Stop::Drain,
+                    Reason::Reload | Reason::Config | Reason::Recycle => Stop::Drain,
                 };
                 say!("worker {pid} took over from {old} ({})", reason.name());
                 self.stop(old, how);
@@ -626,6 +634,48 @@ impl Supervisor {
             for pid in serving.into_iter().take(planned - wanted) {
                 self.stop(pid, Stop::Drain);
             }
+        }
+    }
+
+    /// Replaces one worker past `max_requests` or `max_worker_memory_mb`, when no other
+    /// replacement is under way: the same ready-then-drain handover as SIGHUP's, one worker
+    /// at a time, so the service never loses more than one worker's share of capacity.
+    fn recycle_if_due(&mut self) {
+        let settings = &self.loaded.settings;
+        let memory_limit = settings.max_worker_memory_mb;
+        if self.phase != Phase::Serving
+            || !self.rolling.is_empty()
+            || self
+                .workers
+                .iter()
+                .any(|w| w.replaces.is_some() || w.replaced)
+            || (settings.max_requests == 0 && memory_limit.is_none())
+        {
+            return;
+        }
+        let due = self.workers.iter().find_map(|worker| {
+            if worker.state != WorkerState::Ready {
+                return None;
+            }
+            let pid = worker.pid;
+            if let Some(limit) = worker.request_limit {
+                let served = self.slots.requests_of(pid);
+                if served >= limit {
+                    return Some((pid, format!("answered {served} requests (limit {limit})")));
+                }
+            }
+            let limit = memory_limit?;
+            let resident = resident_mib(pid)?;
+            (resident > limit).then(|| {
+                (
+                    pid,
+                    format!("resident memory {resident} MiB > max_worker_memory_mb {limit}"),
+                )
+            })
+        });
+        if let Some((pid, why)) = due {
+            say!("worker {pid} {why}: recycling it");
+            self.replace(pid, Reason::Recycle);
         }
     }
 
@@ -929,4 +979,28 @@ fn place_fds(moves: &[(RawFd, RawFd); 3]) -> std::io::Result<()> {
         check(unsafe { libc::dup2(temporary[i], to) })?;
     }
     Ok(())
+}
+
+/// The requests after which the worker `pid` is recycled: `max_requests` plus a share of
+/// `max_requests_jitter` drawn for it, so that workers started together do not all recycle
+/// together. `None` when `max_requests` is 0.
+fn request_limit(settings: &Settings, pid: i32) -> Option<u64> {
+    use std::hash::BuildHasher;
+    if settings.max_requests == 0 {
+        return None;
+    }
+    let jitter = match settings.max_requests_jitter {
+        0 => 0,
+        most => std::collections::hash_map::RandomState::new().hash_one(pid) % (most + 1),
+    };
+    Some(settings.max_requests.saturating_add(jitter))
+}
+
+/// The resident memory of process `pid` in MiB, from `/proc/PID/statm`.
+fn resident_mib(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    Some((pages * page) >> 20)
 }
