@@ -43,7 +43,9 @@
 extern "C" {
 #endif
 
-#define MSR_ABI_VERSION 1u
+/* Version 2 appended `id`, `host` and `host_ctx` to msr_request. The worker still loads
+ * version 1 apps (they never read past `peer`); a version 1 worker refuses version 2 apps. */
+#define MSR_ABI_VERSION 2u
 
 typedef struct msr_bytes {
     const uint8_t *ptr;
@@ -55,6 +57,8 @@ typedef struct msr_header {
     msr_bytes value;
 } msr_header;
 
+typedef struct msr_host msr_host;
+
 typedef struct msr_request {
     msr_bytes method;
     msr_bytes path;          /* without the query string, not percent-decoded */
@@ -63,7 +67,28 @@ typedef struct msr_request {
     size_t header_count;
     msr_bytes body;          /* the whole body, read before handle is called */
     msr_bytes peer;          /* the client's "ip:port" */
+    /* ABI 2 */
+    msr_bytes id;            /* the request's ID: the client's X-Request-ID if sane, else made up */
+    const msr_host *host;    /* the worker's functions below, for this request */
+    void *host_ctx;          /* passed back to them as ctx */
 } msr_request;
+
+/* The worker's functions, callable from `handle` on the thread it runs on, while it runs. */
+struct msr_host {
+    /* 1 once the request is cancelled (its client left, or its deadline passed), else 0.
+     * A long handler may look now and then and return early. */
+    int32_t (*is_cancelled)(void *ctx);
+    /* Starts a streamed response: the status and headers are sent at once, the body is
+     * what stream_write sends, and it ends when handle returns (the response handle fills
+     * in is then ignored, but still passed to release). 0, or -1 when the request is
+     * cancelled or a stream was started already. The headers are copied. */
+    int32_t (*stream_start)(void *ctx, uint16_t status, const msr_header *headers,
+                            size_t header_count);
+    /* Sends body bytes (copied). Blocks while the client reads slowly (at most 64 KiB wait in
+     * the worker beyond the socket's buffer). 0, or -1 once the request is cancelled: the
+     * response is then cut off and handle should return. */
+    int32_t (*stream_write)(void *ctx, const uint8_t *bytes, size_t len);
+};
 
 typedef struct msr_response {
     uint16_t status;         /* 200..999; anything else (1xx too) is sent as 500 */

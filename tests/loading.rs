@@ -129,8 +129,8 @@ fn a_library_built_for_another_abi_version_is_named() {
     refuses(
         &path,
         &format!(
-            "built for ABI version 2, but this worker speaks version 1: rebuild the app \
-             against microservice-rust {}",
+            "built for ABI version 3, but this worker speaks versions 1 to 2: rebuild the \
+             app against microservice-rust {}",
             env!("CARGO_PKG_VERSION")
         ),
     );
@@ -196,12 +196,32 @@ fn a_c_app_built_against_the_header_serves() {
     let dir = TempDir::new("capp");
     let path = compile_c_app(&dir, "libhello.so", &[]);
     let service = Service::start(&path, r#"{"mode": "production", "threads": 2}"#);
-    let reply = get(service.port, "/hello").expect("a reply");
+    let raw = b"GET /hello HTTP/1.1\r\nHost: t\r\nX-Request-ID: c-42\r\nConnection: close\r\n\r\n";
+    let reply = send(service.port, raw).expect("a reply");
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.text(), "hello from C, GET /hello");
+    assert_eq!(
+        reply.text(),
+        "hello from C, GET /hello, request c-42, cancelled 0"
+    );
+    assert_eq!(reply.header("x-request-id"), Some("c-42"));
     assert_eq!(reply.header("content-type"), Some("text/plain"));
     // No health hook in the C app: /healthz answers from the pool alone.
     assert_eq!(get(service.port, "/healthz").expect("a reply").status, 200);
+}
+
+#[test]
+fn an_app_built_for_abi_version_1_still_serves() {
+    let dir = TempDir::new("abi1");
+    let path = compile_c_app(&dir, "libhello1.so", &["-DABI_V1"]);
+    let service = Service::start(&path, r#"{"mode": "production", "threads": 2}"#);
+    let reply = get(service.port, "/hello").expect("a reply");
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (200, "hello from C, GET /hello")
+    );
+    assert!(reply
+        .header("x-request-id")
+        .is_some_and(|id| id.len() == 32));
 }
 
 #[test]

@@ -3,35 +3,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use support::*;
-
-/// Lines the service wrote on stdout, read until `count` have come or 5 s have passed.
-fn stdout_lines(service: &mut Service, count: usize) -> Vec<String> {
-    let stdout = service.child.stdout.take().expect("stdout is piped");
-    let (sender, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if sender.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut out = Vec::new();
-    while out.len() < count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => out.push(line),
-            Err(_) => break,
-        }
-    }
-    out
-}
 
 fn send_with_agent(port: u16, path: &str) -> Reply {
     let raw = format!(
@@ -56,17 +32,22 @@ fn text_access_lines_are_combined_log_format_with_the_duration() {
         .find(|l| l.contains("/status/201"))
         .unwrap_or_else(|| panic!("no access line for /status/201 in {lines:?}"));
     // 127.0.0.1 - - [23/Nov/2026:06:35:55 +0000] "GET /status/201?x=1 HTTP/1.1" 201 0
-    //   "http://r/" "probe \"7\"" 0.000277
+    //   "http://r/" "probe \"7\"" 0.000277 "<request ID>"
     let (head, rest) = line.split_once(" [").expect("time field");
     assert_eq!(head, "127.0.0.1 - -");
     let (time, rest) = rest.split_once("] ").expect("time field end");
     assert_eq!(time.len(), "23/Nov/2026:06:35:55 +0000".len(), "{time}");
     assert!(time.ends_with(" +0000"));
     let expected = r#""GET /status/201?x=1 HTTP/1.1" 201 0 "http://r/" "probe \"7\"" "#;
-    let duration = rest
+    let tail = rest
         .strip_prefix(expected)
         .unwrap_or_else(|| panic!("{rest:?} does not start with {expected:?}"));
+    let (duration, id) = tail.split_once(' ').expect("the duration, then the ID");
     let seconds: f64 = duration.parse().expect("duration in seconds");
+    assert!(
+        id.len() == 34 && id.starts_with('"') && id.ends_with('"'),
+        "a made-up request ID: {id}"
+    );
     assert!((0.0..1.0).contains(&seconds), "{seconds}");
     assert!(!lines.iter().any(|l| l.contains("s3cret")), "{lines:?}");
 }
@@ -193,10 +174,12 @@ fn an_app_panic_is_one_text_line_with_the_request_and_the_location() {
     let panics: Vec<&String> = lines.iter().filter(|l| l.contains("panic")).collect();
     assert_eq!(panics.len(), 1, "one line about the panic: {lines:?}");
     let line = panics[0];
-    let expected = "worker: the app panicked answering GET /panic: the fixture was asked to \
-                    panic (at tests/apps/fixture/src/lib.rs:";
+    let (before, after) = (
+        "worker: the app panicked answering GET /panic (request ",
+        "): the fixture was asked to panic (at tests/apps/fixture/src/lib.rs:",
+    );
     assert!(
-        line.starts_with("microservice-rust[") && line.contains(expected),
+        line.starts_with("microservice-rust[") && line.contains(before) && line.contains(after),
         "{line}"
     );
     assert!(
@@ -225,7 +208,7 @@ fn an_app_panic_is_one_json_line_and_carries_a_backtrace_only_when_asked() {
         );
         assert!(entry["message"]
             .as_str()
-            .is_some_and(|m| m.starts_with("the app panicked answering GET /panic: ")));
+            .is_some_and(|m| m.starts_with("the app panicked answering GET /panic (request ")));
         assert_eq!(entry.get("backtrace").is_some(), backtrace, "{entry}");
     }
 }

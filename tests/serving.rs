@@ -77,19 +77,20 @@ fn staggered_gets(port: u16, path: &str, count: usize, gap: Duration) -> Vec<(f6
         .collect()
 }
 
-/// Each request carries its own deadline: with 2 threads, five `/delay/5` sent 2 ms apart
+/// Each request carries its own deadline: with 2 threads, five `/sleep/5` sent 2 ms apart
 /// all get their 504 at 1 s, also the three that wait in the queue, and also once the
 /// write-off cap (2) is used up by replacement threads that took queued requests just
 /// before their deadlines. 20 rounds, each on a fresh service (the stuck threads would
-/// hold the next round's pool).
+/// hold the next round's pool). The fixture's `/sleep` does not look for cancellation:
+/// its threads are stuck until it returns, as a buggy app's would be.
 #[test]
 fn requests_past_the_timeout_get_504_at_their_deadline_also_from_the_queue() {
     let _serial = serial();
     let config = r#"{"mode": "production", "threads": 2, "request_timeout_s": 1,
                      "stop_timeout_s": 0.5}"#;
     for round in 1..=20 {
-        let service = Service::start(&example_lib(), config);
-        let results = staggered_gets(service.port, "/delay/5", 5, Duration::from_millis(2));
+        let service = Service::start(&fixture_lib(), config);
+        let results = staggered_gets(service.port, "/sleep/5", 5, Duration::from_millis(2));
         let times: Vec<f64> = results.iter().map(|(t, _)| *t).collect();
         for (time, reply) in &results {
             assert_eq!(reply.status, 504, "round {round}: {}", reply.text());
@@ -126,14 +127,14 @@ fn a_queued_request_that_enters_the_app_after_a_write_off_gets_its_504_on_time()
     // B's 504 is due at 1.3 s, not at the watcher's next routine look.
     let _serial = serial();
     let service = Service::start(
-        &example_lib(),
+        &fixture_lib(),
         r#"{"mode": "production", "threads": 1, "request_timeout_s": 1}"#,
     );
     let port = service.port;
     let start = Instant::now();
-    let a = std::thread::spawn(move || (get(port, "/delay/5"), start.elapsed().as_secs_f64()));
+    let a = std::thread::spawn(move || (get(port, "/sleep/5"), start.elapsed().as_secs_f64()));
     std::thread::sleep(Duration::from_millis(300));
-    let b = std::thread::spawn(move || (get(port, "/delay/5"), start.elapsed().as_secs_f64()));
+    let b = std::thread::spawn(move || (get(port, "/sleep/5"), start.elapsed().as_secs_f64()));
     for (thread, due) in [(a, 1.0), (b, 1.3)] {
         let (reply, at) = thread.join().expect("request thread");
         assert_eq!(reply.expect("a reply").status, 504);

@@ -458,7 +458,11 @@ fn sigusr1_logs_every_request_in_flight_with_its_path_and_age() {
     thread::sleep(Duration::from_millis(300));
     service.signal(SIGUSR1);
     wait_for("the report", Duration::from_secs(5), || {
-        logged(&service, "in flight: GET /sleep/1.5 for 0.").then_some(())
+        service
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("in flight: GET /sleep/1.5 (request ") && l.contains(") for 0."))
+            .then_some(())
     });
     assert!(logged(&service, "1 request(s) inside the app, 0 queued"));
     assert_eq!(slow.join().expect("thread").expect("reply").status, 200);

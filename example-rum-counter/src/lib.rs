@@ -4,7 +4,11 @@
 //! * `POST /drink/{user}/{count}` → counts `count` rums for `user`; past the config's
 //!   `rums_limit` the drink is refused with 403
 //! * `GET /report` → every user's count as JSON
-//! * `GET /delay/{n}` → sleeps `n` seconds (fractions allowed) and answers `rnd=<number>`
+//! * `GET /delay/{n}` → sleeps `n` seconds (fractions allowed) and answers `rnd=<number>`;
+//!   it sleeps in short slices and stops early when the request is cancelled (the client
+//!   left, or the deadline passed)
+//! * `GET /stream/{n}` → `n` Server-Sent Events 100 ms apart (the first 100 ms after the
+//!   request), each sent as it is made
 //! * `GET /leak/{mb}` → leaks `mb` MiB on purpose (touched, so resident): try it with
 //!   `max_worker_memory_mb`
 
@@ -12,7 +16,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use microservice_rust::{export_app, App, Config, Request, Response};
 use serde_json::json;
@@ -22,6 +26,13 @@ const DEFAULT_RUMS_LIMIT: u64 = 2;
 
 /// The longest `/delay/{n}` sleeps.
 const MAX_DELAY_S: f64 = 3600.0;
+
+/// How often `/delay/{n}` looks whether its request was cancelled.
+const DELAY_SLICE: Duration = Duration::from_millis(20);
+
+/// The most events `/stream/{n}` sends, and the time between two.
+const MAX_EVENTS: u64 = 10_000;
+const EVENT_EVERY: Duration = Duration::from_millis(100);
 
 /// The most `/leak/{mb}` leaks at once.
 const MAX_LEAK_MB: usize = 1024;
@@ -48,11 +59,13 @@ impl App for RumCounter {
             ("GET", [""]) => Response::text(200, "OK"),
             ("POST", ["drink", user, count]) if !user.is_empty() => self.drink(user, count),
             ("GET", ["report"]) => self.report(),
-            ("GET", ["delay", seconds]) => delay(seconds),
+            ("GET", ["delay", seconds]) => delay(request, seconds),
+            ("GET", ["stream", count]) => stream(request, count),
             ("GET", ["leak", mb]) => leak(mb),
             (_, ["drink", ..])
             | (_, ["report"])
             | (_, ["delay", ..])
+            | (_, ["stream", ..])
             | (_, ["leak", ..])
             | (_, [""]) => Response::text(405, "method not allowed\n"),
             _ => Response::text(404, "not found\n"),
@@ -103,10 +116,21 @@ impl RumCounter {
     }
 }
 
-fn delay(seconds: &str) -> Response {
+fn delay(request: &Request, seconds: &str) -> Response {
     match seconds.parse::<f64>() {
         Ok(s) if (0.0..=MAX_DELAY_S).contains(&s) => {
-            std::thread::sleep(Duration::from_secs_f64(s));
+            let until = Instant::now() + Duration::from_secs_f64(s);
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                if request.is_cancelled() {
+                    // Nobody waits for the answer: give the thread back.
+                    return Response::text(503, "cancelled\n");
+                }
+                std::thread::sleep(left.min(DELAY_SLICE));
+            }
             Response::text(200, format!("slept {s}s rnd={}\n", random()))
         }
         _ => Response::text(
@@ -114,6 +138,33 @@ fn delay(seconds: &str) -> Response {
             format!("delay must be a number of seconds from 0 to {MAX_DELAY_S}\n"),
         ),
     }
+}
+
+/// `count` events 100 ms apart; stops when the request is cancelled.
+fn stream(request: &Request, count: &str) -> Response {
+    let count = match count.parse::<u64>() {
+        Ok(count) if count <= MAX_EVENTS => count,
+        _ => {
+            return Response::text(
+                400,
+                format!("stream takes a whole number of events from 0 to {MAX_EVENTS}\n"),
+            )
+        }
+    };
+    let Ok(mut events) = request.events() else {
+        return Response::text(503, "cancelled\n");
+    };
+    for n in 1..=count {
+        std::thread::sleep(EVENT_EVERY);
+        let data = format!("{{\"event\":{n},\"of\":{count}}}");
+        if events
+            .event(Some("tick"), &data, Some(&n.to_string()))
+            .is_err()
+        {
+            break;
+        }
+    }
+    events.finish()
 }
 
 /// Leaks `mb` MiB, written to so that they count as resident memory.

@@ -12,7 +12,15 @@
 use std::ffi::c_void;
 
 /// The version of this ABI. Raised on any change to the types or functions below.
-pub const ABI_VERSION: u32 = 1;
+///
+/// Version 2 appended the request's ID and the worker's functions ([`MsrHost`]) to
+/// [`MsrRequest`]; nothing before them moved, so the worker still loads version 1 apps
+/// (they never read past `peer`), while a worker that speaks only version 1 refuses a
+/// version 2 app, which would read past the request it was given.
+pub const ABI_VERSION: u32 = 2;
+
+/// The oldest version the worker still loads.
+pub const OLDEST_ABI_VERSION: u32 = 1;
 
 /// `uint32_t msr_abi_version(void)`: the handshake, called before anything else.
 pub const VERSION_SYMBOL: &str = "msr_abi_version";
@@ -74,6 +82,32 @@ pub struct MsrRequest {
     pub body: MsrBytes,
     /// The client's address as `ip:port`.
     pub peer: MsrBytes,
+    /// ABI 2: the request's ID: the client's `X-Request-ID` when it is sane, else made up.
+    pub id: MsrBytes,
+    /// ABI 2: the worker's functions for this request, each called with `host_ctx`.
+    pub host: *const MsrHost,
+    pub host_ctx: *mut c_void,
+}
+
+/// The worker's functions an app may call while `handle` runs, on the thread it runs on.
+#[repr(C)]
+pub struct MsrHost {
+    /// 1 once the request is cancelled (its client left, or its deadline passed); 0 before.
+    pub is_cancelled: unsafe extern "C" fn(ctx: *mut c_void) -> i32,
+    /// Starts a streamed response: the status and headers are sent now, the body is what
+    /// `stream_write` sends, and it ends when `handle` returns (the response `handle` fills
+    /// in is then ignored, but still passed to `release`). 0, or -1 when the request is
+    /// cancelled or a stream was started already.
+    pub stream_start: unsafe extern "C" fn(
+        ctx: *mut c_void,
+        status: u16,
+        headers: *const MsrHeader,
+        header_count: usize,
+    ) -> i32,
+    /// Sends bytes of a streamed body. Blocks while the client is slow (see the README for
+    /// how much is buffered). 0, or -1 once the request is cancelled or without a stream:
+    /// the response is then cut off and the app should return.
+    pub stream_write: unsafe extern "C" fn(ctx: *mut c_void, bytes: *const u8, len: usize) -> i32,
 }
 
 /// A response as the app fills it in.

@@ -77,6 +77,7 @@ unsafe extern "C" fn handle<A: App>(
     let doing = Doing::Handling {
         method: (*request_raw).method,
         path: (*request_raw).path,
+        id: (*request_raw).id,
     };
     let answer = while_doing(doing, || {
         catch_unwind(AssertUnwindSafe(|| app.handle(&request)))

@@ -2,7 +2,9 @@
 
 use std::borrow::Cow;
 
-use crate::abi::{MsrHeader, MsrRequest};
+use std::ffi::c_void;
+
+use crate::abi::{MsrHeader, MsrHost, MsrRequest};
 
 /// One HTTP request, borrowed from the worker for the duration of [`crate::App::handle`].
 pub struct Request<'a> {
@@ -122,6 +124,18 @@ impl<'a> Request<'a> {
     pub fn peer(&self) -> &'a str {
         text(unsafe { self.raw.peer.as_slice() })
     }
+
+    /// The request's ID: the client's `X-Request-ID` when it is sane, else one the worker
+    /// made up. It is in the response's `X-Request-ID` and in the access log too.
+    pub fn id(&self) -> &'a str {
+        text(unsafe { self.raw.id.as_slice() })
+    }
+
+    /// The worker's functions for this request, when it gave them.
+    pub(crate) fn host(&self) -> Option<(&'a MsrHost, *mut c_void)> {
+        // SAFETY: `from_raw`'s contract covers `host`, valid during `handle`.
+        unsafe { self.raw.host.as_ref() }.map(|host| (host, self.raw.host_ctx))
+    }
 }
 
 impl std::fmt::Debug for Request<'_> {
@@ -202,6 +216,9 @@ mod tests {
             header_count: 0,
             body: MsrBytes::EMPTY,
             peer: MsrBytes::from_slice(b"127.0.0.1:1"),
+            id: MsrBytes::from_slice(b"test"),
+            host: std::ptr::null(),
+            host_ctx: std::ptr::null_mut(),
         }
     }
 

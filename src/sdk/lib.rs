@@ -26,6 +26,9 @@
 //! `serde_json`). Inside the server's repository, where the crate's default features build
 //! the server, an app depends on it with `default-features = false`.
 //!
+//! [`Request::stream`] and [`Request::events`] stream an answer as it is made;
+//! [`Request::is_cancelled`] tells a long handler that nobody waits for its answer any more.
+//!
 //! Build the app with unwinding panics (the default `panic = "unwind"`): the exported entry
 //! points catch a panic and answer 500, which `panic = "abort"` makes impossible.
 
@@ -36,6 +39,7 @@ pub mod clock;
 mod config;
 mod http;
 mod panics;
+mod stream;
 
 pub use app::{api, App};
 pub use config::Config;
@@ -45,3 +49,4 @@ pub use panics::LOG_FORMAT_VAR;
 /// `microservice_rust::serde_json::json!` with no dependency of its own.
 #[cfg(feature = "json")]
 pub use serde_json;
+pub use stream::{Cancelled, Stream};

@@ -27,10 +27,11 @@ pub const LOG_FORMAT_VAR: &str = "MICROSERVICE_LOG_FORMAT";
 pub(crate) enum Doing {
     Other,
     Starting,
-    /// The request's method and path, valid while `handle` runs.
+    /// The request's method, path and ID, valid while `handle` runs.
     Handling {
         method: MsrBytes,
         path: MsrBytes,
+        id: MsrBytes,
     },
     CheckingHealth,
     ShuttingDown,
@@ -76,9 +77,12 @@ fn panic_line(info: &PanicHookInfo<'_>, doing: Doing, json: bool) -> String {
         String::from_utf8_lossy(unsafe { bytes.as_slice() }).into_owned()
     };
     let (place, request) = match doing {
-        Doing::Handling { method, path } => {
-            let (method, path) = (text(method), text(path));
-            (format!("answering {method} {path}"), Some((method, path)))
+        Doing::Handling { method, path, id } => {
+            let (method, path, id) = (text(method), text(path), text(id));
+            (
+                format!("answering {method} {path} (request {id})"),
+                Some((method, path, id)),
+            )
         }
         Doing::Starting => ("starting".to_owned(), None),
         Doing::CheckingHealth => ("checking its health".to_owned(), None),
@@ -115,9 +119,10 @@ fn panic_line(info: &PanicHookInfo<'_>, doing: Doing, json: bool) -> String {
         json_string(&mut line, value);
     };
     field("message", &message);
-    if let Some((method, path)) = &request {
+    if let Some((method, path, id)) = &request {
         field("method", method);
         field("path", path);
+        field("request_id", id);
     }
     field("panic", panic);
     field("location", &location);

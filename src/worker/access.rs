@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use http::header::{REFERER, USER_AGENT};
+use http::header::{HeaderValue, REFERER, USER_AGENT};
 use http::request::Parts;
 
 use crate::log::{self, Format, Level};
@@ -43,10 +43,18 @@ impl Ledger {
     }
 
     /// Counts an answer and writes its access line.
-    pub fn record(&self, head: &Parts, peer: SocketAddr, status: u16, bytes: u64, took: Duration) {
+    pub fn record(
+        &self,
+        head: &Parts,
+        peer: SocketAddr,
+        status: u16,
+        bytes: u64,
+        took: Duration,
+        id: &HeaderValue,
+    ) {
         self.metrics.record(&head.method, status, took);
         if let Some(access) = &self.access {
-            access.write(head, peer, status, bytes, took);
+            access.write(head, peer, (status, bytes, took), id);
         }
     }
 
@@ -111,7 +119,13 @@ impl AccessLog {
 
     /// Adds a request's line for the writer (or drops and counts it when the writer is
     /// behind).
-    pub fn write(&self, head: &Parts, peer: SocketAddr, status: u16, bytes: u64, took: Duration) {
+    pub fn write(
+        &self,
+        head: &Parts,
+        peer: SocketAddr,
+        answer: (u16, u64, Duration),
+        id: &HeaderValue,
+    ) {
         let mut pending = lock(&self.pending);
         if pending.len() >= PENDING_BYTES {
             drop(pending);
@@ -119,7 +133,7 @@ impl AccessLog {
             return;
         }
         let start = pending.len();
-        if line(&mut pending, head, peer, status, bytes, took).is_err() {
+        if line(&mut pending, head, peer, answer, id).is_err() {
             pending.truncate(start);
         }
     }
@@ -184,9 +198,8 @@ fn line(
     line: &mut Vec<u8>,
     head: &Parts,
     peer: SocketAddr,
-    status: u16,
-    bytes: u64,
-    took: Duration,
+    (status, bytes, took): (u16, u64, Duration),
+    id: &HeaderValue,
 ) -> std::io::Result<()> {
     let header = |name| head.headers.get(name).map(|v| v.as_bytes());
     let target = head
@@ -208,7 +221,9 @@ fn line(
             quoted_text(line, header(REFERER).unwrap_or(b"-"));
             line.extend_from_slice(b"\" \"");
             quoted_text(line, header(USER_AGENT).unwrap_or(b"-"));
-            writeln!(line, "\" {:.6}", took.as_secs_f64())?;
+            write!(line, "\" {:.6} \"", took.as_secs_f64())?;
+            quoted_text(line, id.as_bytes());
+            line.extend_from_slice(b"\"\n");
         }
         Format::Json => {
             let fields = serde_json::json!({
@@ -221,6 +236,7 @@ fn line(
                 "bytes": bytes,
                 "referer": header(REFERER).map(String::from_utf8_lossy),
                 "user_agent": header(USER_AGENT).map(String::from_utf8_lossy),
+                "request_id": String::from_utf8_lossy(id.as_bytes()),
             });
             let mut json = fields.to_string();
             json.pop(); // the closing brace: the duration comes last

@@ -6,18 +6,62 @@
 //! [`Answer`] on the pool thread and handed back to the app's `release` at once; hyper then
 //! writes the answer on an I/O thread.
 
+use std::ffi::c_void;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
-use http::StatusCode;
-use http_body_util::Full;
-use hyper::body::Body;
+use http::{HeaderMap, StatusCode};
+use hyper::body::{Body, Frame, SizeHint};
 
 use super::loader::AppResponse;
 use super::pool::Received;
+use super::stream::{Cut, Streamed, HOST};
 use microservice_rust::abi::{MsrBytes, MsrHeader, MsrRequest};
 
 /// Every answer the worker sends.
-pub type Answer = hyper::Response<Full<Bytes>>;
+pub type Answer = hyper::Response<AnswerBody>;
+
+/// An answer's body: whole (with its length), or streamed by the app (see `stream`).
+pub enum AnswerBody {
+    Whole(Option<Bytes>),
+    Streamed(Streamed),
+}
+
+impl AnswerBody {
+    fn whole(bytes: Bytes) -> AnswerBody {
+        AnswerBody::Whole((!bytes.is_empty()).then_some(bytes))
+    }
+}
+
+impl Body for AnswerBody {
+    type Data = Bytes;
+    type Error = Cut;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Cut>>> {
+        match self.get_mut() {
+            AnswerBody::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            AnswerBody::Streamed(stream) => Pin::new(stream).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, AnswerBody::Whole(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            AnswerBody::Whole(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            AnswerBody::Streamed(stream) => stream.size_hint(),
+        }
+    }
+}
 
 /// The content type of the worker's own answers.
 const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
@@ -31,8 +75,8 @@ pub struct RequestView {
 
 impl RequestView {
     /// The view of `request`, valid while `request` and `self` are neither changed nor
-    /// dropped.
-    pub fn of(&mut self, request: &Received) -> MsrRequest {
+    /// dropped; the host functions get `call` (a `stream::Call`).
+    pub fn of(&mut self, request: &Received, call: *mut c_void) -> MsrRequest {
         let head = &request.head;
         self.headers.clear();
         self.headers
@@ -50,6 +94,9 @@ impl RequestView {
             header_count: self.headers.len(),
             body: MsrBytes::from_slice(&request.body),
             peer: MsrBytes::from_slice(&self.peer),
+            id: MsrBytes::from_slice(request.id.as_bytes()),
+            host: &HOST,
+            host_ctx: call,
         }
     }
 }
@@ -62,10 +109,17 @@ pub fn app_answer(response: &AppResponse) -> Answer {
         s @ 200..=999 => StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let mut answer = hyper::Response::new(Full::new(Bytes::copy_from_slice(response.body())));
+    let mut answer =
+        hyper::Response::new(AnswerBody::whole(Bytes::copy_from_slice(response.body())));
     *answer.status_mut() = status;
-    let headers = answer.headers_mut();
-    for (name, value) in response.headers() {
+    app_headers(answer.headers_mut(), response.headers());
+    answer
+}
+
+/// Adds the app's headers, leaving out those that are not valid HTTP and the framing
+/// headers, which hyper writes itself.
+pub fn app_headers<'h>(headers: &mut HeaderMap, from: impl Iterator<Item = (&'h [u8], &'h [u8])>) {
+    for (name, value) in from {
         let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
         else {
             continue;
@@ -75,7 +129,6 @@ pub fn app_answer(response: &AppResponse) -> Answer {
         }
         headers.append(name, value);
     }
-    answer
 }
 
 /// A short plain-text answer of the worker's own (504, 413, /readyz, …).
@@ -125,7 +178,7 @@ fn with_type(status: u16, body: Bytes, content_type: &'static str) -> Answer {
 }
 
 fn with_status(status: u16, body: Bytes) -> Answer {
-    let mut answer = hyper::Response::new(Full::new(body));
+    let mut answer = hyper::Response::new(AnswerBody::whole(body));
     *answer.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     answer

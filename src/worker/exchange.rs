@@ -36,9 +36,11 @@ use super::access::Ledger;
 use super::bridge::{self, Answer};
 use super::front::Connections;
 use super::pool::{Kind, Pool, Received, Submitted};
+use super::request_id::{self, RequestIds};
 use super::screen::{Screen, Verdict};
 use crate::config::Settings;
 use crate::metrics::{Closed, Event, Recorder};
+use crate::say;
 
 /// Where the worker is in its life, as every request sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +66,7 @@ pub struct Context {
     phase: watch::Sender<Phase>,
     /// Requests read and not yet answered.
     in_flight: AtomicUsize,
+    ids: RequestIds,
 }
 
 struct Limits {
@@ -95,6 +98,7 @@ impl Context {
             ready: AtomicBool::new(true),
             phase: watch::Sender::new(Phase::Serving),
             in_flight: AtomicUsize::new(0),
+            ids: RequestIds::new(),
         }
     }
 
@@ -151,6 +155,7 @@ pub async fn handle(
     let received = Instant::now();
     let _counted = InFlight::enter(&context.in_flight);
     let (head, mut body) = request.into_parts();
+    let id = context.ids.of(&head);
     let (answer, cors, head) = match context.screen.check(&head) {
         Verdict::Refuse(refusal) => {
             // A body left unread in the stream ends the connection too (hyper would
@@ -160,14 +165,16 @@ pub async fn handle(
             (Reply::new(answer, ends), refusal.cors, Head::Kept(head))
         }
         Verdict::Pass { cors } => {
-            let (reply, head) = context.answer(head, &mut body, peer, received).await;
+            let (reply, head) = context
+                .answer(head, &mut body, peer, received, id.clone())
+                .await;
             (reply, cors, head)
         }
     };
     if answer.ends.is_some() && !body.is_end_stream() && !expects_continue(head.parts()) {
         linger(body);
     }
-    Ok(context.deliver(head.parts(), peer, received, answer, cors))
+    Ok(context.deliver(head.parts(), peer, received, answer, (cors, id)))
 }
 
 /// How long an exiting worker waits for its access lines to be written.
@@ -248,6 +255,7 @@ impl Context {
         body: &mut Incoming,
         peer: SocketAddr,
         received: Instant,
+        id: HeaderValue,
     ) -> (Reply, Head) {
         let kind = match head.uri.path() {
             "/readyz" => {
@@ -266,7 +274,14 @@ impl Context {
             Ok(body) => body,
             Err(fault) => return (fault.reply(), Head::Kept(head)),
         };
-        let request = Arc::new(Received::new(head, body, peer, received, kind));
+        let request = Arc::new(Received::new(
+            head,
+            body,
+            peer,
+            (received, deadline),
+            id,
+            kind,
+        ));
         let reply = self.through_pool(&request, deadline).await;
         (reply, Head::Shared(request))
     }
@@ -282,7 +297,7 @@ impl Context {
     /// Hands the request to the pool and waits for its answer or its deadline. (When the
     /// worker gives up on its requests, the pool answers them 503 itself.)
     async fn through_pool(&self, request: &Arc<Received>, deadline: Option<Instant>) -> Reply {
-        let mut reply = match self.pool.submit(request.clone()) {
+        let reply = match self.pool.submit(request.clone()) {
             Submitted::Queued(reply) => reply,
             Submitted::Shed => {
                 self.metrics.count(Event::Shed);
@@ -291,11 +306,24 @@ impl Context {
             Submitted::Stopped => return Reply::text(503, "shutting down\n"),
         };
         // If hyper drops this future (the client left), a request still queued never
-        // reaches the app.
-        let _waiting = Waiting {
+        // reaches the app, and one inside it is cancelled.
+        let mut waiting = Waiting {
             pool: &self.pool,
             request,
+            settled: false,
         };
+        let reply = self.wait_for_answer(request, reply, deadline).await;
+        waiting.settled = true;
+        reply
+    }
+
+    /// Waits for the pool's answer to `request`, or answers 504 at its deadline.
+    async fn wait_for_answer(
+        &self,
+        request: &Arc<Received>,
+        mut reply: oneshot::Receiver<Answer>,
+        deadline: Option<Instant>,
+    ) -> Reply {
         if self.connections.open() == 1 {
             if let Some(answer) = spin_for_answer(&mut reply) {
                 return Reply::from_pool(answer);
@@ -313,6 +341,13 @@ impl Context {
             () = deadline => {
                 if self.pool.expire(request) {
                     self.metrics.count(Event::Timeout);
+                    say!(
+                        "request {} ({} {}) timed out after {:.3}s: answered 504",
+                        request.id(),
+                        request.head.method,
+                        request.head.uri.path(),
+                        request.received.elapsed().as_secs_f64()
+                    );
                     return Reply::text(504, "request timed out\n");
                 }
                 // The pool answered just now; its answer is on its way.
@@ -383,7 +418,7 @@ impl Context {
         peer: SocketAddr,
         received: Instant,
         reply: Reply,
-        cors: Option<HeaderValue>,
+        (cors, id): (Option<HeaderValue>, HeaderValue),
     ) -> Answer {
         let Reply {
             mut answer,
@@ -405,8 +440,9 @@ impl Context {
             let status = answer.status().as_u16();
             let bytes = bridge::body_len(&answer);
             self.ledger
-                .record(head, peer, status, bytes, received.elapsed());
+                .record(head, peer, status, bytes, received.elapsed(), &id);
         }
+        answer.headers_mut().insert(request_id::HEADER, id);
         answer
     }
 }
@@ -506,10 +542,14 @@ impl Drop for InFlight<'_> {
 struct Waiting<'a> {
     pool: &'a Pool,
     request: &'a Received,
+    /// Its answer came (a streamed one goes on after this).
+    settled: bool,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.pool.forget(self.request);
+        if !self.settled {
+            self.pool.forget(self.request);
+        }
     }
 }

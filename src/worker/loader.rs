@@ -57,7 +57,7 @@ impl LoadedApp {
         let version = unsafe { library.get::<unsafe extern "C" fn() -> u32>(abi::VERSION_SYMBOL) }
             .map_err(|_| fail(missing_symbol(abi::VERSION_SYMBOL)))?;
         let found = unsafe { version() };
-        if found != abi::ABI_VERSION {
+        if !(abi::OLDEST_ABI_VERSION..=abi::ABI_VERSION).contains(&found) {
             return Err(fail(wrong_version(found)));
         }
 
@@ -69,7 +69,7 @@ impl LoadedApp {
             Some(api) => unsafe { &*(api as *const MsrAppApi) },
             None => return Err(fail(format!("`{}` returned NULL", abi::ENTRY_SYMBOL))),
         };
-        if api.abi_version != abi::ABI_VERSION {
+        if !(abi::OLDEST_ABI_VERSION..=abi::ABI_VERSION).contains(&api.abi_version) {
             return Err(fail(wrong_version(api.abi_version)));
         }
 
@@ -153,8 +153,9 @@ fn with_sources(error: &dyn std::error::Error) -> String {
 
 fn wrong_version(found: u32) -> String {
     format!(
-        "built for ABI version {found}, but this worker speaks version {}: rebuild the app \
-         against microservice-rust {}",
+        "built for ABI version {found}, but this worker speaks versions {} to {}: rebuild the \
+         app against microservice-rust {}",
+        abi::OLDEST_ABI_VERSION,
         abi::ABI_VERSION,
         env!("CARGO_PKG_VERSION")
     )

@@ -7,12 +7,14 @@
 //! * [`front`]: the tokio runtime's I/O threads accept connections (at most
 //!   `max_connections`) and hyper serves HTTP/1.1 on each; every limit on a connection
 //!   (idle time, head time and size) is hyper's own.
-//! * [`exchange`]: one request on the I/O side: `/readyz` and `/metrics` answered there,
-//!   the head checked ([`screen`]), the body read in full within its limits, the request
-//!   handed to the pool, and its answer awaited with a timer at its deadline (504).
+//! * [`exchange`]: one request on the I/O side: its ID ([`request_id`]), `/readyz` and
+//!   `/metrics` answered there, the head checked ([`screen`]), the body read in full within
+//!   its limits, the request handed to the pool (or shed past `max_queue`), and its answer
+//!   awaited with a timer at its deadline (504).
 //! * [`pool`]: the fixed pool of OS threads on which the app runs (never an I/O thread);
 //!   threads stuck past a deadline are written off and replaced.
 //! * [`bridge`]: the app's C view of a request, and its response as an HTTP answer.
+//! * [`stream`]: an answer the app streams, and the host functions (cancellation too).
 //! * [`access`]: the access log.
 //!
 //! The supervisor controls the worker with lines on stdin (see [`crate::control`]); the
@@ -26,8 +28,10 @@ mod exchange;
 mod front;
 mod loader;
 mod pool;
+mod request_id;
 mod screen;
 mod status;
+mod stream;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -108,6 +112,14 @@ pub fn run() -> Result<i32, Error> {
     let app = Arc::new(LoadedApp::load(&app_path, &redact(config).to_string())?);
     let threads = settings.pool_threads();
     let accepting = Arc::new(front::Accepting::default());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.io_threads)
+        .max_blocking_threads(1)
+        .thread_name("io")
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::boot("cannot start the I/O threads", e))?;
     let pool = Pool::start(
         app.clone(),
         PoolSettings {
@@ -123,16 +135,9 @@ pub fn run() -> Result<i32, Error> {
         status.clone(),
         accepting.clone(),
         ledger.clone(),
+        runtime.handle().clone(),
     )
     .map_err(|e| Error::boot("cannot start the pool's threads", e))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.io_threads)
-        .max_blocking_threads(1)
-        .thread_name("io")
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| Error::boot("cannot start the I/O threads", e))?;
     let (commands, received) = unbounded_channel();
     read_commands(control, signals, commands)
         .map_err(|e| Error::boot("cannot start the control threads", e))?;

@@ -12,7 +12,9 @@
 //!   many threads are stuck.
 //! * A pool thread takes a request from the queue only if it is still queued (compare and
 //!   swap): a request whose deadline passed, or whose client left, while it waited never
-//!   reaches the app.
+//!   reaches the app. Inside the app, the same events *cancel* it: the app can see that
+//!   and return early, and a stream it is writing is cut off.
+//! * At most `max_queue` app requests wait; one more is shed (503) without being queued.
 //! * A request whose deadline passes inside the app leaves its thread *written off*: the
 //!   I/O side starts a replacement at once, so the pool keeps its size, and the stuck
 //!   thread exits whenever the app returns. At most `threads` threads can be written off
@@ -35,6 +37,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use http::request::Parts;
+use http::HeaderValue;
 use tokio::sync::oneshot;
 
 use super::access::Ledger;
@@ -42,9 +45,13 @@ use super::bridge::{self, Answer, RequestView};
 use super::front::Accepting;
 use super::loader::LoadedApp;
 use super::status::StatusPipe;
+use super::stream::Call;
 use crate::control;
 use crate::metrics::Gauges;
 use crate::say;
+
+/// The access log's status for a request whose client left before its answer (nginx's).
+const CLIENT_CLOSED: u16 = 499;
 
 #[derive(Clone, Debug)]
 pub struct PoolSettings {
@@ -77,6 +84,19 @@ mod state {
     pub const GONE: u8 = 5;
     /// The worker gave up on it (it is being replaced or its stop deadline passed): 503.
     pub const ABANDONED: u8 = 6;
+    /// Inside the app, which started streaming the answer (the I/O side has it).
+    pub const STREAMING: u8 = 7;
+}
+
+/// Why a request was cancelled (see [`Received::is_cancelled`]).
+mod cancel {
+    pub const NOT: u8 = 0;
+    /// Its client left.
+    pub const CLIENT_LEFT: u8 = 1;
+    /// Its deadline passed.
+    pub const LATE: u8 = 2;
+    /// The worker gave up on it.
+    pub const ABANDONED: u8 = 3;
 }
 
 /// A request read in full, shared by the I/O task waiting for it and the pool thread
@@ -87,8 +107,12 @@ pub struct Received {
     pub peer: SocketAddr,
     /// When the worker had read its head: deadlines and durations count from here.
     pub received: Instant,
+    pub deadline: Option<Instant>,
+    /// The request's ID (see `request_id`).
+    pub id: HeaderValue,
     kind: Kind,
     state: AtomicU8,
+    cancelled: AtomicU8,
 }
 
 impl Received {
@@ -96,7 +120,8 @@ impl Received {
         head: Parts,
         body: Bytes,
         peer: SocketAddr,
-        received: Instant,
+        (received, deadline): (Instant, Option<Instant>),
+        id: HeaderValue,
         kind: Kind,
     ) -> Received {
         Received {
@@ -104,9 +129,45 @@ impl Received {
             body,
             peer,
             received,
+            deadline,
+            id,
             kind,
             state: AtomicU8::new(state::QUEUED),
+            cancelled: AtomicU8::new(cancel::NOT),
         }
+    }
+
+    /// Whether the app should stop: the client left, the deadline passed, or the worker
+    /// gave up on the request.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire) != cancel::NOT
+            || self.deadline.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// The client left (or its answer could not be delivered).
+    pub fn cancel(&self) {
+        self.cancel_for(cancel::CLIENT_LEFT);
+    }
+
+    fn cancel_for(&self, why: u8) {
+        let _ =
+            self.cancelled
+                .compare_exchange(cancel::NOT, why, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn client_left(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire) == cancel::CLIENT_LEFT
+    }
+
+    /// The app starts streaming its answer: `false` when the request is no longer its to
+    /// answer (late, written off, abandoned).
+    pub fn starts_streaming(&self) -> bool {
+        self.moves(state::IN_APP, state::STREAMING)
+    }
+
+    /// The request's ID as text (it is checked or made of visible ASCII).
+    pub fn id(&self) -> &str {
+        self.id.to_str().unwrap_or("-")
     }
 
     fn moves(&self, from: u8, to: u8) -> bool {
@@ -160,6 +221,8 @@ struct Shared {
     gate: RwLock<()>,
     /// The durations of the latest app requests, when `settings.slow` is set.
     recent: Mutex<VecDeque<Duration>>,
+    /// The I/O runtime, on which a streaming app's write waits for room.
+    runtime: tokio::runtime::Handle,
 }
 
 /// The request one pool thread is serving, and where its answer goes: for the report, and
@@ -193,6 +256,7 @@ impl Pool {
         status: Arc<StatusPipe>,
         accepting: Arc<Accepting>,
         ledger: Arc<Ledger>,
+        runtime: tokio::runtime::Handle,
     ) -> std::io::Result<Pool> {
         let (sender, queue) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
@@ -209,6 +273,7 @@ impl Pool {
             gate: RwLock::new(()),
             recent: Mutex::new(VecDeque::with_capacity(settings.slow.map_or(0, |s| s.1))),
             settings,
+            runtime,
         });
         for _ in 0..shared.settings.threads {
             shared.spawn_thread()?;
@@ -249,6 +314,7 @@ impl Pool {
     /// thread of one inside it is written off and replaced, up to the cap. `false` when the
     /// pool had answered it already (its answer is on its way).
     pub fn expire(&self, request: &Received) -> bool {
+        request.cancel_for(cancel::LATE);
         let shared = &self.shared;
         if shared.leaves_queue(request, state::LATE) {
             return true;
@@ -266,7 +332,8 @@ impl Pool {
         if !request.moves(state::IN_APP, state::WRITTEN_OFF) {
             // It left the app meanwhile: nothing to write off.
             shared.written_off.fetch_sub(1, Ordering::AcqRel);
-            return request.state.load(Ordering::Acquire) != state::ANSWERED;
+            let state = request.state.load(Ordering::Acquire);
+            return state != state::ANSWERED && state != state::STREAMING;
         }
         if let Err(e) = shared.spawn_thread() {
             say!("cannot start a thread to replace one stuck in the app: {e}");
@@ -283,6 +350,7 @@ impl Pool {
         let mut answered = 0;
         while let Ok(job) = shared.queue.try_recv() {
             if let Job::Http { request, reply } = job {
+                request.cancel_for(cancel::ABANDONED);
                 if shared.leaves_queue(&request, state::ABANDONED) {
                     let _ = reply.send(gone());
                     answered += 1;
@@ -295,6 +363,10 @@ impl Pool {
                 .serving()
                 .as_mut()
                 .and_then(|s| Some((s.request.clone(), s.reply.take()?)));
+            if let Some(request) = slot.serving().as_ref().map(|s| s.request.clone()) {
+                // A stream in progress is cut off at its next write.
+                request.cancel_for(cancel::ABANDONED);
+            }
             if let Some((request, reply)) = taken {
                 if request.moves(state::IN_APP, state::ABANDONED) {
                     let _ = reply.send(gone());
@@ -305,9 +377,12 @@ impl Pool {
         answered
     }
 
-    /// The I/O side stopped waiting for `request`: if still queued, it never enters the app.
+    /// The I/O side stopped waiting for `request` (its client left): if still queued, it
+    /// never enters the app; inside the app, it is cancelled.
     pub fn forget(&self, request: &Received) {
-        self.shared.leaves_queue(request, state::GONE);
+        if !self.shared.leaves_queue(request, state::GONE) {
+            request.cancel();
+        }
     }
 
     /// Queues a watchdog probe; a pool thread answers it on the status pipe.
@@ -346,12 +421,14 @@ impl Pool {
             let age = now.duration_since(request.received).as_secs_f64();
             let late = match request.state.load(Ordering::Acquire) {
                 state::IN_APP => "",
+                state::STREAMING => " (streaming)",
                 _ => " (answered 504, still inside the app)",
             };
             say!(
-                "in flight: {} {} for {age:.3}s{late}",
+                "in flight: {} {} (request {}) for {age:.3}s{late}",
                 request.head.method,
-                request.head.uri
+                request.head.uri,
+                request.id()
             );
         }
         say!(
@@ -441,11 +518,17 @@ impl Shared {
             request: request.clone(),
             reply: Some(reply),
         });
-        let answer = match request.kind {
-            Kind::Health => health_answer(self.health()),
+        // A streaming app takes the answer's channel from the slot (see `stream`).
+        let take_reply = || slot.serving().as_mut().and_then(|s| s.reply.take());
+        let (answer, streamed) = match request.kind {
+            Kind::Health => (Some(health_answer(self.health())), None),
             Kind::App => {
-                let response = self.app.handle(&view.of(&request));
-                bridge::app_answer(&response)
+                let mut call = Call::new(&request, &self.runtime, &take_reply);
+                let response = self.app.handle(&view.of(&request, call.context()));
+                match call.finish() {
+                    Some(streamed) => (None, Some(streamed)),
+                    None => (Some(bridge::app_answer(&response)), None),
+                }
             }
         };
         let reply = slot.serving().take().and_then(|s| s.reply);
@@ -456,14 +539,37 @@ impl Shared {
             }
             recent.push_back(request.received.elapsed());
         }
+        let record = |status: u16, bytes: u64| {
+            let took = request.received.elapsed();
+            self.ledger.record(
+                &request.head,
+                request.peer,
+                status,
+                bytes,
+                took,
+                &request.id,
+            );
+        };
         match request.state.swap(state::ANSWERED, Ordering::AcqRel) {
             state::IN_APP => {
-                if let Some(reply) = reply {
+                if let (Some(reply), Some(answer)) = (reply, answer) {
                     let (status, bytes) = (answer.status().as_u16(), bridge::body_len(&answer));
-                    let took = request.received.elapsed();
-                    self.ledger
-                        .record(&request.head, request.peer, status, bytes, took);
-                    let _ = reply.send(answer);
+                    match reply.send(answer) {
+                        Ok(()) => record(status, bytes),
+                        // The client left while the app worked.
+                        Err(_) => record(CLIENT_CLOSED, 0),
+                    }
+                }
+                false
+            }
+            state::STREAMING => {
+                if let Some((status, bytes)) = streamed {
+                    let status = if request.client_left() {
+                        CLIENT_CLOSED
+                    } else {
+                        status
+                    };
+                    record(status, bytes);
                 }
                 false
             }

@@ -689,3 +689,32 @@ pub fn closed_count(port: u16, reason: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {prefix} in the metrics"))
 }
+
+/// Lines the service wrote on stdout, read until `count` have come or 5 s have passed.
+pub fn stdout_lines(service: &mut Service, count: usize) -> Vec<String> {
+    stdout_until(service, |lines| lines.len() >= count)
+}
+
+/// Lines the service wrote on stdout, read until `done` says so or 5 s have passed.
+pub fn stdout_until(service: &mut Service, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let stdout = service.child.stdout.take().expect("stdout is piped");
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut out = Vec::new();
+    while !done(&out) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => out.push(line),
+            Err(_) => break,
+        }
+    }
+    out
+}

@@ -3,6 +3,7 @@
  *
  *   (no define)       a working app: GET /hello → "hello from C, <method> <path>"
  *   -DFOREIGN_ABI     answers the handshake with another ABI version
+ *   -DABI_V1          an app of ABI version 1, which knows the request without its ID
  *   -DNO_ENTRY        answers the handshake but exports no msr_app_entry
  *   -DREFUSE          its create fails with a message
  */
@@ -11,6 +12,12 @@
 #include <string.h>
 
 #include "microservice_rust.h"
+
+#ifdef ABI_V1
+#define APP_ABI 1u
+#else
+#define APP_ABI MSR_ABI_VERSION
+#endif
 
 #define CONTENT_TYPE "Content-Type"
 #define TEXT_PLAIN "text/plain"
@@ -47,6 +54,12 @@ static void handle(void *app, const msr_request *request, msr_response *response
     int len = snprintf(body, 256, "hello from C, %.*s %.*s", (int)request->method.len,
                        (const char *)request->method.ptr, (int)request->path.len,
                        (const char *)request->path.ptr);
+#ifndef ABI_V1
+    /* ABI 2: the request's ID, and the worker's answer to is_cancelled. */
+    len += snprintf(body + len, 256 - (size_t)len, ", request %.*s, cancelled %d",
+                    (int)request->id.len, (const char *)request->id.ptr,
+                    (int)request->host->is_cancelled(request->host_ctx));
+#endif
     response->status = 200;
     response->headers = &text_header;
     response->header_count = 1;
@@ -64,14 +77,14 @@ static void shutdown_app(void *app) { free(app); }
 
 /* Unused in the NO_ENTRY variant. */
 __attribute__((unused)) static const msr_app_api api = {
-    MSR_ABI_VERSION, create, handle, NULL, release, shutdown_app,
+    APP_ABI, create, handle, NULL, release, shutdown_app,
 };
 
 uint32_t msr_abi_version(void) {
 #ifdef FOREIGN_ABI
     return MSR_ABI_VERSION + 1;
 #else
-    return MSR_ABI_VERSION;
+    return APP_ABI;
 #endif
 }
 
