@@ -16,9 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use http::header::{HeaderValue, REFERER, USER_AGENT};
+use http::header::{REFERER, USER_AGENT};
 use http::request::Parts;
 
+use super::request_id::RequestId;
 use crate::log::{self, Format, Level};
 use crate::metrics::{Event, Recorder};
 
@@ -50,7 +51,7 @@ impl Ledger {
         status: u16,
         bytes: u64,
         took: Duration,
-        id: &HeaderValue,
+        id: &RequestId,
     ) {
         self.metrics.record(&head.method, status, took);
         if let Some(access) = &self.access {
@@ -124,7 +125,7 @@ impl AccessLog {
         head: &Parts,
         peer: SocketAddr,
         answer: (u16, u64, Duration),
-        id: &HeaderValue,
+        id: &RequestId,
     ) {
         let mut pending = lock(&self.pending);
         if pending.len() >= PENDING_BYTES {
@@ -199,7 +200,7 @@ fn line(
     head: &Parts,
     peer: SocketAddr,
     (status, bytes, took): (u16, u64, Duration),
-    id: &HeaderValue,
+    id: &RequestId,
 ) -> std::io::Result<()> {
     let header = |name| head.headers.get(name).map(|v| v.as_bytes());
     let target = head
@@ -222,7 +223,8 @@ fn line(
             line.extend_from_slice(b"\" \"");
             quoted_text(line, header(USER_AGENT).unwrap_or(b"-"));
             write!(line, "\" {:.6} \"", took.as_secs_f64())?;
-            quoted_text(line, id.as_bytes());
+            // An ID is checked or made of characters that need no escaping.
+            line.extend_from_slice(id.as_bytes());
             line.extend_from_slice(b"\"\n");
         }
         Format::Json => {
@@ -236,7 +238,7 @@ fn line(
                 "bytes": bytes,
                 "referer": header(REFERER).map(String::from_utf8_lossy),
                 "user_agent": header(USER_AGENT).map(String::from_utf8_lossy),
-                "request_id": String::from_utf8_lossy(id.as_bytes()),
+                "request_id": id.as_str(),
             });
             let mut json = fields.to_string();
             json.pop(); // the closing brace: the duration comes last

@@ -26,7 +26,8 @@ pub type Answer = hyper::Response<AnswerBody>;
 /// An answer's body: whole (with its length), or streamed by the app (see `stream`).
 pub enum AnswerBody {
     Whole(Option<Bytes>),
-    Streamed(Streamed),
+    /// Boxed: an answer is moved several times on its way, and most are whole.
+    Streamed(Box<Streamed>),
 }
 
 impl AnswerBody {
@@ -45,7 +46,7 @@ impl Body for AnswerBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Cut>>> {
         match self.get_mut() {
             AnswerBody::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            AnswerBody::Streamed(stream) => Pin::new(stream).poll_frame(cx),
+            AnswerBody::Streamed(stream) => Pin::new(stream.as_mut()).poll_frame(cx),
         }
     }
 

@@ -36,7 +36,7 @@ use super::access::Ledger;
 use super::bridge::{self, Answer};
 use super::front::Connections;
 use super::pool::{Kind, Pool, Received, Submitted};
-use super::request_id::{self, RequestIds};
+use super::request_id::{self, RequestId, RequestIds};
 use super::screen::{Screen, Verdict};
 use crate::config::Settings;
 use crate::metrics::{Closed, Event, Recorder};
@@ -255,7 +255,7 @@ impl Context {
         body: &mut Incoming,
         peer: SocketAddr,
         received: Instant,
-        id: HeaderValue,
+        id: RequestId,
     ) -> (Reply, Head) {
         let kind = match head.uri.path() {
             "/readyz" => {
@@ -418,7 +418,7 @@ impl Context {
         peer: SocketAddr,
         received: Instant,
         reply: Reply,
-        (cors, id): (Option<HeaderValue>, HeaderValue),
+        (cors, id): (Option<HeaderValue>, RequestId),
     ) -> Answer {
         let Reply {
             mut answer,
@@ -442,7 +442,9 @@ impl Context {
             self.ledger
                 .record(head, peer, status, bytes, received.elapsed(), &id);
         }
-        answer.headers_mut().insert(request_id::HEADER, id);
+        answer
+            .headers_mut()
+            .insert(request_id::HEADER, id.header_value());
         answer
     }
 }

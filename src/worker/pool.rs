@@ -34,10 +34,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::request_id::RequestId;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use http::request::Parts;
-use http::HeaderValue;
 use tokio::sync::oneshot;
 
 use super::access::Ledger;
@@ -109,7 +109,7 @@ pub struct Received {
     pub received: Instant,
     pub deadline: Option<Instant>,
     /// The request's ID (see `request_id`).
-    pub id: HeaderValue,
+    pub id: RequestId,
     kind: Kind,
     state: AtomicU8,
     cancelled: AtomicU8,
@@ -121,7 +121,7 @@ impl Received {
         body: Bytes,
         peer: SocketAddr,
         (received, deadline): (Instant, Option<Instant>),
-        id: HeaderValue,
+        id: RequestId,
         kind: Kind,
     ) -> Received {
         Received {
@@ -165,9 +165,9 @@ impl Received {
         self.moves(state::IN_APP, state::STREAMING)
     }
 
-    /// The request's ID as text (it is checked or made of visible ASCII).
+    /// The request's ID as text.
     pub fn id(&self) -> &str {
-        self.id.to_str().unwrap_or("-")
+        self.id.as_str()
     }
 
     fn moves(&self, from: u8, to: u8) -> bool {
@@ -289,16 +289,9 @@ impl Pool {
             return Submitted::Stopped;
         }
         let counted = request.kind == Kind::App;
-        if counted {
-            let limit = shared.settings.max_queue;
-            let room = shared
-                .waiting
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < limit).then_some(n + 1)
-                });
-            if room.is_err() {
-                return Submitted::Shed;
-            }
+        if counted && shared.waiting.fetch_add(1, Ordering::AcqRel) >= shared.settings.max_queue {
+            shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Submitted::Shed;
         }
         let (reply, answer) = oneshot::channel();
         if shared.sender.send(Job::Http { request, reply }).is_err() {

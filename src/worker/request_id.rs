@@ -13,40 +13,81 @@ pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 /// The longest client ID taken as it is.
 const MAX_LENGTH: usize = 128;
 
-/// Makes a worker's IDs: 32 hex digits, a keyed hash (random keys per worker) of a count,
-/// so they cannot be guessed or collide across workers, at the cost of two SipHash rounds.
+/// Makes a worker's IDs: 32 hex digits, a random 64-bit key of the worker's, then a count
+/// mixed with a second key (splitmix64's finalizer, a bijection: no two counts give the same
+/// ID). Unique in the worker, and across workers but for a 2^-64 chance.
 pub struct RequestIds {
-    keys: std::collections::hash_map::RandomState,
+    keys: [u64; 2],
     next: AtomicU64,
 }
 
 impl RequestIds {
     pub fn new() -> RequestIds {
+        let random = std::collections::hash_map::RandomState::new();
         RequestIds {
-            keys: std::collections::hash_map::RandomState::new(),
+            keys: [random.hash_one(0u64), random.hash_one(1u64)],
             next: AtomicU64::new(0),
         }
     }
 
     /// The ID of the request with head `head`.
-    pub fn of(&self, head: &Parts) -> HeaderValue {
+    pub fn of(&self, head: &Parts) -> RequestId {
         match head.headers.get(&HEADER) {
-            Some(given) if sane(given.as_bytes()) => given.clone(),
-            _ => self.fresh(),
+            Some(given) if sane(given.as_bytes()) => RequestId::Given(given.clone()),
+            _ => RequestId::Made(self.fresh()),
         }
     }
 
-    fn fresh(&self) -> HeaderValue {
+    fn fresh(&self) -> [u8; 32] {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut text = [0u8; 32];
-        let halves = [self.keys.hash_one(n), self.keys.hash_one(!n)];
+        let halves = [self.keys[0], mix(n ^ self.keys[1])];
         for (digits, half) in text.chunks_exact_mut(16).zip(halves) {
             for (i, digit) in digits.iter_mut().enumerate() {
                 *digit = b"0123456789abcdef"[((half >> (60 - 4 * i)) & 0xf) as usize];
             }
         }
-        HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
+        text
     }
+}
+
+/// A request's ID: the client's (a slice of the request's head, cheap to clone), or made
+/// here (kept inline: no allocation until it is written into the answer).
+#[derive(Clone, Debug)]
+pub enum RequestId {
+    Given(HeaderValue),
+    Made([u8; 32]),
+}
+
+impl RequestId {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Given(value) => value.as_bytes(),
+            RequestId::Made(text) => text,
+        }
+    }
+
+    /// As text: it is checked or made of visible ASCII.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("-")
+    }
+
+    /// For the answer's `X-Request-ID`.
+    pub fn header_value(&self) -> HeaderValue {
+        match self {
+            RequestId::Given(value) => value.clone(),
+            RequestId::Made(text) => {
+                HeaderValue::from_bytes(text).unwrap_or(HeaderValue::from_static("-"))
+            }
+        }
+    }
+}
+
+/// splitmix64's output function: every bit of `x` moves every bit of the result.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// 1 to 128 letters, digits and `-_.:/+=@`: safe in a header, a log line and a URL.
@@ -72,14 +113,12 @@ mod tests {
     #[test]
     fn a_sane_client_id_is_kept_and_others_are_replaced() {
         let ids = RequestIds::new();
-        assert_eq!(
-            ids.of(&head(Some("abc-123_x.y:z/+=@"))),
-            "abc-123_x.y:z/+=@"
-        );
+        let kept = "abc-123_x.y:z/+=@";
+        assert_eq!(ids.of(&head(Some(kept))).as_str(), kept);
         for insane in ["", "a b", "a\"b", "é", &"x".repeat(129)] {
             let id = ids.of(&head(Some(insane)));
-            assert_ne!(id, insane);
-            assert_eq!(id.len(), 32, "{id:?}");
+            assert_ne!(id.as_str(), insane);
+            assert_eq!(id.as_bytes().len(), 32, "{id:?}");
         }
     }
 
@@ -87,10 +126,11 @@ mod tests {
     fn made_up_ids_are_32_hex_digits_and_differ() {
         let ids = RequestIds::new();
         let (a, b) = (ids.of(&head(None)), ids.of(&head(None)));
-        assert_ne!(a, b);
+        assert_ne!(a.as_str(), b.as_str());
         for id in [a, b] {
-            assert_eq!(id.len(), 32);
+            assert_eq!(id.as_bytes().len(), 32);
             assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
+            assert_eq!(id.header_value().as_bytes(), id.as_bytes());
         }
     }
 }

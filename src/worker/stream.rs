@@ -108,7 +108,7 @@ impl<'c> Call<'c> {
             200..=999 => StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        let mut answer = hyper::Response::new(bridge::AnswerBody::Streamed(body));
+        let mut answer = hyper::Response::new(bridge::AnswerBody::Streamed(Box::new(body)));
         *answer.status_mut() = status;
         bridge::app_headers(
             answer.headers_mut(),
