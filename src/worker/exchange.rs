@@ -162,19 +162,17 @@ pub async fn handle(
             // otherwise have to read it at the client's pace).
             let ends = (refusal.ends || !body.is_end_stream()).then_some(Closed::Answered);
             let answer = bridge::refusal(refusal.status, &refusal.text, refusal.headers);
-            (Reply::new(answer, ends), refusal.cors, Head::Kept(head))
+            (Reply::new(answer, ends), refusal.cors, Head::Kept(head, id))
         }
         Verdict::Pass { cors } => {
-            let (reply, head) = context
-                .answer(head, &mut body, peer, received, id.clone())
-                .await;
+            let (reply, head) = context.answer(head, &mut body, peer, received, id).await;
             (reply, cors, head)
         }
     };
     if answer.ends.is_some() && !body.is_end_stream() && !expects_continue(head.parts()) {
         linger(body);
     }
-    Ok(context.deliver(head.parts(), peer, received, answer, (cors, id)))
+    Ok(context.deliver(&head, peer, received, answer, cors))
 }
 
 /// How long an exiting worker waits for its access lines to be written.
@@ -234,15 +232,22 @@ impl Reply {
 /// future, once; boxing the larger variant would cost an allocation per request.)
 #[allow(clippy::large_enum_variant)]
 enum Head {
-    Kept(Parts),
+    Kept(Parts, RequestId),
     Shared(Arc<Received>),
 }
 
 impl Head {
     fn parts(&self) -> &Parts {
         match self {
-            Head::Kept(parts) => parts,
+            Head::Kept(parts, _) => parts,
             Head::Shared(received) => &received.head,
+        }
+    }
+
+    fn id(&self) -> &RequestId {
+        match self {
+            Head::Kept(_, id) => id,
+            Head::Shared(received) => &received.id,
         }
     }
 }
@@ -263,16 +268,16 @@ impl Context {
                     true => Reply::text(200, "ready\n"),
                     false => Reply::text(503, "not ready\n"),
                 };
-                return (reply, Head::Kept(head));
+                return (reply, Head::Kept(head, id));
             }
-            "/metrics" => return (self.metrics_text().await, Head::Kept(head)),
+            "/metrics" => return (self.metrics_text().await, Head::Kept(head, id)),
             "/healthz" => Kind::Health,
             _ => Kind::App,
         };
         let deadline = self.limits.timeout.map(|t| received + t);
         let body = match self.read_body(body, deadline).await {
             Ok(body) => body,
-            Err(fault) => return (fault.reply(), Head::Kept(head)),
+            Err(fault) => return (fault.reply(), Head::Kept(head, id)),
         };
         let request = Arc::new(Received::new(
             head,
@@ -297,7 +302,7 @@ impl Context {
     /// Hands the request to the pool and waits for its answer or its deadline. (When the
     /// worker gives up on its requests, the pool answers them 503 itself.)
     async fn through_pool(&self, request: &Arc<Received>, deadline: Option<Instant>) -> Reply {
-        let reply = match self.pool.submit(request.clone()) {
+        let mut reply = match self.pool.submit(request.clone()) {
             Submitted::Queued(reply) => reply,
             Submitted::Shed => {
                 self.metrics.count(Event::Shed);
@@ -307,23 +312,10 @@ impl Context {
         };
         // If hyper drops this future (the client left), a request still queued never
         // reaches the app, and one inside it is cancelled.
-        let mut waiting = Waiting {
+        let _waiting = Waiting {
             pool: &self.pool,
             request,
-            settled: false,
         };
-        let reply = self.wait_for_answer(request, reply, deadline).await;
-        waiting.settled = true;
-        reply
-    }
-
-    /// Waits for the pool's answer to `request`, or answers 504 at its deadline.
-    async fn wait_for_answer(
-        &self,
-        request: &Arc<Received>,
-        mut reply: oneshot::Receiver<Answer>,
-        deadline: Option<Instant>,
-    ) -> Reply {
         if self.connections.open() == 1 {
             if let Some(answer) = spin_for_answer(&mut reply) {
                 return Reply::from_pool(answer);
@@ -414,12 +406,13 @@ impl Context {
     /// the metrics and the access line.
     fn deliver(
         &self,
-        head: &Parts,
+        head: &Head,
         peer: SocketAddr,
         received: Instant,
         reply: Reply,
-        (cors, id): (Option<HeaderValue>, RequestId),
+        cors: Option<HeaderValue>,
     ) -> Answer {
+        let (id, head) = (head.id(), head.parts());
         let Reply {
             mut answer,
             ends,
@@ -440,7 +433,7 @@ impl Context {
             let status = answer.status().as_u16();
             let bytes = bridge::body_len(&answer);
             self.ledger
-                .record(head, peer, status, bytes, received.elapsed(), &id);
+                .record(head, peer, status, bytes, received.elapsed(), id);
         }
         answer
             .headers_mut()
@@ -544,14 +537,10 @@ impl Drop for InFlight<'_> {
 struct Waiting<'a> {
     pool: &'a Pool,
     request: &'a Received,
-    /// Its answer came (a streamed one goes on after this).
-    settled: bool,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if !self.settled {
-            self.pool.forget(self.request);
-        }
+        self.pool.forget(self.request);
     }
 }

@@ -370,10 +370,13 @@ impl Pool {
         answered
     }
 
-    /// The I/O side stopped waiting for `request` (its client left): if still queued, it
-    /// never enters the app; inside the app, it is cancelled.
+    /// The I/O side stopped waiting for `request`: if still queued (its client left), it
+    /// never enters the app; still inside the app without an answer, it is cancelled. (An
+    /// answered or streaming request is left alone: its answer is on its way.)
     pub fn forget(&self, request: &Received) {
-        if !self.shared.leaves_queue(request, state::GONE) {
+        if !self.shared.leaves_queue(request, state::GONE)
+            && request.state.load(Ordering::Acquire) == state::IN_APP
+        {
             request.cancel();
         }
     }
