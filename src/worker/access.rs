@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use http::header::{REFERER, USER_AGENT};
 use http::request::Parts;
 
+use super::bridge::{push_decimal, push_ip};
 use super::request_id::RequestId;
 use crate::log::{self, Format, Level};
 use crate::metrics::{Event, Recorder};
@@ -213,16 +214,33 @@ fn line(
     };
     let time = SystemTime::now();
     match log::format() {
+        // Written piece by piece, without `fmt`: `write!` cost about 1,500 instructions
+        // per line, a tenth of a request (callgrind).
         Format::Text => {
-            write!(line, "{} - - [", peer.ip())?;
-            write_clf_time(line, time)?;
-            write!(line, "] \"{} ", head.method)?;
+            push_ip(line, &peer);
+            line.extend_from_slice(b" - - [");
+            write_clf_time(line, time);
+            line.extend_from_slice(b"] \"");
+            line.extend_from_slice(head.method.as_str().as_bytes());
+            line.push(b' ');
             quoted_text(line, target.as_bytes());
-            write!(line, " {protocol}\" {status} {bytes} \"")?;
+            line.push(b' ');
+            line.extend_from_slice(protocol.as_bytes());
+            line.extend_from_slice(b"\" ");
+            push_decimal(line, status.into(), 1);
+            line.push(b' ');
+            push_decimal(line, bytes, 1);
+            line.extend_from_slice(b" \"");
             quoted_text(line, header(REFERER).unwrap_or(b"-"));
             line.extend_from_slice(b"\" \"");
             quoted_text(line, header(USER_AGENT).unwrap_or(b"-"));
-            write!(line, "\" {:.6} \"", took.as_secs_f64())?;
+            line.extend_from_slice(b"\" ");
+            // Seconds with 6 decimals, rounded to the microsecond.
+            let micros = (took.as_nanos() + 500) / 1000;
+            push_decimal(line, (micros / 1_000_000) as u64, 1);
+            line.push(b'.');
+            push_decimal(line, (micros % 1_000_000) as u64, 6);
+            line.extend_from_slice(b" \"");
             // An ID is checked or made of characters that need no escaping.
             line.extend_from_slice(id.as_bytes());
             line.extend_from_slice(b"\"\n");
@@ -263,21 +281,22 @@ fn quoted_text(line: &mut Vec<u8>, text: &[u8]) {
 }
 
 /// `23/Nov/2026:06:22:54 +0000`, the combined log format's time.
-fn write_clf_time(out: &mut impl Write, time: SystemTime) -> std::io::Result<()> {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+fn write_clf_time(out: &mut Vec<u8>, time: SystemTime) {
+    const MONTHS: [&[u8]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
     ];
     let p = log::Civil::of(time);
-    write!(
-        out,
-        "{:02}/{}/{}:{:02}:{:02}:{:02} +0000",
-        p.day,
-        MONTHS[(p.month - 1) as usize],
-        p.year,
-        p.hour,
-        p.minute,
-        p.second
-    )
+    push_decimal(out, p.day.into(), 2);
+    out.push(b'/');
+    out.extend_from_slice(MONTHS[(p.month as usize).clamp(1, 12) - 1]);
+    out.push(b'/');
+    push_decimal(out, p.year.unsigned_abs(), 4);
+    for part in [p.hour, p.minute, p.second] {
+        out.push(b':');
+        push_decimal(out, part, 2);
+    }
+    out.extend_from_slice(b" +0000");
 }
 
 #[cfg(test)]
@@ -289,8 +308,38 @@ mod tests {
         // 2026-11-23 06:22:54.5 UTC.
         let t = std::time::UNIX_EPOCH + Duration::from_millis(1_795_414_974_500);
         let mut clf = Vec::new();
-        write_clf_time(&mut clf, t).expect("write to a Vec");
+        write_clf_time(&mut clf, t);
         assert_eq!(clf, b"23/Nov/2026:06:22:54 +0000");
+    }
+
+    #[test]
+    fn text_lines_read_as_the_combined_format_with_duration_and_id() {
+        let (head, _) = http::Request::builder()
+            .method("POST")
+            .uri("/a?b=%22c%22")
+            .header(REFERER, "http://r/")
+            .body(())
+            .expect("a request")
+            .into_parts();
+        let peer: SocketAddr = "10.0.0.7:5555".parse().expect("an address");
+        let id = RequestId::Made(*b"0123456789abcdef0123456789abcdef");
+        for (took, seconds) in [
+            (Duration::from_nanos(277_499), "0.000277"),
+            (Duration::from_nanos(277_500), "0.000278"),
+            (Duration::from_millis(61_500), "61.500000"),
+        ] {
+            let mut text = Vec::new();
+            line(&mut text, &head, peer, (201, 12_345, took), &id).expect("a line");
+            let text = String::from_utf8(text).expect("UTF-8");
+            let (start, rest) = text.split_once(" [").expect("the time");
+            assert_eq!(start, "10.0.0.7 - -");
+            let (_, rest) = rest.split_once("] ").expect("the time's end");
+            let expected = format!(
+                "\"POST /a?b=%22c%22 HTTP/1.1\" 201 12345 \"http://r/\" \"-\" {seconds} \
+                 \"0123456789abcdef0123456789abcdef\"\n"
+            );
+            assert_eq!(rest, expected);
+        }
     }
 
     #[test]
