@@ -134,10 +134,7 @@ pub fn try_main() -> Result<i32, Error> {
 fn new_app(args: NewArgs) -> Result<i32, Error> {
     let files = scaffold::new_app(&args.dir, args.name.as_deref(), args.lang)?;
     let dir = args.dir.display();
-    let build = match args.lang {
-        Lang::Rust => "cargo build",
-        Lang::C => "make",
-    };
+    let build = args.lang.build_command();
     let mut out = format!("wrote {} files into {dir}:\n", files.len());
     for file in &files {
         out.push_str(&format!("  {}\n", file.display()));

@@ -37,6 +37,16 @@ pub enum Lang {
     C,
 }
 
+impl Lang {
+    /// The command that builds an app of this language in its directory.
+    pub fn build_command(self) -> &'static str {
+        match self {
+            Lang::Rust => "cargo build",
+            Lang::C => "make",
+        }
+    }
+}
+
 /// Writes the SDK into `dir` (created if needed), replacing an SDK written before; refuses
 /// a directory that holds another crate. Returns the files written.
 pub fn write_sdk(dir: &Path) -> Result<Vec<PathBuf>, Error> {
@@ -78,9 +88,9 @@ pub fn new_app(dir: &Path, name: Option<&str>, lang: Lang) -> Result<Vec<PathBuf
         )));
     }
     let lib = name.replace('-', "_");
-    let (build, library) = match lang {
-        Lang::Rust => ("cargo build", format!("target/debug/lib{lib}.so")),
-        Lang::C => ("make", format!("build/lib{lib}.so")),
+    let library = match lang {
+        Lang::Rust => format!("target/debug/lib{lib}.so"),
+        Lang::C => format!("build/lib{lib}.so"),
     };
     let files_section = match lang {
         Lang::Rust => {
@@ -100,7 +110,7 @@ pub fn new_app(dir: &Path, name: Option<&str>, lang: Lang) -> Result<Vec<PathBuf
             .replace("@LIB@", &lib)
             .replace("@TYPE@", &type_name(&name))
             .replace("@VERSION@", VERSION)
-            .replace("@BUILD@", build)
+            .replace("@BUILD@", lang.build_command())
             .replace("@LIBPATH@", &library)
             .replace("@FILES@", files_section)
     };

@@ -106,15 +106,20 @@ impl RequestView {
 /// to 1xx (which HTTP/1.1 cannot send as a final answer) is a 500; headers that are not
 /// valid HTTP are left out, and so are the framing headers, which hyper writes itself.
 pub fn app_answer(response: &AppResponse) -> Answer {
-    let status = match response.status() {
-        s @ 200..=999 => StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let status = app_status(response.status());
     let mut answer =
         hyper::Response::new(AnswerBody::whole(Bytes::copy_from_slice(response.body())));
     *answer.status_mut() = status;
     app_headers(answer.headers_mut(), response.headers());
     answer
+}
+
+/// The status an app chose, as sent: 0, out of range or 1xx is a 500.
+pub fn app_status(status: u16) -> StatusCode {
+    match status {
+        200..=999 => StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 /// Adds the app's headers, leaving out those that are not valid HTTP and the framing

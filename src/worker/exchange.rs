@@ -192,6 +192,14 @@ fn linger(mut body: Incoming) {
     });
 }
 
+/// Resolves at `deadline`; never without one.
+pub async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A client that sent `Expect: 100-continue` sends no body until told to.
 fn expects_continue(head: &Parts) -> bool {
     head.headers
@@ -321,16 +329,10 @@ impl Context {
                 return Reply::from_pool(answer);
             }
         }
-        let deadline = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-                None => std::future::pending().await,
-            }
-        };
         let answered = tokio::select! {
             biased;
             answer = &mut reply => answer,
-            () = deadline => {
+            () = until(deadline) => {
                 if self.pool.expire(request) {
                     self.metrics.count(Event::Timeout);
                     say!(

@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::StatusCode;
 use hyper::body::{Body, Frame, SizeHint};
 use microservice_rust::abi::{MsrHeader, MsrHost};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Sleep;
 
 use super::bridge::{self, Answer};
+use super::exchange;
 use super::pool::Received;
 
 /// The largest piece a write is cut into.
@@ -104,10 +104,7 @@ impl<'c> Call<'c> {
                 .deadline
                 .map(|at| Box::pin(tokio::time::sleep_until(at.into()))),
         };
-        let status = match status {
-            200..=999 => StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status = bridge::app_status(status);
         let mut answer = hyper::Response::new(bridge::AnswerBody::Streamed(Box::new(body)));
         *answer.status_mut() = status;
         bridge::app_headers(
@@ -144,15 +141,9 @@ impl<'c> Call<'c> {
                     let deadline = self.request.deadline;
                     let sender = &feed.sender;
                     self.runtime.block_on(async move {
-                        let until = async {
-                            match deadline {
-                                Some(at) => tokio::time::sleep_until(at.into()).await,
-                                None => std::future::pending().await,
-                            }
-                        };
                         tokio::select! {
                             sent = sender.send(piece) => sent.is_ok(),
-                            () = until => false,
+                            () = exchange::until(deadline) => false,
                         }
                     })
                 }
