@@ -15,18 +15,17 @@ fn fails_to_start(app: &Path) -> String {
     fails_to_start_with(app, r#"{"mode": "dev"}"#)
 }
 
-/// Asserts that the service refuses `app` with `cannot load the app APP: problem`.
-fn refuses(app: &Path, problem: &str) {
+/// Asserts that the service refuses `app` with `cannot load the app APP: problem`; its log.
+fn refuses(app: &Path, problem: &str) -> String {
     let log = fails_to_start(app);
     let expected = format!("cannot load the app {}: {problem}", app.display());
     assert!(log.contains(&expected), "expected {expected:?} in:\n{log}");
+    log
 }
 
 /// Asserts that `app` is refused with `problem` before the service binds anything.
 fn refuses_before_binding(app: &Path, problem: &str) {
-    let log = fails_to_start(app);
-    let expected = format!("cannot load the app {}: {problem}", app.display());
-    assert!(log.contains(&expected), "expected {expected:?} in:\n{log}");
+    let log = refuses(app, problem);
     assert!(
         !log.contains("listening on"),
         "refused only after binding:\n{log}"

@@ -108,9 +108,7 @@ fn a_stream_sends_each_event_as_it_is_made_and_is_logged_once_in_full() {
 fn a_client_that_reads_nothing_holds_back_a_stream_and_the_worker_buffers_little() {
     let _serial = serial();
     let service = Service::start(&fixture_lib(), r#"{"mode": "production", "threads": 2}"#);
-    let worker = wait_for("the worker", Duration::from_secs(5), || {
-        started_workers(&service.log_lines()).first().copied()
-    });
+    let worker = first_worker(&service);
     let before = resident_kib(worker);
     let mut stream = open(service.port, "/bulk/256", "");
     // The app writes 256 MiB as fast as it can; nobody reads them for a second.

@@ -612,11 +612,7 @@ fn recycled(service: &Service) -> usize {
 
 /// `microservice_worker_restarts_total{reason="recycle"}`.
 fn recycle_count(port: u16) -> u64 {
-    let text = get(port, "/metrics").expect("metrics").text();
-    text.lines()
-        .find_map(|l| l.strip_prefix("microservice_worker_restarts_total{reason=\"recycle\"} "))
-        .and_then(|v| v.parse().ok())
-        .expect("the recycle count in /metrics")
+    reason_count(port, "microservice_worker_restarts_total", "recycle")
 }
 
 #[test]
@@ -671,7 +667,7 @@ fn max_worker_memory_mb_recycles_a_leaking_worker_without_a_failed_request() {
     let config = r#"{"mode": "production", "threads": 2, "max_worker_memory_mb": 64}"#;
     let service = Service::start(&example_lib(), config);
     let port = service.port;
-    let old = pid_answer_of(&service);
+    let old = first_worker(&service);
     let load = Load::start(port, "/", 4);
     thread::sleep(Duration::from_millis(300));
     let reply = get(port, "/leak/100").expect("a reply");
@@ -695,11 +691,4 @@ fn max_worker_memory_mb_recycles_a_leaking_worker_without_a_failed_request() {
         service.log_lines()
     );
     assert_eq!(recycle_count(port), 1);
-}
-
-/// The only worker's pid, from the supervisor's log.
-fn pid_answer_of(service: &Service) -> i32 {
-    wait_for("the worker's start", Duration::from_secs(5), || {
-        started_workers(&service.log_lines()).first().copied()
-    })
 }

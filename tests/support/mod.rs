@@ -682,12 +682,24 @@ pub fn open_fds(pid: i32) -> usize {
 
 /// `microservice_connections_closed_total{reason}` from the service's /metrics.
 pub fn closed_count(port: u16, reason: &str) -> u64 {
+    reason_count(port, "microservice_connections_closed_total", reason)
+}
+
+/// A counter `name{reason="..."}` from the service's /metrics.
+pub fn reason_count(port: u16, name: &str, reason: &str) -> u64 {
     let text = get(port, "/metrics").expect("metrics").text();
-    let prefix = format!("microservice_connections_closed_total{{reason=\"{reason}\"}} ");
+    let prefix = format!("{name}{{reason=\"{reason}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {prefix} in the metrics"))
+}
+
+/// The pid of the service's first worker, from its log (text format).
+pub fn first_worker(service: &Service) -> i32 {
+    wait_for("the first worker's start", Duration::from_secs(5), || {
+        started_workers(&service.log_lines()).first().copied()
+    })
 }
 
 /// Lines the service wrote on stdout, read until `count` have come or 5 s have passed.
