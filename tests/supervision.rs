@@ -7,6 +7,7 @@ mod support;
 use std::io::ErrorKind;
 use std::net::TcpStream;
 use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -84,10 +85,12 @@ impl RefusalWatch {
 fn the_watchdog_replaces_a_hung_worker_without_refusing_a_connection() {
     let _serial = serial();
     // Bound: interval_s + failures × timeout_s + 1 s = 1 + 2 × 0.5 + 1 = 3 s.
-    let service = Service::start(
+    let mut service = Service::start_with(
         &fixture_lib(),
         r#"{"mode": "production", "threads": 2, "request_timeout_s": 0,
             "watchdog": {"interval_s": 1, "timeout_s": 0.5, "failures": 2}}"#,
+        &[],
+        Stdio::piped(),
     );
     let port = service.port;
     let old = pid_answer(port).expect("the first worker's pid");
@@ -103,12 +106,31 @@ fn the_watchdog_replaces_a_hung_worker_without_refusing_a_connection() {
     let recovery = hung_at.elapsed().as_secs_f64();
     eprintln!("watchdog: a new worker ({new}) answered {recovery:.2}s after the hang");
     assert!(recovery <= 3.0, "replaced after {recovery:.2}s");
+    let mut ids = Vec::new();
     for request in hung {
         let reply = request
             .join()
             .expect("request thread")
             .expect("an answer, not a reset");
         assert_eq!(reply.status, 503, "{}", reply.text());
+        // The worker's own answer carries the request's ID, and it is logged like any.
+        let id = reply
+            .header("x-request-id")
+            .expect("x-request-id")
+            .to_string();
+        assert_eq!(id.len(), 32, "{id}");
+        ids.push(id);
+    }
+    let lines = stdout_until(&mut service, |lines| {
+        ids.iter()
+            .all(|id| lines.iter().any(|l| l.ends_with(&format!(" \"{id}\""))))
+    });
+    for id in &ids {
+        let line = lines
+            .iter()
+            .find(|l| l.ends_with(&format!(" \"{id}\"")))
+            .unwrap_or_else(|| panic!("no access line for {id} in {lines:?}"));
+        assert!(line.contains("\"GET /sleep/1000 HTTP/1.1\" 503 "), "{line}");
     }
     let (refused, tried) = watch.finish();
     assert_eq!(refused, 0, "{refused} of {tried} connections refused");

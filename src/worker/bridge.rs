@@ -17,6 +17,7 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use super::loader::AppResponse;
 use super::pool::Received;
+use super::request_id::RequestId;
 use super::stream::{Cut, Streamed, HOST};
 use microservice_rust::abi::{MsrBytes, MsrHeader, MsrRequest};
 
@@ -77,7 +78,7 @@ pub struct RequestView {
 impl RequestView {
     /// The view of `request`, valid while `request` and `self` are neither changed nor
     /// dropped; the host functions get `call` (a `stream::Call`).
-    pub fn of(&mut self, request: &Received, call: *mut c_void) -> MsrRequest {
+    pub fn of(&mut self, request: &Received, id: &RequestId, call: *mut c_void) -> MsrRequest {
         let head = &request.head;
         self.headers.clear();
         self.headers
@@ -95,7 +96,7 @@ impl RequestView {
             header_count: self.headers.len(),
             body: MsrBytes::from_slice(&request.body),
             peer: MsrBytes::from_slice(&self.peer),
-            id: MsrBytes::from_slice(request.id.as_bytes()),
+            id: MsrBytes::from_slice(id.as_bytes()),
             host: &HOST,
             host_ctx: call,
         }

@@ -36,7 +36,7 @@ use super::access::Ledger;
 use super::bridge::{self, Answer};
 use super::front::Connections;
 use super::pool::{Kind, Pool, Received, Submitted};
-use super::request_id::{self, RequestId, RequestIds};
+use super::request_id::{IdSeed, RequestId, RequestIds};
 use super::screen::{Screen, Verdict};
 use crate::config::Settings;
 use crate::metrics::{Closed, Event, Recorder};
@@ -155,17 +155,21 @@ pub async fn handle(
     let received = Instant::now();
     let _counted = InFlight::enter(&context.in_flight);
     let (head, mut body) = request.into_parts();
-    let id = context.ids.of(&head);
+    let seed = context.ids.seed();
     let (answer, cors, head) = match context.screen.check(&head) {
         Verdict::Refuse(refusal) => {
             // A body left unread in the stream ends the connection too (hyper would
             // otherwise have to read it at the client's pace).
             let ends = (refusal.ends || !body.is_end_stream()).then_some(Closed::Answered);
             let answer = bridge::refusal(refusal.status, &refusal.text, refusal.headers);
-            (Reply::new(answer, ends), refusal.cors, Head::Kept(head, id))
+            (
+                Reply::new(answer, ends),
+                refusal.cors,
+                Head::Kept(head, seed),
+            )
         }
         Verdict::Pass { cors } => {
-            let (reply, head) = context.answer(head, &mut body, peer, received, id).await;
+            let (reply, head) = context.answer(head, &mut body, peer, received, seed).await;
             (reply, cors, head)
         }
     };
@@ -207,12 +211,12 @@ fn expects_continue(head: &Parts) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-/// An answer, why its connection must end after it if it must, and whether it is recorded
-/// already (the pool records the app's answers).
+/// An answer, why its connection must end after it if it must, and whether the pool made
+/// it (the pool records and stamps with the request's ID what it sends).
 struct Reply {
     answer: Answer,
     ends: Option<Closed>,
-    recorded: bool,
+    by_pool: bool,
 }
 
 impl Reply {
@@ -220,13 +224,13 @@ impl Reply {
         Reply {
             answer,
             ends,
-            recorded: false,
+            by_pool: false,
         }
     }
 
     fn from_pool(answer: Answer) -> Reply {
         Reply {
-            recorded: true,
+            by_pool: true,
             ..Reply::new(answer, None)
         }
     }
@@ -240,7 +244,7 @@ impl Reply {
 /// future, once; boxing the larger variant would cost an allocation per request.)
 #[allow(clippy::large_enum_variant)]
 enum Head {
-    Kept(Parts, RequestId),
+    Kept(Parts, IdSeed),
     Shared(Arc<Received>),
 }
 
@@ -252,10 +256,10 @@ impl Head {
         }
     }
 
-    fn id(&self) -> &RequestId {
+    fn id(&self) -> RequestId {
         match self {
-            Head::Kept(_, id) => id,
-            Head::Shared(received) => &received.id,
+            Head::Kept(parts, seed) => seed.id(parts),
+            Head::Shared(received) => received.id(),
         }
     }
 }
@@ -268,7 +272,7 @@ impl Context {
         body: &mut Incoming,
         peer: SocketAddr,
         received: Instant,
-        id: RequestId,
+        seed: IdSeed,
     ) -> (Reply, Head) {
         let kind = match head.uri.path() {
             "/readyz" => {
@@ -276,23 +280,23 @@ impl Context {
                     true => Reply::text(200, "ready\n"),
                     false => Reply::text(503, "not ready\n"),
                 };
-                return (reply, Head::Kept(head, id));
+                return (reply, Head::Kept(head, seed));
             }
-            "/metrics" => return (self.metrics_text().await, Head::Kept(head, id)),
+            "/metrics" => return (self.metrics_text().await, Head::Kept(head, seed)),
             "/healthz" => Kind::Health,
             _ => Kind::App,
         };
         let deadline = self.limits.timeout.map(|t| received + t);
         let body = match self.read_body(body, deadline).await {
             Ok(body) => body,
-            Err(fault) => return (fault.reply(), Head::Kept(head, id)),
+            Err(fault) => return (fault.reply(), Head::Kept(head, seed)),
         };
         let request = Arc::new(Received::new(
             head,
             body,
             peer,
             (received, deadline),
-            id,
+            seed,
             kind,
         ));
         let reply = self.through_pool(&request, deadline).await;
@@ -337,7 +341,7 @@ impl Context {
                     self.metrics.count(Event::Timeout);
                     say!(
                         "request {} ({} {}) timed out after {:.3}s: answered 504",
-                        request.id(),
+                        request.id().as_str(),
                         request.head.method,
                         request.head.uri.path(),
                         request.received.elapsed().as_secs_f64()
@@ -405,7 +409,7 @@ impl Context {
     }
 
     /// Sends an answer on its way: CORS, `Connection: close`, and (unless the pool did)
-    /// the metrics and the access line.
+    /// the metrics, the access line and the request's ID.
     fn deliver(
         &self,
         head: &Head,
@@ -414,11 +418,10 @@ impl Context {
         reply: Reply,
         cors: Option<HeaderValue>,
     ) -> Answer {
-        let (id, head) = (head.id(), head.parts());
         let Reply {
             mut answer,
             ends,
-            recorded,
+            by_pool,
         } = reply;
         let headers = answer.headers_mut();
         if let Some(origin) = cors {
@@ -431,15 +434,13 @@ impl Context {
         if ends.is_some() || self.phase() != Phase::Serving {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        if !recorded {
-            let status = answer.status().as_u16();
-            let bytes = bridge::body_len(&answer);
+        if !by_pool {
+            let id = head.id();
+            id.stamp(headers);
+            let (status, bytes) = (answer.status().as_u16(), bridge::body_len(&answer));
             self.ledger
-                .record(head, peer, status, bytes, received.elapsed(), id);
+                .record(head.parts(), peer, status, bytes, received.elapsed(), &id);
         }
-        answer
-            .headers_mut()
-            .insert(request_id::HEADER, id.header_value());
         answer
     }
 }

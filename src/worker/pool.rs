@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::request_id::RequestId;
+use super::request_id::{IdSeed, RequestId};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use http::request::Parts;
@@ -108,8 +108,8 @@ pub struct Received {
     /// When the worker had read its head: deadlines and durations count from here.
     pub received: Instant,
     pub deadline: Option<Instant>,
-    /// The request's ID (see `request_id`).
-    pub id: RequestId,
+    /// What the request's ID is made from (see `request_id`).
+    pub seed: IdSeed,
     kind: Kind,
     state: AtomicU8,
     cancelled: AtomicU8,
@@ -121,7 +121,7 @@ impl Received {
         body: Bytes,
         peer: SocketAddr,
         (received, deadline): (Instant, Option<Instant>),
-        id: RequestId,
+        seed: IdSeed,
         kind: Kind,
     ) -> Received {
         Received {
@@ -130,7 +130,7 @@ impl Received {
             peer,
             received,
             deadline,
-            id,
+            seed,
             kind,
             state: AtomicU8::new(state::QUEUED),
             cancelled: AtomicU8::new(cancel::NOT),
@@ -165,9 +165,9 @@ impl Received {
         self.moves(state::IN_APP, state::STREAMING)
     }
 
-    /// The request's ID as text.
-    pub fn id(&self) -> &str {
-        self.id.as_str()
+    /// The request's ID (made each time: on the request path the pool makes it once).
+    pub fn id(&self) -> RequestId {
+        self.seed.id(&self.head)
     }
 
     fn moves(&self, from: u8, to: u8) -> bool {
@@ -345,7 +345,7 @@ impl Pool {
             if let Job::Http { request, reply } = job {
                 request.cancel_for(cancel::ABANDONED);
                 if shared.leaves_queue(&request, state::ABANDONED) {
-                    let _ = reply.send(gone());
+                    shared.send(reply, gone(), &request, &request.id());
                     answered += 1;
                 }
             }
@@ -362,7 +362,7 @@ impl Pool {
             }
             if let Some((request, reply)) = taken {
                 if request.moves(state::IN_APP, state::ABANDONED) {
-                    let _ = reply.send(gone());
+                    shared.send(reply, gone(), &request, &request.id());
                     answered += 1;
                 }
             }
@@ -424,7 +424,7 @@ impl Pool {
                 "in flight: {} {} (request {}) for {age:.3}s{late}",
                 request.head.method,
                 request.head.uri,
-                request.id()
+                request.id().as_str()
             );
         }
         say!(
@@ -504,10 +504,11 @@ impl Shared {
         if !self.leaves_queue(&request, state::IN_APP) {
             return false; // late, gone, or abandoned
         }
+        let id = request.id();
         let _inside = self.gate.read().unwrap_or_else(|p| p.into_inner());
         if self.stopped.load(Ordering::Acquire) {
             request.moves(state::IN_APP, state::ANSWERED);
-            let _ = reply.send(bridge::text(503, "shutting down\n"));
+            self.send(reply, bridge::text(503, "shutting down\n"), &request, &id);
             return false;
         }
         *slot.serving() = Some(Serving {
@@ -519,8 +520,8 @@ impl Shared {
         let (answer, streamed) = match request.kind {
             Kind::Health => (Some(health_answer(self.health())), None),
             Kind::App => {
-                let mut call = Call::new(&request, &self.runtime, &take_reply);
-                let response = self.app.handle(&view.of(&request, call.context()));
+                let mut call = Call::new(&request, &id, &self.runtime, &take_reply);
+                let response = self.app.handle(&view.of(&request, &id, call.context()));
                 match call.finish() {
                     Some(streamed) => (None, Some(streamed)),
                     None => (Some(bridge::app_answer(&response)), None),
@@ -535,26 +536,10 @@ impl Shared {
             }
             recent.push_back(request.received.elapsed());
         }
-        let record = |status: u16, bytes: u64| {
-            let took = request.received.elapsed();
-            self.ledger.record(
-                &request.head,
-                request.peer,
-                status,
-                bytes,
-                took,
-                &request.id,
-            );
-        };
         match request.state.swap(state::ANSWERED, Ordering::AcqRel) {
             state::IN_APP => {
                 if let (Some(reply), Some(answer)) = (reply, answer) {
-                    let (status, bytes) = (answer.status().as_u16(), bridge::body_len(&answer));
-                    match reply.send(answer) {
-                        Ok(()) => record(status, bytes),
-                        // The client left while the app worked.
-                        Err(_) => record(CLIENT_CLOSED, 0),
-                    }
+                    self.send(reply, answer, &request, &id);
                 }
                 false
             }
@@ -565,13 +550,38 @@ impl Shared {
                     } else {
                         status
                     };
-                    record(status, bytes);
+                    self.record(&request, &id, status, bytes);
                 }
                 false
             }
             state::WRITTEN_OFF => true,
             _ => false, // late (its 504 went out at the deadline) or abandoned (503)
         }
+    }
+
+    /// Sends the I/O side an answer of the pool's for `request`, stamped with its ID, and
+    /// records it (metrics, access line; 499 when the client left meanwhile). The pool
+    /// stamps and records what it sends, the I/O side what it makes itself: that keeps
+    /// the work of most answers off the I/O thread, which bounds the throughput.
+    fn send(
+        &self,
+        reply: oneshot::Sender<Answer>,
+        mut answer: Answer,
+        request: &Received,
+        id: &RequestId,
+    ) {
+        id.stamp(answer.headers_mut());
+        let (status, bytes) = (answer.status().as_u16(), bridge::body_len(&answer));
+        match reply.send(answer) {
+            Ok(()) => self.record(request, id, status, bytes),
+            Err(_) => self.record(request, id, CLIENT_CLOSED, 0),
+        }
+    }
+
+    fn record(&self, request: &Received, id: &RequestId, status: u16, bytes: u64) {
+        let took = request.received.elapsed();
+        self.ledger
+            .record(&request.head, request.peer, status, bytes, took, id);
     }
 
     /// The app's health, the worker's ability to accept connections, and the

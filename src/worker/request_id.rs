@@ -30,8 +30,27 @@ impl RequestIds {
         }
     }
 
-    /// The ID of the request with head `head`.
-    pub fn of(&self, head: &Parts) -> RequestId {
+    /// The next request's seed: all the I/O side takes per request. The ID is made from
+    /// it where it is needed, for most requests on their pool thread (the I/O thread
+    /// bounds the throughput).
+    pub fn seed(&self) -> IdSeed {
+        IdSeed {
+            keys: self.keys,
+            count: self.next.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// What a request's ID is made from, with its head: the same ID wherever it is made.
+#[derive(Clone, Copy, Debug)]
+pub struct IdSeed {
+    keys: [u64; 2],
+    count: u64,
+}
+
+impl IdSeed {
+    /// The ID of the request with head `head`: the client's if sane, else made here.
+    pub fn id(&self, head: &Parts) -> RequestId {
         match head.headers.get(&HEADER) {
             Some(given) if sane(given.as_bytes()) => RequestId::Given(given.clone()),
             _ => RequestId::Made(self.fresh()),
@@ -39,11 +58,10 @@ impl RequestIds {
     }
 
     fn fresh(&self) -> [u8; 32] {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut text = [0u8; 32];
         let bytes = [
             self.keys[0].to_be_bytes(),
-            mix(n ^ self.keys[1]).to_be_bytes(),
+            mix(self.count ^ self.keys[1]).to_be_bytes(),
         ];
         for (pair, byte) in text.chunks_exact_mut(2).zip(bytes.iter().flatten()) {
             pair.copy_from_slice(&HEX_PAIRS[usize::from(*byte)]);
@@ -71,6 +89,11 @@ impl RequestId {
     /// As text: it is checked or made of visible ASCII.
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(self.as_bytes()).unwrap_or("-")
+    }
+
+    /// Puts the ID in an answer's `X-Request-ID`.
+    pub fn stamp(&self, headers: &mut http::HeaderMap) {
+        headers.insert(HEADER, self.header_value());
     }
 
     /// For the answer's `X-Request-ID`.
@@ -131,9 +154,9 @@ mod tests {
     fn a_sane_client_id_is_kept_and_others_are_replaced() {
         let ids = RequestIds::new();
         let kept = "abc-123_x.y:z/+=@";
-        assert_eq!(ids.of(&head(Some(kept))).as_str(), kept);
+        assert_eq!(ids.seed().id(&head(Some(kept))).as_str(), kept);
         for insane in ["", "a b", "a\"b", "é", &"x".repeat(129)] {
-            let id = ids.of(&head(Some(insane)));
+            let id = ids.seed().id(&head(Some(insane)));
             assert_ne!(id.as_str(), insane);
             assert_eq!(id.as_bytes().len(), 32, "{id:?}");
         }
@@ -142,8 +165,11 @@ mod tests {
     #[test]
     fn made_up_ids_are_32_hex_digits_and_differ() {
         let ids = RequestIds::new();
-        let (a, b) = (ids.of(&head(None)), ids.of(&head(None)));
+        let (a, b) = (ids.seed().id(&head(None)), ids.seed().id(&head(None)));
         assert_ne!(a.as_str(), b.as_str());
+        // One seed makes the same ID wherever it is made (the I/O side and the pool).
+        let seed = ids.seed();
+        assert_eq!(seed.id(&head(None)).as_str(), seed.id(&head(None)).as_str());
         for id in [a, b] {
             assert_eq!(id.as_bytes().len(), 32);
             assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");

@@ -26,6 +26,7 @@ use tokio::time::Sleep;
 use super::bridge::{self, Answer};
 use super::exchange;
 use super::pool::Received;
+use super::request_id::RequestId;
 
 /// The largest piece a write is cut into.
 const PIECE: usize = 16 * 1024;
@@ -42,6 +43,7 @@ pub static HOST: MsrHost = MsrHost {
 /// What the host functions reach during one call of the app's `handle` (its `host_ctx`).
 pub struct Call<'c> {
     request: &'c Received,
+    id: &'c RequestId,
     runtime: &'c tokio::runtime::Handle,
     /// Takes the I/O side's channel for the answer (none when the worker gave up on it).
     reply: &'c dyn Fn() -> Option<oneshot::Sender<Answer>>,
@@ -59,11 +61,13 @@ struct Feed {
 impl<'c> Call<'c> {
     pub fn new(
         request: &'c Received,
+        id: &'c RequestId,
         runtime: &'c tokio::runtime::Handle,
         reply: &'c dyn Fn() -> Option<oneshot::Sender<Answer>>,
     ) -> Call<'c> {
         Call {
             request,
+            id,
             runtime,
             reply,
             feed: None,
@@ -114,6 +118,7 @@ impl<'c> Call<'c> {
                 unsafe { (h.name.as_slice(), h.value.as_slice()) }
             }),
         );
+        self.id.stamp(answer.headers_mut());
         if reply.send(answer).is_err() {
             self.request.cancel();
             return -1;
