@@ -105,6 +105,38 @@ fn a_stream_sends_each_event_as_it_is_made_and_is_logged_once_in_full() {
 }
 
 #[test]
+fn an_http_1_0_client_gets_the_stream_delimited_by_the_close() {
+    let _serial = serial();
+    let service = Service::start(&example_lib(), r#"{"mode": "production", "threads": 2}"#);
+    let mut stream = TcpStream::connect(("127.0.0.1", service.port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /stream/3 HTTP/1.0\r\n\r\n")
+        .expect("send");
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    // The first event before the last: the body is sent as it is made, not gathered.
+    assert!(read_until(&mut stream, &mut seen, b"data: {\"event\":1,"));
+    let first = started.elapsed().as_secs_f64();
+    // Then the server closes the connection after the last event: read_until returns
+    // false at the end of the stream, since the needle never comes.
+    assert!(!read_until(&mut stream, &mut seen, b"never sent"));
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
+    assert!(!text.contains("transfer-encoding"), "{text}");
+    assert!(!text.contains("content-length"), "{text}");
+    let records: String = (1..=3)
+        .map(|n| format!("event: tick\nid: {n}\ndata: {{\"event\":{n},\"of\":3}}\n\n"))
+        .collect();
+    assert!(text.ends_with(&format!("\r\n\r\n{records}")), "{text}");
+    // The tolerance is for a loaded machine: the first event is due after 100 ms, the
+    // last after 300 ms.
+    assert!(first < 0.6, "the first event after {first:.3}s");
+}
+
+#[test]
 fn a_client_that_reads_nothing_holds_back_a_stream_and_the_worker_buffers_little() {
     let _serial = serial();
     let service = Service::start(&fixture_lib(), r#"{"mode": "production", "threads": 2}"#);
