@@ -10,7 +10,7 @@ EXAMPLE_LIB := target/debug/libexample_rum_counter.so
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
-.PHONY: build run test lint bench bench-slowloris image test-docker clean help
+.PHONY: build run test lint bench bench-slowloris bench-compare image test-docker clean help
 
 .DEFAULT_GOAL := build
 
@@ -34,6 +34,9 @@ bench: ## Product vs bare hyper and bare tiny_http (~15 min): bench/RESULTS.md, 
 
 bench-slowloris: ## Only the slowloris part: trickling heads, then bodies (~3 min): bench/SLOWLORIS.md
 	python3 bench/run.py slowloris
+
+bench-compare: ## This build beside BEFORE=REV, both at once on one core (~5 min): bench/COMPARE.md
+	BEFORE="$(BEFORE)" python3 bench/compare.py
 
 image: ## Images microservice-rust and example-rum-counter, from a release build (no registry)
 	$(CARGO) build --release -p microservice-rust -p example-rum-counter

@@ -56,6 +56,7 @@ A binary or library given by PRODUCT_BINARY, EXAMPLE_LIB or FIXTURE_LIB is not b
 
 import argparse
 import functools
+import glob
 import json
 import os
 import platform
@@ -124,8 +125,8 @@ def step(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def prepare(product):
-    """Installs wrk and ss if missing, builds what is measured, raises the fd limit."""
+def install_tools():
+    """Installs wrk and ss if missing (apt)."""
     missing = [package for tool, package in (("wrk", "wrk"), ("ss", "iproute2"))
                if not shutil.which(tool)]
     if missing:
@@ -133,6 +134,11 @@ def prepare(product):
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def prepare(product):
+    """Installs wrk and ss if missing, builds what is measured, raises the fd limit."""
+    install_tools()
     packages = []
     if any(kind in SERVERS for kind in BASELINES):
         packages += ["-p", "bench-baselines"]
@@ -212,9 +218,10 @@ def wait_answer(port, limit=30, expect=None):
 
 
 class Server:
-    """A server process: `kind` is one of KINDS."""
+    """A server process: `kind` is one of KINDS. For the product, `binary` is the build to
+    run (default PRODUCT_BINARY); `cpus` pins the server to those CPUs (taskset's list)."""
 
-    def __init__(self, kind, config=None, app=EXAMPLE_LIB):
+    def __init__(self, kind, config=None, app=EXAMPLE_LIB, binary=None, cpus=None):
         self.kind = kind
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="msr-bench-")
@@ -223,12 +230,14 @@ class Server:
             path = os.path.join(self.dir, "config.json")
             with open(path, "w") as f:
                 json.dump(config or PRODUCTION, f)
-            command = [PRODUCT_BINARY, "--host", "127.0.0.1", "--port", str(self.port),
+            command = [binary or PRODUCT_BINARY, "--host", "127.0.0.1", "--port", str(self.port),
                        "--app", app, "--config", path]
         else:
             command = [BASELINES[kind], f"127.0.0.1:{self.port}"]
             if kind == "hyper":
                 env = {**os.environ, "IO_THREADS": str(hyper_io_threads())}
+        if cpus:
+            command = ["taskset", "-c", cpus, *command]
         self.started = time.monotonic()
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, text=True, env=env)
@@ -287,6 +296,23 @@ class Server:
             except (OSError, IndexError, ValueError):
                 pass
         return ticks / CLOCK_TICKS
+
+    def thread_cpu_seconds(self):
+        """User + system CPU time of the process and its workers by thread name (the
+        worker's `io` and `pool` threads, …), threads still alive only."""
+        seconds = {}
+        for pid in self.pids():
+            for path in glob.glob(f"/proc/{pid}/task/*/stat"):
+                try:
+                    with open(path) as f:
+                        text = f.read()
+                except OSError:
+                    continue
+                name = text[text.find("(") + 1:text.rfind(")")]
+                fields = text.rpartition(")")[2].split()
+                ticks = int(fields[11]) + int(fields[12])
+                seconds[name] = seconds.get(name, 0.0) + ticks / CLOCK_TICKS
+        return seconds
 
     def stop(self):
         self.process.terminate()
@@ -349,15 +375,16 @@ def unanswered(port):
     return count
 
 
-def wrk(server, connections):
-    """One bounded wrk run; returns requests/s, p50 and p99 in milliseconds, the server's
-    CPU microseconds per completed request, errors, and the connections left unanswered
-    halfway through the run."""
+def wrk(server, connections, cpus=None):
+    """One bounded wrk run (pinned to `cpus`, taskset's list, when given); returns
+    requests/s, p50 and p99 in milliseconds, the server's CPU microseconds per completed
+    request, errors, and the connections left unanswered halfway through the run."""
     threads = min(2, connections)
     cpu_before = server.cpu_seconds()
     run = subprocess.Popen(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{DURATION}s", "--latency",
-         "--timeout", "5s", f"http://127.0.0.1:{server.port}/"],
+        (["taskset", "-c", cpus] if cpus else [])
+        + ["wrk", f"-t{threads}", f"-c{connections}", f"-d{DURATION}s", "--latency",
+           "--timeout", "5s", f"http://127.0.0.1:{server.port}/"],
         stdout=subprocess.PIPE, text=True)
     time.sleep(DURATION / 2)
     left = unanswered(server.port)
