@@ -170,10 +170,10 @@ def write(rounds, label, now_label):
         "# now ÷ before, the two builds at once on one core",
         "",
         f"Written by `make bench-compare` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-        f" (bench/compare.py says how). before = {label}; now = {now_label}. Both serve the",
+        f" (bench/compare.py says how): before = {label}, now = {now_label}. Both serve the "
         f"example's `GET /` in production mode with default settings; {ROUNDS} rounds of "
-        f"`wrk -c{CONNECTIONS} -d{run.DURATION}s` each, at the same time, servers on CPU "
-        f"{SERVER_CPUS} and wrk on CPU {CLIENT_CPUS}.",
+        f"`wrk -c{CONNECTIONS} -d{run.DURATION}s` each, the two at the same time, servers on "
+        f"CPU {SERVER_CPUS} and wrk on CPU {CLIENT_CPUS}.",
         "",
         "| round | " + " | ".join(f"before {title} | now {title} | now ÷ before"
                                    for _, title in FIGURES) + " |",
