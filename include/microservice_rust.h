@@ -90,6 +90,64 @@ struct msr_host {
     int32_t (*stream_write)(void *ctx, const uint8_t *bytes, size_t len);
 };
 
+/* Optional: the worker's functions for the life of the process. When the library exports
+ *
+ *   void msr_attach_host(const msr_host_api *host);
+ *
+ * the worker calls it once, before `create`; keep the pointer. It is not part of the
+ * version handshake: a library without it loads, and a worker that does not call it
+ * leaves `host` unknown to the app (log to stderr yourself then). */
+#define MSR_LOG_DEBUG 0u
+#define MSR_LOG_INFO 1u
+#define MSR_LOG_WARN 2u
+#define MSR_LOG_ERROR 3u /* and any larger number */
+
+/* Kinds of metric_declare, and operations of metric_update. */
+#define MSR_METRIC_COUNTER 1u
+#define MSR_METRIC_GAUGE 2u
+#define MSR_METRIC_HISTOGRAM 3u
+#define MSR_METRIC_ADD 1u     /* counters: a whole number >= 0; gauges: any */
+#define MSR_METRIC_SET 2u     /* gauges */
+#define MSR_METRIC_OBSERVE 3u /* histograms */
+
+typedef struct msr_host_api {
+    /* The table's size as the worker built it. Fields are only ever appended: call a
+     * function only when its field lies within `size`. */
+    size_t size;
+    /* The worker's own pointer: pass it as each function's first argument. */
+    void *host;
+    /* Writes one line of the app's at `level` (MSR_LOG_*) in the worker's log_format,
+     * beside its own lines on stderr, tagged with the worker's pid and, when request_ctx
+     * is a request's host_ctx, with the request's ID, method and path. Pass a host_ctx only
+     * on the thread running that request's handle, while it runs; NULL anywhere else.
+     * Lines below the worker's log_level are left out. Never blocks: when stderr is
+     * behind, the line is dropped and counted. `message` is len bytes of UTF-8 without a
+     * line end (other bytes are replaced, control characters escaped, text past 16 KiB
+     * cut). Any thread, any time. */
+    void (*log)(void *host, void *request_ctx, uint32_t level, const uint8_t *message,
+                size_t len);
+    /* Declares one of the app's metrics, shown by /metrics beside the server's and summed
+     * over every worker: kind MSR_METRIC_*, label_count label names (at most 4) and, for a
+     * histogram, bound_count rising bucket bounds (at most 16). Names follow Prometheus's
+     * rules; `microservice_` and `process_` are the server's. Returns the metric's number
+     * (>= 0); declaring the same metric again (every worker does) returns the same. On a
+     * refusal returns -1 after writing a NUL-terminated message naming the metric into
+     * error (at most error_cap bytes): return it from create to stop the worker. */
+    int64_t (*metric_declare)(void *host, uint32_t kind, msr_bytes name, msr_bytes help,
+                              const msr_bytes *label_names, size_t label_count,
+                              const double *bounds, size_t bound_count, uint8_t *error,
+                              size_t error_cap);
+    /* Updates the label set label_values (label_count, in the declared order) of metric id
+     * with op (MSR_METRIC_ADD, _SET, _OBSERVE) and value. Lock-free, any thread. Counters
+     * and histograms never go back, also when a worker is replaced; a gauge is each
+     * worker's own. 0, or -1 when dropped: an unknown metric, an operation or value the
+     * kind does not take, the wrong number of values, values over 240 bytes together, or
+     * a new label set past the metric's 1,000 (counted in
+     * microservice_app_series_dropped_total{metric="..."}). */
+    int32_t (*metric_update)(void *host, int64_t id, uint32_t op, const msr_bytes *label_values,
+                             size_t label_count, double value);
+} msr_host_api;
+
 typedef struct msr_response {
     uint16_t status;         /* 200..999; anything else (1xx too) is sent as 500 */
     const msr_header *headers;
@@ -122,6 +180,7 @@ typedef struct msr_app_api {
 
 uint32_t msr_abi_version(void);
 const msr_app_api *msr_app_entry(void);
+void msr_attach_host(const msr_host_api *host); /* optional, see msr_host_api */
 
 #ifdef __cplusplus
 }

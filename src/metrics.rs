@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use http::Method;
 
+use crate::app_metrics::{Area, Declaration};
 use crate::error::Error;
 
 /// Where a worker finds the metrics region.
@@ -144,6 +145,8 @@ pub struct Region {
     restarts: [AtomicU64; RESTARTS.len()],
     retired: Counters,
     slots: [Slot; SLOTS],
+    /// The app's own metrics.
+    app: Area,
 }
 
 /// The supervisor's side: a new region on a memfd, whose fd the workers inherit, and the
@@ -184,6 +187,8 @@ pub fn create() -> Result<(OwnedFd, Slots), Error> {
 pub struct Recorder {
     region: &'static Region,
     slot: &'static Slot,
+    /// The slot's number (the app's gauges are kept per slot).
+    index: usize,
 }
 
 impl Recorder {
@@ -195,13 +200,27 @@ impl Recorder {
             .and_then(|s| s.parse::<usize>().ok())
             .filter(|s| *s < SLOTS);
         let shared = slot.and_then(|slot| Some((map(METRICS_FD).ok()?, slot)));
-        let (region, slot) = match shared {
+        let (region, index) = match shared {
             Some(shared) => shared,
             None => (private()?, 0),
         };
-        let slot = &region.slots[slot];
+        let slot = &region.slots[index];
         slot.pid.store(std::process::id() as u64, Ordering::Relaxed);
-        Ok(Recorder { region, slot })
+        Ok(Recorder {
+            region,
+            slot,
+            index,
+        })
+    }
+
+    /// Declares one of the app's metrics (see `app_metrics`): its number.
+    pub fn app_declare(&self, declaration: &Declaration<'_>) -> Result<usize, String> {
+        self.region.app.declare(declaration)
+    }
+
+    /// Updates one of the app's metrics; false when the update was dropped.
+    pub fn app_update(&self, id: usize, op: u32, values: &[&[u8]], value: f64) -> bool {
+        self.region.app.update(self.index, id, op, values, value)
     }
 
     /// One response went out: counted by method and status, its duration in the histogram.
@@ -335,6 +354,7 @@ impl Slots {
         for gauge in from.gauges.all() {
             gauge.store(0, Ordering::Relaxed);
         }
+        region.app.release(slot);
         from.pid.store(0, Ordering::Relaxed);
         region.version.fetch_add(1, Ordering::AcqRel);
     }
@@ -490,6 +510,8 @@ fn render(region: &Region) -> String {
     write_gauges(&mut out, &live);
     write_events(&mut out, region, &totals);
     write_processes(&mut out, region, &live);
+    let slots: Vec<usize> = live.iter().map(|w| w.slot).collect();
+    region.app.render(&mut out.0, &slots);
     out.0
 }
 

@@ -261,3 +261,33 @@ impl Drop for Cleanup {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+#[test]
+fn an_app_metric_with_a_bad_name_stops_the_worker_naming_it() {
+    let lib = fixture_lib();
+    for (name, reason) in [
+        (
+            "rums-drunk",
+            "a metric name is 1 to 100 of [a-zA-Z0-9_:], not starting with a digit",
+        ),
+        (
+            "microservice_mine_total",
+            "names starting with `microservice_` or `process_` are the server's",
+        ),
+        // Declared by the fixture itself as a counter with a label.
+        (
+            "fixture_hits_total",
+            "is declared already with another kind, labels or buckets",
+        ),
+    ] {
+        let log = fails_to_start_with(
+            &lib,
+            &format!(r#"{{"mode": "dev", "fixture_metric": "{name}"}}"#),
+        );
+        let expected = format!(
+            "cannot load the app {}: the app refused to start: metric `{name}`",
+            lib.display()
+        );
+        assert!(log.contains(&expected) && log.contains(reason), "{log}");
+    }
+}

@@ -212,3 +212,127 @@ fn an_app_panic_is_one_json_line_and_carries_a_backtrace_only_when_asked() {
         assert_eq!(entry.get("backtrace").is_some(), backtrace, "{entry}");
     }
 }
+
+/// Starts the example with `config`, has `ann` drink past the limit (a warning) and within
+/// it (a debug line), and returns the service's stderr lines once `done` holds for them.
+fn example_app_lines(config: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let service = Service::start_with(&example_lib(), config, &[], Stdio::null());
+    let drink = |path: &str, id: &str| {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nX-Request-ID: {id}\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n"
+        );
+        send(service.port, raw.as_bytes()).expect("a reply").status
+    };
+    assert_eq!(drink("/drink/ann/1", "drink-1"), 200);
+    assert_eq!(drink("/drink/ann/5", "drink-2"), 403);
+    wait_for("the app's lines", Duration::from_secs(5), || {
+        let lines = service.log_lines();
+        done(&lines).then_some(lines)
+    })
+}
+
+#[test]
+fn the_apps_lines_are_written_by_the_worker_tagged_with_the_request_and_filtered_by_level() {
+    let warning = "app: warn: refused 5 rum(s) to ann: 1 drunk, the limit is 2 \
+                   (request drink-2, POST /drink/ann/5)";
+    let lines = example_app_lines(r#"{"mode": "production", "log_level": "debug"}"#, |lines| {
+        lines.iter().any(|l| l.ends_with(warning))
+    });
+    let pid = first_worker_pid(&lines);
+    let line = |needle: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in {lines:?}"))
+            .clone()
+    };
+    // Outside a request (the app's `new`): no request tag.
+    assert_eq!(
+        line("counting rums"),
+        format!("microservice-rust[{pid}] app: info: counting rums, at most 2 per user")
+    );
+    assert_eq!(
+        line("refused 5"),
+        format!("microservice-rust[{pid}] {warning}")
+    );
+    assert_eq!(
+        line("drank 1"),
+        format!(
+            "microservice-rust[{pid}] app: debug: ann drank 1 rum(s), 1 in all \
+             (request drink-1, POST /drink/ann/1)"
+        )
+    );
+
+    // At `warn`, the info and debug lines are left out, the warning is not.
+    let lines = example_app_lines(r#"{"mode": "production", "log_level": "warn"}"#, |lines| {
+        lines.iter().any(|l| l.ends_with(warning))
+    });
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("counting rums") || l.contains("drank 1")),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn the_apps_lines_are_json_objects_in_json_format() {
+    let lines = example_app_lines(r#"{"mode": "production", "log_format": "json"}"#, |lines| {
+        lines.iter().any(|l| l.contains("refused 5"))
+    });
+    let entry: serde_json::Value = lines
+        .iter()
+        .find(|l| l.contains("refused 5"))
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON line about the refusal in {lines:?}"));
+    assert_eq!(entry["level"], "warn");
+    assert_eq!(entry["process"], "app");
+    assert_eq!(
+        entry["message"],
+        "refused 5 rum(s) to ann: 1 drunk, the limit is 2"
+    );
+    assert_eq!(entry["request_id"], "drink-2");
+    assert_eq!(entry["method"], "POST");
+    assert_eq!(entry["path"], "/drink/ann/5");
+    assert!(entry["pid"].as_u64().is_some_and(|pid| pid > 1), "{entry}");
+    assert!(
+        entry["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{entry}"
+    );
+}
+
+#[test]
+fn a_c_app_logs_through_the_worker_too() {
+    let dir = TempDir::new("c-log");
+    let path = compile_c_app(&dir, "libhello.so", &[]);
+    let service = Service::start(&path, r#"{"mode": "production"}"#);
+    let raw = b"GET /hello HTTP/1.1\r\nHost: t\r\nX-Request-ID: c-1\r\nConnection: close\r\n\r\n";
+    assert_eq!(send(service.port, raw).expect("a reply").status, 200);
+    let lines = wait_for("the C app's warning", Duration::from_secs(5), || {
+        let lines = service.log_lines();
+        lines
+            .iter()
+            .any(|l| l.contains("app: warn:"))
+            .then_some(lines)
+    });
+    let pid = first_worker_pid(&lines);
+    // The line end in the message is escaped: one line per call.
+    let expected = [
+        format!("microservice-rust[{pid}] app: info: the C app is starting"),
+        format!(
+            "microservice-rust[{pid}] app: warn: hello from C\\x0ain the log \
+             (request c-1, GET /hello)"
+        ),
+    ];
+    for line in expected {
+        assert!(lines.contains(&line), "{line:?} in {lines:?}");
+    }
+}
+
+/// The pid of the first worker, from the supervisor's lines.
+fn first_worker_pid(lines: &[String]) -> i32 {
+    *started_workers(lines)
+        .first()
+        .unwrap_or_else(|| panic!("no worker started in {lines:?}"))
+}

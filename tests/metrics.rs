@@ -101,7 +101,9 @@ fn parse(text: &str) -> Exposition {
         }
     }
     for (name, kind) in &types {
-        if kind != "histogram" {
+        // A histogram without a sample yet (an app's, before its first observation) is a
+        // family with no lines: nothing to check.
+        if kind != "histogram" || !samples.contains_key(&format!("{name}_count")) {
             continue;
         }
         let buckets: Vec<(f64, f64)> = samples
@@ -271,4 +273,125 @@ fn metrics_cover_every_worker_and_survive_a_crash() {
         after.value("microservice_worker_restarts_total{reason=\"watchdog\"}"),
         0.0
     );
+}
+
+/// `POST path` on a fresh connection; its status.
+fn post_status(port: u16, path: &str) -> u16 {
+    post(port, path, b"").expect("a reply").status
+}
+
+#[test]
+fn the_apps_counters_are_summed_over_workers_and_survive_a_rolling_restart() {
+    let _serial = serial();
+    // The config stays in `dir`: SIGHUP reads it again.
+    let dir = TempDir::new("app-metrics");
+    let service = Service::start_in(
+        &dir,
+        &example_lib(),
+        r#"{"mode": "production", "workers": 2, "rums_limit": 1000}"#,
+    );
+    let port = service.port;
+    for _ in 0..10 {
+        assert_eq!(post_status(port, "/drink/ann/1"), 200);
+    }
+    for _ in 0..5 {
+        assert_eq!(post_status(port, "/drink/bob/2"), 200);
+    }
+    let metrics = scrape(port);
+    assert_eq!(metrics.types["rums_drunk_total"], "counter");
+    assert_eq!(metrics.value("rums_drunk_total{user=\"ann\"}"), 10.0);
+    assert_eq!(metrics.value("rums_drunk_total{user=\"bob\"}"), 10.0);
+    // Two workers, either of which took each drink (a connection of its own), count into
+    // the one total.
+    let workers = started_workers(&service.log_lines());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+
+    // SIGHUP replaces both workers; the counts stay, and go on from there.
+    service.signal(1);
+    wait_for("both workers replaced", Duration::from_secs(20), || {
+        (reason_count(port, "microservice_worker_restarts_total", "signal") >= 2).then_some(())
+    });
+    assert_eq!(post_status(port, "/drink/ann/1"), 200);
+    let metrics = scrape(port);
+    assert_eq!(metrics.value("rums_drunk_total{user=\"ann\"}"), 11.0);
+    assert_eq!(metrics.value("rums_drunk_total{user=\"bob\"}"), 10.0);
+    assert_eq!(
+        metrics.value("microservice_app_series_dropped_total{metric=\"rums_drunk_total\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn the_apps_gauges_are_each_workers_and_its_histograms_count_into_buckets() {
+    let _serial = serial();
+    let service = Service::start(&fixture_lib(), r#"{"mode": "production", "workers": 1}"#);
+    let port = service.port;
+    for path in ["/gauge/2.5", "/observe/0.05", "/observe/5"] {
+        assert_eq!(get(port, path).expect("a reply").status, 200);
+    }
+    let metrics = scrape(port);
+    assert_eq!(metrics.types["fixture_level"], "gauge");
+    assert_eq!(metrics.value("fixture_level"), 2.5);
+    assert_eq!(metrics.types["fixture_seconds"], "histogram");
+    for (le, count) in [("0.1", 1.0), ("1", 1.0), ("10", 2.0), ("+Inf", 2.0)] {
+        assert_eq!(
+            metrics.value(&format!("fixture_seconds_bucket{{le=\"{le}\"}}")),
+            count,
+            "le {le}"
+        );
+    }
+    assert_eq!(metrics.value("fixture_seconds_sum"), 5.05);
+    assert_eq!(metrics.value("fixture_seconds_count"), 2.0);
+
+    // The worker dies: its gauge goes with it; the histogram stays.
+    let old = first_worker(&service);
+    let _ = get(port, "/abort");
+    wait_for("a new worker", Duration::from_secs(10), || {
+        let pid: i32 = get(port, "/pid").ok()?.text().trim().parse().ok()?;
+        (pid != old).then_some(())
+    });
+    let metrics = scrape(port);
+    assert_eq!(metrics.value("fixture_level"), 0.0);
+    assert_eq!(metrics.value("fixture_seconds_count"), 2.0);
+}
+
+#[test]
+fn past_1000_label_sets_an_apps_updates_are_dropped_and_counted() {
+    let _serial = serial();
+    let service = Service::start(&fixture_lib(), r#"{"mode": "production", "workers": 1}"#);
+    let port = service.port;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    for n in 0..1000 {
+        assert_eq!(
+            ask(&mut stream, &format!("/count/l{n}")).text(),
+            "counted\n"
+        );
+    }
+    // A set already counted still counts; a new one is dropped.
+    assert_eq!(ask(&mut stream, "/count/l7").text(), "counted\n");
+    assert_eq!(ask(&mut stream, "/count/l1000").text(), "dropped\n");
+    assert_eq!(ask(&mut stream, "/count/l1001").text(), "dropped\n");
+    let metrics = scrape(port);
+    assert_eq!(metrics.value("fixture_hits_total{label=\"l7\"}"), 2.0);
+    assert_eq!(metrics.sum("fixture_hits_total", &[]), 1001.0);
+    assert!(!metrics
+        .samples
+        .contains_key("fixture_hits_total{label=\"l1000\"}"));
+    assert_eq!(
+        metrics.value("microservice_app_series_dropped_total{metric=\"fixture_hits_total\"}"),
+        2.0
+    );
+}
+
+#[test]
+fn a_c_app_counts_through_the_worker_too() {
+    let _serial = serial();
+    let dir = TempDir::new("c-metrics");
+    let path = compile_c_app(&dir, "libhello.so", &[]);
+    let service = Service::start(&path, r#"{"mode": "production", "workers": 1}"#);
+    for _ in 0..3 {
+        assert_eq!(get(service.port, "/hello").expect("a reply").status, 200);
+    }
+    let metrics = scrape(service.port);
+    assert_eq!(metrics.value("c_hello_total{method=\"GET\"}"), 3.0);
 }

@@ -2,7 +2,8 @@
 //!
 //! * `GET /` → `OK`
 //! * `POST /drink/{user}/{count}` → counts `count` rums for `user`; past the config's
-//!   `rums_limit` the drink is refused with 403
+//!   `rums_limit` the drink is refused with 403 and a warning in the log (each drink is a
+//!   debug line), and in `/metrics` as `rums_drunk_total{user="…"}`
 //! * `GET /report` → every user's count as JSON
 //! * `GET /delay/{n}` → sleeps `n` seconds (fractions allowed) and answers `rnd=<number>`;
 //!   it sleeps in short slices and stops early when the request is cancelled (the client
@@ -18,7 +19,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use microservice_rust::{export_app, App, Config, Request, Response};
+use microservice_rust::metrics::{self, Counter};
+use microservice_rust::{debug, export_app, info, warn, App, Config, Request, Response};
 use serde_json::json;
 
 /// `rums_limit` when the config does not give one.
@@ -40,6 +42,9 @@ const MAX_LEAK_MB: usize = 1024;
 pub struct RumCounter {
     limit: u64,
     drunk: Mutex<BTreeMap<String, u64>>,
+    /// `rums_drunk_total{user=…}` in `/metrics`, over every worker (this worker's `drunk`
+    /// is its own).
+    rums: Counter,
 }
 
 impl App for RumCounter {
@@ -47,9 +52,11 @@ impl App for RumCounter {
         let limit = config
             .get::<u64>("rums_limit")?
             .unwrap_or(DEFAULT_RUMS_LIMIT);
+        info!("counting rums, at most {limit} per user");
         Ok(RumCounter {
             limit,
             drunk: Mutex::new(BTreeMap::new()),
+            rums: metrics::counter("rums_drunk_total", "Rums drunk, by user.", &["user"])?,
         })
     }
 
@@ -87,6 +94,10 @@ impl RumCounter {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let so_far = drunk.get(user).copied().unwrap_or(0);
         if so_far.saturating_add(count) > self.limit {
+            warn!(
+                "refused {count} rum(s) to {user}: {so_far} drunk, the limit is {}",
+                self.limit
+            );
             return Response::json_value(
                 403,
                 &json!({
@@ -97,6 +108,10 @@ impl RumCounter {
             );
         }
         drunk.insert(user.to_string(), so_far + count);
+        // At most 1,000 users are counted apart; past that a new user's rums are dropped
+        // from the metric and counted in microservice_app_series_dropped_total.
+        self.rums.inc_by(&[user], count);
+        debug!("{user} drank {count} rum(s), {} in all", so_far + count);
         Response::json_value(200, &json!({ "user": user, "drunk": so_far + count }))
     }
 

@@ -18,7 +18,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const HEADER: &str = include_str!("../../include/microservice_rust.h");
 
 /// The SDK crate: its manifest, then every file of `src/sdk/` (a test keeps the list whole).
-const SDK_FILES: [(&str, &str); 9] = [
+const SDK_FILES: [(&str, &str); 11] = [
     ("Cargo.toml", include_str!("templates/sdk/Cargo.toml")),
     ("src/lib.rs", include_str!("../sdk/lib.rs")),
     ("src/abi.rs", include_str!("../sdk/abi.rs")),
@@ -26,6 +26,8 @@ const SDK_FILES: [(&str, &str); 9] = [
     ("src/clock.rs", include_str!("../sdk/clock.rs")),
     ("src/config.rs", include_str!("../sdk/config.rs")),
     ("src/http.rs", include_str!("../sdk/http.rs")),
+    ("src/log.rs", include_str!("../sdk/log.rs")),
+    ("src/metrics.rs", include_str!("../sdk/metrics.rs")),
     ("src/panics.rs", include_str!("../sdk/panics.rs")),
     ("src/stream.rs", include_str!("../sdk/stream.rs")),
 ];

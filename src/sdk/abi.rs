@@ -28,6 +28,101 @@ pub const VERSION_SYMBOL: &str = "msr_abi_version";
 /// `const msr_app_api *msr_app_entry(void)`: the table of the app's functions.
 pub const ENTRY_SYMBOL: &str = "msr_app_entry";
 
+/// `void msr_attach_host(const MsrHostApi *host)`: optional. When the library exports it,
+/// the worker calls it once, before `create`, with functions the app may call from any
+/// thread for the rest of the process's life. Not part of the version handshake: an app
+/// that exports it still loads in a worker that does not call it (its lines then go to
+/// stderr on their own, see the SDK's `log`), and an app without it loads here.
+pub const ATTACH_SYMBOL: &str = "msr_attach_host";
+
+/// The levels of [`MsrHostApi::log`], as the worker's `log_level` names them.
+pub const LOG_DEBUG: u32 = 0;
+pub const LOG_INFO: u32 = 1;
+pub const LOG_WARN: u32 = 2;
+/// Also what any larger number means.
+pub const LOG_ERROR: u32 = 3;
+
+/// The kinds of [`MsrHostApi::metric_declare`].
+pub const METRIC_COUNTER: u32 = 1;
+pub const METRIC_GAUGE: u32 = 2;
+pub const METRIC_HISTOGRAM: u32 = 3;
+
+/// The operations of [`MsrHostApi::metric_update`]: add (counters: a whole number ≥ 0;
+/// gauges: any), set (gauges), observe (histograms).
+pub const METRIC_ADD: u32 = 1;
+pub const METRIC_SET: u32 = 2;
+pub const METRIC_OBSERVE: u32 = 3;
+
+/// The worker's functions for the life of the process (see [`ATTACH_SYMBOL`]).
+#[repr(C)]
+pub struct MsrHostApi {
+    /// The table's size as the worker built it. Fields are only ever appended: an app
+    /// calls a function only when its field lies within `size`.
+    pub size: usize,
+    /// The worker's own pointer, passed back as each function's first argument.
+    pub host: *mut c_void,
+    /// Writes one line of the app's at `level` (`LOG_*`), in the worker's `log_format`,
+    /// beside the worker's own lines on stderr, tagged with the worker's pid and, when
+    /// `request_ctx` is a request's `host_ctx`, with the request's ID, method and path.
+    /// Pass a `host_ctx` only on the thread running that request's `handle`, while it
+    /// runs; NULL anywhere else. Lines below the worker's `log_level` are left out. Never
+    /// blocks: when stderr is behind, the line is dropped and counted. `message` is `len`
+    /// bytes of UTF-8 without a line end (other bytes are replaced, control characters
+    /// escaped, and text past 16 KiB cut).
+    pub log: unsafe extern "C" fn(
+        host: *mut c_void,
+        request_ctx: *mut c_void,
+        level: u32,
+        message: *const u8,
+        len: usize,
+    ),
+    /// Declares one of the app's metrics (`METRIC_COUNTER`, `_GAUGE`, `_HISTOGRAM`) with
+    /// `label_count` label names and, for a histogram, `bound_count` rising bucket bounds.
+    /// Returns its number (≥ 0) for `metric_update`; declaring the same metric again (every
+    /// worker does) returns the same. On a bad name, too many labels or metrics, or a
+    /// metric of that name declared otherwise, returns -1 after writing a NUL-terminated
+    /// message naming it into `error` (at most `error_cap` bytes).
+    pub metric_declare: unsafe extern "C" fn(
+        host: *mut c_void,
+        kind: u32,
+        name: MsrBytes,
+        help: MsrBytes,
+        label_names: *const MsrBytes,
+        label_count: usize,
+        bounds: *const f64,
+        bound_count: usize,
+        error: *mut u8,
+        error_cap: usize,
+    ) -> i64,
+    /// Updates the label set `label_values` (`label_count`, the declared labels' order) of
+    /// metric `id` with `op` (`METRIC_ADD`, `_SET`, `_OBSERVE`) and `value`. Lock-free; any
+    /// thread. 0, or -1 when it was dropped: an unknown metric, an operation or value the
+    /// kind does not take, the wrong number of values, values over 240 bytes together, or a
+    /// new label set past the metric's 1,000 (counted in
+    /// `microservice_app_series_dropped_total`).
+    pub metric_update: unsafe extern "C" fn(
+        host: *mut c_void,
+        id: i64,
+        op: u32,
+        label_values: *const MsrBytes,
+        label_count: usize,
+        value: f64,
+    ) -> i32,
+}
+
+impl MsrHostApi {
+    /// Whether the worker's table reaches the field at `offset` (`offset_of!`): functions
+    /// appended after the worker was built are not there.
+    pub fn offers(&self, offset: usize) -> bool {
+        self.size >= offset + std::mem::size_of::<usize>()
+    }
+}
+
+// SAFETY: the table is immutable once given, and its functions may be called from any
+// thread (`host` is the worker's, which it keeps valid for the life of the process).
+unsafe impl Send for MsrHostApi {}
+unsafe impl Sync for MsrHostApi {}
+
 /// A run of bytes that someone else owns. Not NUL-terminated.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -78,6 +78,7 @@ unsafe extern "C" fn handle<A: App>(
         method: (*request_raw).method,
         path: (*request_raw).path,
         id: (*request_raw).id,
+        ctx: (*request_raw).host_ctx,
     };
     let answer = while_doing(doing, || {
         catch_unwind(AssertUnwindSafe(|| app.handle(&request)))
@@ -160,6 +161,12 @@ macro_rules! export_app {
         #[unsafe(no_mangle)]
         pub extern "C" fn msr_abi_version() -> u32 {
             $crate::abi::ABI_VERSION
+        }
+
+        /// Takes the worker's functions (the app's log lines), before the app is built.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn msr_attach_host(host: *const $crate::abi::MsrHostApi) {
+            unsafe { $crate::log::attach_host(host) }
         }
 
         /// The app's function table.

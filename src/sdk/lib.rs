@@ -28,6 +28,9 @@
 //!
 //! [`Request::stream`] and [`Request::events`] stream an answer as it is made;
 //! [`Request::is_cancelled`] tells a long handler that nobody waits for its answer any more.
+//! [`info!`], [`warn!`] (and [`debug!`], [`error!`]) write the app's own log lines through
+//! the worker (see [`log`]); [`metrics`] declares counters, gauges and histograms that
+//! `/metrics` shows beside the server's.
 //!
 //! Build the app with unwinding panics (the default `panic = "unwind"`): the exported entry
 //! points catch a panic and answer 500, which `panic = "abort"` makes impossible.
@@ -38,6 +41,8 @@ mod app;
 pub mod clock;
 mod config;
 mod http;
+pub mod log;
+pub mod metrics;
 mod panics;
 mod stream;
 

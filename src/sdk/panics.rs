@@ -10,6 +10,7 @@
 use std::any::Any;
 use std::backtrace::{Backtrace, BacktraceStatus};
 use std::cell::Cell;
+use std::ffi::c_void;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::panic::PanicHookInfo;
@@ -27,11 +28,12 @@ pub const LOG_FORMAT_VAR: &str = "MICROSERVICE_LOG_FORMAT";
 pub(crate) enum Doing {
     Other,
     Starting,
-    /// The request's method, path and ID, valid while `handle` runs.
+    /// The request's method, path, ID and `host_ctx`, valid while `handle` runs.
     Handling {
         method: MsrBytes,
         path: MsrBytes,
         id: MsrBytes,
+        ctx: *mut c_void,
     },
     CheckingHealth,
     ShuttingDown,
@@ -47,6 +49,15 @@ pub(crate) fn while_doing<R>(doing: Doing, f: impl FnOnce() -> R) -> R {
     let result = f();
     DOING.set(before);
     result
+}
+
+/// The `host_ctx` of the request this thread is answering, or NULL (the app's log lines
+/// name the request with it).
+pub(crate) fn request_ctx() -> *mut c_void {
+    match DOING.get() {
+        Doing::Handling { ctx, .. } => ctx,
+        _ => std::ptr::null_mut(),
+    }
 }
 
 /// Installs the hook once for this copy of the SDK; the worker's format is read then.
@@ -77,7 +88,9 @@ fn panic_line(info: &PanicHookInfo<'_>, doing: Doing, json: bool) -> String {
         String::from_utf8_lossy(unsafe { bytes.as_slice() }).into_owned()
     };
     let (place, request) = match doing {
-        Doing::Handling { method, path, id } => {
+        Doing::Handling {
+            method, path, id, ..
+        } => {
             let (method, path, id) = (text(method), text(path), text(id));
             (
                 format!("answering {method} {path} (request {id})"),

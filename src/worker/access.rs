@@ -1,12 +1,15 @@
-//! The access log: one line per response on stdout, in the combined log format with the
-//! duration added (`log_format: "text"`) or as a JSON object (`"json"`).
+//! The access log, and the writer of the worker's buffered lines.
 //!
-//! A request never waits for the log. The line is formatted where the answer is made (the
-//! pool thread for the app's answers, an I/O thread for the worker's own) straight into a
-//! buffer shared with one writer thread, which takes the buffer every 10 ms and writes it
-//! onto stdout in writes of at most `PIPE_BUF` bytes, each of whole lines (so lines of
+//! Access lines: one per response on stdout, in the combined log format with the duration
+//! added (`log_format: "text"`) or as a JSON object (`"json"`). The app's own lines (see
+//! `host`) go the same way onto stderr.
+//!
+//! A request never waits for a log. A line is formatted where it is made (the pool thread
+//! for the app's answers and lines, an I/O thread for the worker's own answers) straight
+//! into a buffer shared with one writer thread, which takes the buffers every 10 ms and
+//! writes them in writes of at most `PIPE_BUF` bytes, each of whole lines (so lines of
 //! several workers sharing a pipe never mix). Nothing is allocated per line and nobody is
-//! woken. When stdout is slow or blocked and the buffer holds [`PENDING_BYTES`], further
+//! woken. When the output is slow or blocked and a buffer holds [`PENDING_BYTES`], further
 //! lines are dropped and counted (`microservice_log_lines_dropped_total`).
 
 use std::io::Write;
@@ -36,12 +39,18 @@ const WRITE_EVERY: Duration = Duration::from_millis(10);
 /// is made (the pool thread for the app's answers, the I/O thread for the worker's own).
 pub struct Ledger {
     metrics: Recorder,
-    access: Option<AccessLog>,
+    lines: Arc<Lines>,
+    /// Whether access lines are written (`log_level` info or debug).
+    access: bool,
 }
 
 impl Ledger {
-    pub fn new(metrics: Recorder, access: Option<AccessLog>) -> Ledger {
-        Ledger { metrics, access }
+    pub fn new(metrics: Recorder, lines: Arc<Lines>) -> Ledger {
+        Ledger {
+            metrics,
+            lines,
+            access: log::enabled(Level::Info),
+        }
     }
 
     /// Counts an answer and writes its access line.
@@ -55,22 +64,31 @@ impl Ledger {
         id: &RequestId,
     ) {
         self.metrics.record(&head.method, status, took);
-        if let Some(access) = &self.access {
-            access.write(head, peer, (status, bytes, took), id);
+        if self.access {
+            self.lines.add(Output::Stdout, |pending| {
+                line(pending, head, peer, (status, bytes, took), id)
+            });
         }
     }
 
-    /// Writes out the access lines still waiting: the worker is about to exit.
+    /// Writes out the lines still waiting: the worker is about to exit.
     pub fn finish(&self, within: Duration) {
-        if let Some(access) = &self.access {
-            access.finish(within);
-        }
+        self.lines.finish(within);
     }
 }
 
-/// Where a worker's access lines go.
-pub struct AccessLog {
-    pending: Arc<Mutex<Vec<u8>>>,
+/// Where a buffered line goes.
+#[derive(Clone, Copy)]
+pub enum Output {
+    /// The access log.
+    Stdout = 0,
+    /// The app's lines, beside the worker's own.
+    Stderr = 1,
+}
+
+/// The worker's buffered lines, for stdout and stderr, and their writer thread.
+pub struct Lines {
+    pending: Arc<[Mutex<Vec<u8>>; 2]>,
     metrics: Recorder,
     writer: Writer,
 }
@@ -89,18 +107,16 @@ fn lock(pending: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
     pending.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl AccessLog {
-    /// Starts the writer; `None` when the log level leaves access lines out.
-    pub fn start(metrics: Recorder) -> std::io::Result<Option<AccessLog>> {
-        if !log::enabled(Level::Info) {
-            return Ok(None);
-        }
-        let pending = Arc::new(Mutex::new(Vec::with_capacity(64 * 1024)));
+impl Lines {
+    /// Starts the writer thread.
+    pub fn start(metrics: Recorder) -> std::io::Result<Lines> {
+        let buffer = || Mutex::new(Vec::with_capacity(64 * 1024));
+        let pending = Arc::new([buffer(), buffer()]);
         let closing = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
         let (lines, told, finished) = (pending.clone(), closing.clone(), done.clone());
         let thread = std::thread::Builder::new()
-            .name("access-log".into())
+            .name("log-writer".into())
             .spawn(move || {
                 write_lines(&lines, &told);
                 finished.store(true, Ordering::Release);
@@ -112,36 +128,30 @@ impl AccessLog {
             closing,
             done,
         };
-        Ok(Some(AccessLog {
+        Ok(Lines {
             pending,
             metrics,
             writer,
-        }))
+        })
     }
 
-    /// Adds a request's line for the writer (or drops and counts it when the writer is
-    /// behind).
-    pub fn write(
-        &self,
-        head: &Parts,
-        peer: SocketAddr,
-        answer: (u16, u64, Duration),
-        id: &RequestId,
-    ) {
-        let mut pending = lock(&self.pending);
+    /// Adds the line `write` puts at the end of the buffer for `output` (or drops and counts
+    /// it when the writer is behind; a failed `write` leaves nothing).
+    pub fn add(&self, output: Output, write: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) {
+        let mut pending = lock(&self.pending[output as usize]);
         if pending.len() >= PENDING_BYTES {
             drop(pending);
             self.metrics.count(Event::LogDropped);
             return;
         }
         let start = pending.len();
-        if line(&mut pending, head, peer, answer, id).is_err() {
+        if write(&mut pending).is_err() {
             pending.truncate(start);
         }
     }
 
     /// Has the writer write out every line so far and stop, waiting for it at most
-    /// `within` (stdout may be blocked): the worker is about to exit.
+    /// `within` (the output may be blocked): the worker is about to exit.
     pub fn finish(&self, within: Duration) {
         self.writer.closing.store(true, Ordering::Release);
         self.writer.thread.unpark();
@@ -152,19 +162,23 @@ impl AccessLog {
     }
 }
 
-/// Takes the pending lines every [`WRITE_EVERY`] and writes them, until `closing`, then
-/// once more.
-fn write_lines(pending: &Mutex<Vec<u8>>, closing: &AtomicBool) {
-    // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop never closes it.
-    let mut stdout = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
+/// Takes the pending lines every [`WRITE_EVERY`] and writes them (the first buffer onto
+/// fd 1, the second onto fd 2), until `closing`, then once more.
+fn write_lines(pending: &[Mutex<Vec<u8>>; 2], closing: &AtomicBool) {
+    // SAFETY: fds 1 and 2 stay open for the life of the process; ManuallyDrop never closes
+    // them.
+    let mut outputs =
+        [1, 2].map(|fd| std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) }));
     let mut taken = Vec::with_capacity(64 * 1024);
     loop {
         let last = closing.load(Ordering::Acquire);
-        std::mem::swap(&mut taken, &mut *lock(pending));
-        for chunk in whole_lines(&taken, WRITE_BYTES) {
-            let _ = stdout.write_all(chunk);
+        for (buffer, output) in pending.iter().zip(outputs.iter_mut()) {
+            std::mem::swap(&mut taken, &mut *lock(buffer));
+            for chunk in whole_lines(&taken, WRITE_BYTES) {
+                let _ = output.write_all(chunk);
+            }
+            taken.clear();
         }
-        taken.clear();
         if last {
             return;
         }

@@ -9,7 +9,7 @@ use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
-use microservice_rust::abi::{self, MsrAppApi, MsrRequest, MsrResponse};
+use microservice_rust::abi::{self, MsrAppApi, MsrHostApi, MsrRequest, MsrResponse};
 
 use crate::config::{check_library, missing_symbol};
 use crate::error::Error;
@@ -34,8 +34,13 @@ unsafe impl Send for LoadedApp {}
 unsafe impl Sync for LoadedApp {}
 
 impl LoadedApp {
-    /// Loads `path`, checks the ABI version and builds the app from `config_json`.
-    pub fn load(path: &Path, config_json: &str) -> Result<LoadedApp, Error> {
+    /// Loads `path`, checks the ABI version, gives the app the worker's functions (`host`)
+    /// when it takes them, and builds it from `config_json`.
+    pub fn load(
+        path: &Path,
+        config_json: &str,
+        host: &'static MsrHostApi,
+    ) -> Result<LoadedApp, Error> {
         let fail = |problem: String| Error::app(path, problem);
         // The same checks as the supervisor's before it binds, with the same messages.
         check_library(path)?;
@@ -71,6 +76,13 @@ impl LoadedApp {
         };
         if !(abi::OLDEST_ABI_VERSION..=abi::ABI_VERSION).contains(&api.abi_version) {
             return Err(fail(wrong_version(api.abi_version)));
+        }
+
+        // SAFETY: the symbol's type is fixed by the ABI, and `host` outlives the process.
+        if let Ok(attach) =
+            unsafe { library.get::<unsafe extern "C" fn(*const MsrHostApi)>(abi::ATTACH_SYMBOL) }
+        {
+            unsafe { attach(host) };
         }
 
         // The config is passed NUL-terminated (the length leaves the NUL out), so a C app

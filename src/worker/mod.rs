@@ -7,7 +7,7 @@
 //! * [`front`]: the tokio runtime's I/O threads accept connections (at most
 //!   `max_connections`) and hyper serves HTTP/1.1 on each; every limit on a connection
 //!   (idle time, head time and size) is hyper's own.
-//! * [`exchange`]: one request on the I/O side: its ID ([`request_id`]), `/readyz` and
+//! * [`exchange`]: one request on the I/O side: a seed for its ID ([`request_id`]), `/readyz` and
 //!   `/metrics` answered there, the head checked ([`screen`]), the body read in full within
 //!   its limits, the request handed to the pool (or shed past `max_queue`), and its answer
 //!   awaited with a timer at its deadline (504).
@@ -15,7 +15,9 @@
 //!   threads stuck past a deadline are written off and replaced.
 //! * [`bridge`]: the app's C view of a request, and its response as an HTTP answer.
 //! * [`stream`]: an answer the app streams, and the host functions (cancellation too).
-//! * [`access`]: the access log.
+//! * [`access`]: the access log, and the writer of the worker's buffered lines.
+//! * [`host`]: what the app may call for the life of the process: its own log lines and
+//!   metrics.
 //!
 //! The supervisor controls the worker with lines on stdin (see [`crate::control`]); the
 //! worker answers on the status pipe. SIGTERM and SIGINT mean `stop`, SIGUSR1 `report`. It
@@ -26,6 +28,7 @@ mod access;
 mod bridge;
 mod exchange;
 mod front;
+mod host;
 mod loader;
 mod pool;
 mod request_id;
@@ -52,7 +55,7 @@ use crate::exit;
 use crate::log;
 use crate::metrics::Recorder;
 use crate::say;
-use access::{AccessLog, Ledger};
+use access::{Ledger, Lines};
 use exchange::Context;
 use front::Front;
 use loader::LoadedApp;
@@ -85,9 +88,9 @@ pub fn run() -> Result<i32, Error> {
     let config = &handoff["config"];
     let settings = Settings::from_json(config, source)?;
     log::configure(settings.log_level, settings.log_format);
-    let access =
-        AccessLog::start(metrics).map_err(|e| Error::boot("cannot start the access log", e))?;
-    let ledger = Arc::new(Ledger::new(metrics, access));
+    let lines =
+        Arc::new(Lines::start(metrics).map_err(|e| Error::boot("cannot start the log writer", e))?);
+    let ledger = Arc::new(Ledger::new(metrics, lines.clone()));
     let app_path = settings.app.clone().ok_or_else(|| {
         Error::boot(
             "the supervisor sent no app path",
@@ -109,7 +112,12 @@ pub fn run() -> Result<i32, Error> {
     let status = Arc::new(unsafe { StatusPipe::from_fd(STATUS_FD) });
 
     // The app gets the config without its secrets (the API key is checked before the app).
-    let app = Arc::new(LoadedApp::load(&app_path, &redact(config).to_string())?);
+    let host = host::table(lines.clone(), metrics);
+    let app = Arc::new(LoadedApp::load(
+        &app_path,
+        &redact(config).to_string(),
+        host,
+    )?);
     let threads = settings.pool_threads();
     let accepting = Arc::new(front::Accepting::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -58,6 +58,15 @@ struct Feed {
     bytes: u64,
 }
 
+/// The request a `host_ctx` belongs to, and its ID.
+///
+/// # Safety
+/// `ctx` must be a `host_ctx` the pool passed to a `handle` still running on this thread.
+pub unsafe fn request_of<'a>(ctx: *mut c_void) -> (&'a Received, &'a RequestId) {
+    let call = unsafe { &*(ctx as *const Call<'a>) };
+    (call.request, call.id)
+}
+
 impl<'c> Call<'c> {
     pub fn new(
         request: &'c Received,

@@ -1,7 +1,9 @@
 /*
  * A microservice-rust app in C, for the tests. Built by the tests with `cc`:
  *
- *   (no define)       a working app: GET /hello → "hello from C, <method> <path>"
+ *   (no define)       a working app: GET /hello → "hello from C, <method> <path>", and
+ *                     a warning in the worker's log naming the request (msr_attach_host),
+ *                     counted in /metrics as c_hello_total{method=...}
  *   -DFOREIGN_ABI     answers the handshake with another ABI version
  *   -DABI_V1          an app of ABI version 1, which knows the request without its ID
  *   -DNO_ENTRY        answers the handshake but exports no msr_app_entry
@@ -31,6 +33,21 @@ struct app {
     int requests_seen;
 };
 
+#ifndef ABI_V1
+/* The worker's functions, given before create, and the app's metric. */
+static const msr_host_api *host_api;
+static int64_t hello_metric = -1;
+
+void msr_attach_host(const msr_host_api *host) { host_api = host; }
+
+static void app_log(void *request_ctx, uint32_t level, const char *message) {
+    if (host_api != NULL && host_api->size >= sizeof(msr_host_api)) {
+        host_api->log(host_api->host, request_ctx, level, (const uint8_t *)message,
+                      strlen(message));
+    }
+}
+#endif
+
 static void *create(const uint8_t *config_json, size_t config_len, uint8_t *error,
                     size_t error_cap) {
     /* The header promises a NUL after the config's bytes. */
@@ -44,6 +61,21 @@ static void *create(const uint8_t *config_json, size_t config_len, uint8_t *erro
 #else
     (void)error;
     (void)error_cap;
+#ifndef ABI_V1
+    app_log(NULL, MSR_LOG_INFO, "the C app is starting");
+    if (host_api != NULL && host_api->size >= sizeof(msr_host_api)) {
+        static const char name[] = "c_hello_total", help[] = "Hellos, by method.";
+        static const char label[] = "method";
+        msr_bytes labels[1] = {{(const uint8_t *)label, sizeof label - 1}};
+        hello_metric = host_api->metric_declare(
+            host_api->host, MSR_METRIC_COUNTER, (msr_bytes){(const uint8_t *)name, sizeof name - 1},
+            (msr_bytes){(const uint8_t *)help, sizeof help - 1}, labels, 1, NULL, 0, error,
+            error_cap);
+        if (hello_metric < 0) {
+            return NULL;
+        }
+    }
+#endif
     return calloc(1, sizeof(struct app));
 #endif
 }
@@ -59,6 +91,11 @@ static void handle(void *app, const msr_request *request, msr_response *response
     len += snprintf(body + len, 256 - (size_t)len, ", request %.*s, cancelled %d",
                     (int)request->id.len, (const char *)request->id.ptr,
                     (int)request->host->is_cancelled(request->host_ctx));
+    app_log(request->host_ctx, MSR_LOG_WARN, "hello from C\nin the log");
+    if (hello_metric >= 0) {
+        host_api->metric_update(host_api->host, hello_metric, MSR_METRIC_ADD, &request->method, 1,
+                                1.0);
+    }
 #endif
     response->status = 200;
     response->headers = &text_header;
