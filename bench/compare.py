@@ -12,8 +12,8 @@ steady even when the figures are not.
 Per round and build: requests/s, server CPU µs per request (utime + stime of all its
 processes ÷ requests wrk completed) and the `io` threads' CPU µs per request (the worker's
 I/O side, which bounds the throughput at 64 connections with the default `io_threads: 1`).
-Prints a line per round and writes bench/COMPARE.md: every round, then the median, lowest
-and highest of the ratios now ÷ before.
+Prints a line per round and writes bench/COMPARE.md (or OUTPUT): every round, then the
+median, lowest and highest of the ratios now ÷ before.
 
 Reading the throughput ratio: two servers on one core share it, so each one's req/s is
 its share of the core ÷ its CPU per request, and the scheduler's split of the core moves
@@ -28,6 +28,7 @@ Environment:
   DURATION      seconds per wrk run (default 5)
   SERVER_CPUS   the CPUs both servers share (default 0)
   CLIENT_CPUS   the CPUs both wrks share (default 1)
+  OUTPUT        where the report goes (default bench/COMPARE.md)
 The build measured as now is target/release's, built by this script.
 """
 
@@ -45,6 +46,7 @@ ROUNDS = int(os.environ.get("ROUNDS", "10"))
 SERVER_CPUS = os.environ.get("SERVER_CPUS", "0")
 CLIENT_CPUS = os.environ.get("CLIENT_CPUS", "1")
 CONNECTIONS = 64
+OUTPUT = os.environ.get("OUTPUT") or os.path.join(run.ROOT, "bench", "COMPARE.md")
 FIGURES = (("rps", "req/s"), ("cpu_us", "CPU µs/req"), ("io_us", "io threads' CPU µs/req"))
 
 
@@ -162,7 +164,7 @@ def main():
             f"io {cell(r.get('io_us'), '.2f')} µs" for name, r in results.items())
             + f"; errors {errors}")
     write(rounds, label, now_label)
-    print(open(os.path.join(run.ROOT, "bench", "COMPARE.md")).read())
+    print(open(OUTPUT).read())
 
 
 def write(rounds, label, now_label):
@@ -198,7 +200,7 @@ def write(rounds, label, now_label):
             cell(f(values) if values else None, ".3f")
             for f in (statistics.median, min, max)) + " |")
     lines += ["", f"Errors (socket errors and non-2xx answers, both builds): {errors}.", ""]
-    with open(os.path.join(run.ROOT, "bench", "COMPARE.md"), "w") as f:
+    with open(OUTPUT, "w") as f:
         f.write("\n".join(lines))
 
 
