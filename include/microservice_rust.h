@@ -182,6 +182,16 @@ uint32_t msr_abi_version(void);
 const msr_app_api *msr_app_entry(void);
 void msr_attach_host(const msr_host_api *host); /* optional, see msr_host_api */
 
+/* Optional: a batch handler. With the config's `batching: {"max_size": N, "timeout_s": T}`
+ * the pool hands it up to N requests at once, waiting at most T after the first was read
+ * for more. Fill in responses[i] (zeroed by the worker) for requests[i]; each is passed to
+ * release after its answer is sent. Called from several threads at once, like handle.
+ * Deadlines, cancellation (each request's host_ctx), the access log and the metrics stay
+ * per request; stream_start fails in a batch. Without `batching` it is never called, and
+ * without it `batching` is ignored (the worker says so at start). */
+void msr_handle_batch(void *app, const msr_request *requests, size_t count,
+                      msr_response *responses);
+
 #ifdef __cplusplus
 }
 #endif

@@ -12,6 +12,9 @@
 //!   request), each sent as it is made
 //! * `GET /leak/{mb}` → leaks `mb` MiB on purpose (touched, so resident): try it with
 //!   `max_worker_memory_mb`
+//! * `GET /batch` → `{"batch": k}`: with `batching` in the config, the `/batch` requests of
+//!   one batch are answered together after one 10 ms pause (as a model would run them),
+//!   `k` of them; `GET /batch/sizes` → the sizes of the batches this worker ran
 
 use std::collections::hash_map::RandomState;
 use std::collections::BTreeMap;
@@ -45,7 +48,12 @@ pub struct RumCounter {
     /// `rums_drunk_total{user=…}` in `/metrics`, over every worker (this worker's `drunk`
     /// is its own).
     rums: Counter,
+    /// The size of each batch of `/batch` requests this worker ran.
+    batches: Mutex<Vec<usize>>,
 }
+
+/// What one batch of `/batch` requests takes, together.
+const BATCH_WORK: Duration = Duration::from_millis(10);
 
 impl App for RumCounter {
     fn new(config: &Config) -> Result<Self, String> {
@@ -57,6 +65,7 @@ impl App for RumCounter {
             limit,
             drunk: Mutex::new(BTreeMap::new()),
             rums: metrics::counter("rums_drunk_total", "Rums drunk, by user.", &["user"])?,
+            batches: Mutex::new(Vec::new()),
         })
     }
 
@@ -69,18 +78,56 @@ impl App for RumCounter {
             ("GET", ["delay", seconds]) => delay(request, seconds),
             ("GET", ["stream", count]) => stream(request, count),
             ("GET", ["leak", mb]) => leak(mb),
+            ("GET", ["batch"]) => self.run_batch(1).remove(0),
+            ("GET", ["batch", "sizes"]) => {
+                let sizes = self.batches.lock().unwrap_or_else(|p| p.into_inner());
+                Response::json_value(200, &json!(*sizes))
+            }
             (_, ["drink", ..])
             | (_, ["report"])
             | (_, ["delay", ..])
             | (_, ["stream", ..])
             | (_, ["leak", ..])
+            | (_, ["batch", ..])
             | (_, [""]) => Response::text(405, "method not allowed\n"),
             _ => Response::text(404, "not found\n"),
         }
     }
+
+    /// The `/batch` requests of a batch run together; every other request alone.
+    fn handle_batch(&self, requests: &[Request<'_>]) -> Vec<Response> {
+        let is_batch = |r: &Request<'_>| r.method() == "GET" && r.path() == "/batch";
+        let together = requests.iter().filter(|r| is_batch(r)).count();
+        let mut answers = match together {
+            0 => Vec::new(),
+            n => self.run_batch(n),
+        }
+        .into_iter();
+        requests
+            .iter()
+            .map(|request| match is_batch(request) {
+                true => answers
+                    .next()
+                    .unwrap_or_else(|| Response::text(500, "no answer\n")),
+                false => self.handle(request),
+            })
+            .collect()
+    }
 }
 
 impl RumCounter {
+    /// Runs `count` `/batch` requests together: one pause, then an answer each.
+    fn run_batch(&self, count: usize) -> Vec<Response> {
+        self.batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(count);
+        std::thread::sleep(BATCH_WORK);
+        (0..count)
+            .map(|_| Response::json_value(200, &json!({ "batch": count })))
+            .collect()
+    }
+
     fn drink(&self, user: &str, count: &str) -> Response {
         let Ok(count) = count.parse::<u64>() else {
             return Response::text(

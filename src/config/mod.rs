@@ -72,6 +72,17 @@ impl Watchdog {
     }
 }
 
+/// Dynamic batching: the pool gives the app's batch handler up to `max_size` requests at
+/// once, waiting at most `timeout_s` after the first for more.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batching {
+    pub max_size: usize,
+    pub timeout_s: f64,
+}
+
+/// The largest batch `batching.max_size` allows.
+pub const MAX_BATCH: u64 = 1024;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct DevSettings {
     pub watch: Vec<String>,
@@ -119,6 +130,8 @@ pub struct Settings {
     pub api_key: Option<Secret>,
     /// Origins (the whole `Origin` value) that get CORS answers.
     pub cors_allow_origin_regex: Option<String>,
+    /// `None`: every request is handed to the app alone.
+    pub batching: Option<Batching>,
 }
 
 /// A value that never shows: `{:?}` prints `***`, and [`redact`] hides it in JSON.
@@ -217,6 +230,7 @@ impl Default for Settings {
             max_header_bytes: 32 * 1024,
             api_key: None,
             cors_allow_origin_regex: None,
+            batching: None,
         }
     }
 }
@@ -316,6 +330,10 @@ impl Settings {
             "max_header_bytes": self.max_header_bytes,
             "api_key": self.api_key.as_ref().map(Secret::expose),
             "cors_allow_origin_regex": self.cors_allow_origin_regex,
+            "batching": self.batching.as_ref().map(|b| json!({
+                "max_size": b.max_size,
+                "timeout_s": b.timeout_s,
+            })),
         })
     }
 }
@@ -516,6 +534,9 @@ impl Settings {
         if let Some(v) = present(top, "dev") {
             s.dev = dev(&r, v)?;
         }
+        if let Some(v) = present(top, "batching") {
+            s.batching = Some(batching(&r, v)?);
+        }
         if let Some(v) = present(top, "log_level") {
             s.log_level = v
                 .as_str()
@@ -568,7 +589,7 @@ pub fn near_misses(value: &Value) -> Vec<(String, &'static str)> {
 }
 
 /// Every top-level server key: those `to_json` writes, and the Flask image's two.
-const SERVER_KEYS: [&str; 26] = [
+const SERVER_KEYS: [&str; 27] = [
     "mode",
     "threads",
     "workers",
@@ -593,6 +614,7 @@ const SERVER_KEYS: [&str; 26] = [
     "max_header_bytes",
     "api_key",
     "cors_allow_origin_regex",
+    "batching",
     "use_apache",
     "apache_config",
 ];
@@ -668,6 +690,21 @@ fn watchdog(r: &Reader, value: &Value) -> Result<Watchdog, Error> {
         w.request_average = r.whole("watchdog.request_average", v, 1, 10_000)? as u32;
     }
     Ok(w)
+}
+
+fn batching(r: &Reader, value: &Value) -> Result<Batching, Error> {
+    let map = r.object("batching", value, &["max_size", "timeout_s"])?;
+    let (Some(size), Some(timeout)) = (present(map, "max_size"), present(map, "timeout_s")) else {
+        return Err(r.fail(
+            "batching",
+            "an object with both `max_size` and `timeout_s` (or null: off)",
+            value,
+        ));
+    };
+    Ok(Batching {
+        max_size: r.whole("batching.max_size", size, 1, MAX_BATCH)? as usize,
+        timeout_s: r.seconds("batching.timeout_s", timeout, false)?,
+    })
 }
 
 fn dev(r: &Reader, value: &Value) -> Result<DevSettings, Error> {
@@ -763,6 +800,38 @@ mod tests {
         .expect("valid");
         assert_eq!(off.request_timeout(), None);
         assert!(!off.watchdog_enabled());
+    }
+
+    #[test]
+    fn batching_takes_both_keys_within_their_bounds() {
+        let on = Settings::from_json(
+            &json!({"batching": {"max_size": 8, "timeout_s": 0.05}}),
+            "t",
+        )
+        .expect("valid");
+        assert_eq!(
+            on.batching,
+            Some(Batching {
+                max_size: 8,
+                timeout_s: 0.05
+            })
+        );
+        assert_eq!(on.to_json(false)["batching"]["max_size"], 8);
+        let off = Settings::from_json(&json!({"batching": null}), "t").expect("valid");
+        assert_eq!(off.batching, None);
+        for bad in [
+            json!({"max_size": 8}),
+            json!({"max_size": 0, "timeout_s": 0.05}),
+            json!({"max_size": 2000, "timeout_s": 0.05}),
+            json!({"max_size": 8, "timeout_s": -1}),
+            json!({"max_size": 8, "timeout_s": 0.05, "size": 3}),
+            json!(true),
+        ] {
+            let error = Settings::from_json(&json!({ "batching": bad }), "t")
+                .expect_err("refused")
+                .to_string();
+            assert!(error.contains("`batching"), "{bad}: {error}");
+        }
     }
 
     #[test]

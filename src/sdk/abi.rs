@@ -35,6 +35,23 @@ pub const ENTRY_SYMBOL: &str = "msr_app_entry";
 /// stderr on their own, see the SDK's `log`), and an app without it loads here.
 pub const ATTACH_SYMBOL: &str = "msr_attach_host";
 
+/// `void msr_handle_batch(void *app, const MsrRequest *requests, size_t count,
+/// MsrResponse *responses)`: optional. With the config's `batching` set, the pool hands an
+/// app that exports it up to `max_size` requests at once (waiting at most `timeout_s` after
+/// the first for more); the app fills in `responses[i]` (zeroed by the worker) for
+/// `requests[i]`, each passed to `release` after its answer is sent. Called from several
+/// threads at once, like `handle`; each request's `host_ctx` answers `is_cancelled` for it,
+/// and `stream_start` fails in a batch. Without `batching`, never called.
+pub const BATCH_SYMBOL: &str = "msr_handle_batch";
+
+/// See [`BATCH_SYMBOL`].
+pub type HandleBatchFn = unsafe extern "C" fn(
+    app: *mut c_void,
+    requests: *const MsrRequest,
+    count: usize,
+    responses: *mut MsrResponse,
+);
+
 /// The levels of [`MsrHostApi::log`], as the worker's `log_level` names them.
 pub const LOG_DEBUG: u32 = 0;
 pub const LOG_INFO: u32 = 1;

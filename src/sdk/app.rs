@@ -22,6 +22,17 @@ pub trait App: Send + Sync + Sized + 'static {
     /// Answers one request.
     fn handle(&self, request: &Request) -> Response;
 
+    /// Answers several requests at once: with `batching` in the config, the pool gives
+    /// this up to `max_size` requests, waiting at most `timeout_s` after the first for
+    /// more. One response per request, in their order (a missing one is answered 500).
+    /// The default answers each with [`App::handle`].
+    fn handle_batch(&self, requests: &[Request<'_>]) -> Vec<Response> {
+        requests
+            .iter()
+            .map(|request| self.handle(request))
+            .collect()
+    }
+
     /// The app's own health, asked by `/healthz`. `Err` makes `/healthz` answer 503.
     fn health(&self) -> Result<(), String> {
         Ok(())
@@ -85,6 +96,40 @@ unsafe extern "C" fn handle<A: App>(
     })
     .unwrap_or_else(|_| Response::text(500, "Internal Server Error\n"));
     fill_response(answer, &mut *response);
+}
+
+/// `msr_handle_batch` for `A` (exported by [`export_app!`](crate::export_app)).
+#[doc(hidden)]
+pub unsafe extern "C" fn handle_batch<A: App>(
+    app: *mut c_void,
+    requests_raw: *const MsrRequest,
+    count: usize,
+    responses: *mut MsrResponse,
+) {
+    if count == 0 || requests_raw.is_null() || responses.is_null() {
+        return;
+    }
+    let app = &*(app as *const A);
+    let raw = std::slice::from_raw_parts(requests_raw, count);
+    let requests: Vec<Request<'_>> = raw.iter().map(|r| Request::from_raw(r)).collect();
+    // A panic line names the batch's first request.
+    let doing = Doing::Handling {
+        method: raw[0].method,
+        path: raw[0].path,
+        id: raw[0].id,
+        ctx: std::ptr::null_mut(),
+    };
+    let answers = while_doing(doing, || {
+        catch_unwind(AssertUnwindSafe(|| app.handle_batch(&requests)))
+    })
+    .unwrap_or_default();
+    let mut answers = answers.into_iter();
+    for i in 0..count {
+        let answer = answers
+            .next()
+            .unwrap_or_else(|| Response::text(500, "Internal Server Error\n"));
+        fill_response(answer, &mut *responses.add(i));
+    }
 }
 
 unsafe extern "C" fn health<A: App>(app: *mut c_void, message: *mut u8, message_cap: usize) -> i32 {
@@ -167,6 +212,17 @@ macro_rules! export_app {
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn msr_attach_host(host: *const $crate::abi::MsrHostApi) {
             unsafe { $crate::log::attach_host(host) }
+        }
+
+        /// Answers a batch of requests (with `batching` in the config).
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn msr_handle_batch(
+            app: *mut ::std::ffi::c_void,
+            requests: *const $crate::abi::MsrRequest,
+            count: usize,
+            responses: *mut $crate::abi::MsrResponse,
+        ) {
+            unsafe { $crate::handle_batch::<$app>(app, requests, count, responses) }
         }
 
         /// The app's function table.

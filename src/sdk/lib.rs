@@ -46,6 +46,8 @@ pub mod metrics;
 mod panics;
 mod stream;
 
+#[doc(hidden)]
+pub use app::handle_batch;
 pub use app::{api, App};
 pub use config::Config;
 pub use http::{Request, Response};

@@ -20,6 +20,8 @@ const MESSAGE_CAP: usize = 1024;
 /// A loaded, started app.
 pub struct LoadedApp {
     api: &'static MsrAppApi,
+    /// The app's batch handler (`msr_handle_batch`), when it has one.
+    batch: Option<abi::HandleBatchFn>,
     app: *mut c_void,
     path: PathBuf,
     stopped: std::sync::atomic::AtomicBool,
@@ -78,6 +80,11 @@ impl LoadedApp {
             return Err(fail(wrong_version(api.abi_version)));
         }
 
+        // SAFETY: the symbol's type is fixed by the ABI; the library stays loaded.
+        let batch = unsafe { library.get::<abi::HandleBatchFn>(abi::BATCH_SYMBOL) }
+            .ok()
+            .map(|symbol| *symbol);
+
         // SAFETY: the symbol's type is fixed by the ABI, and `host` outlives the process.
         if let Ok(attach) =
             unsafe { library.get::<unsafe extern "C" fn(*const MsrHostApi)>(abi::ATTACH_SYMBOL) }
@@ -107,6 +114,7 @@ impl LoadedApp {
         }
         Ok(LoadedApp {
             api,
+            batch,
             app,
             path: absolute,
             stopped: std::sync::atomic::AtomicBool::new(false),
@@ -124,6 +132,35 @@ impl LoadedApp {
         // SAFETY: `request` and everything it points at outlive the call; `raw` is ours.
         unsafe { (self.api.handle)(self.app, request, &mut raw) };
         AppResponse { app: self, raw }
+    }
+
+    /// Whether the app has a batch handler.
+    pub fn batches(&self) -> bool {
+        self.batch.is_some()
+    }
+
+    /// Calls the app's batch handler (each request alone through `handle` without one);
+    /// one response per request, each released when it drops.
+    pub fn handle_batch(&self, requests: &[MsrRequest]) -> Vec<AppResponse<'_>> {
+        let Some(batch) = self.batch else {
+            return requests
+                .iter()
+                .map(|request| self.handle(request))
+                .collect();
+        };
+        let mut raw: Vec<MsrResponse> = requests.iter().map(|_| MsrResponse::empty()).collect();
+        // SAFETY: as for `handle`, for each request; `raw` holds a response for each.
+        unsafe {
+            batch(
+                self.app,
+                requests.as_ptr(),
+                requests.len(),
+                raw.as_mut_ptr(),
+            )
+        };
+        raw.into_iter()
+            .map(|raw| AppResponse { app: self, raw })
+            .collect()
     }
 
     /// The app's own health; `Err` carries its reason.

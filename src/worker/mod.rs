@@ -119,6 +119,18 @@ pub fn run() -> Result<i32, Error> {
         host,
     )?);
     let threads = settings.pool_threads();
+    let batching = match (&settings.batching, app.batches()) {
+        (Some(b), true) => Some((b.max_size, Duration::from_secs_f64(b.timeout_s))),
+        (Some(_), false) => {
+            say!(
+                "`batching` is set, but {} has no batch handler (msr_handle_batch): requests \
+                 go to it one at a time",
+                app_path.display()
+            );
+            None
+        }
+        (None, _) => None,
+    };
     let accepting = Arc::new(front::Accepting::default());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.io_threads)
@@ -133,6 +145,7 @@ pub fn run() -> Result<i32, Error> {
         PoolSettings {
             threads,
             max_queue: usize::try_from(settings.max_queue).unwrap_or(usize::MAX),
+            batching,
             slow: settings.watchdog.request_threshold_s.map(|t| {
                 (
                     Duration::from_secs_f64(t),

@@ -38,6 +38,7 @@ use super::request_id::{IdSeed, RequestId};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 use http::request::Parts;
+use microservice_rust::abi::MsrRequest;
 use tokio::sync::oneshot;
 
 use super::access::Ledger;
@@ -60,6 +61,9 @@ pub struct PoolSettings {
     pub max_queue: usize,
     /// The request-duration watchdog: (threshold, how many recent requests to average).
     pub slow: Option<(Duration, usize)>,
+    /// Dynamic batching (`batching`, with an app that has a batch handler): at most this
+    /// many requests at once, waiting at most this long after the first.
+    pub batching: Option<(usize, Duration)>,
 }
 
 /// What a request asks of the pool.
@@ -195,7 +199,13 @@ enum Job {
     },
     /// A watchdog probe: ask the app's health hook, answer on the status pipe.
     Probe(u64),
+    /// One thread too many: the one that takes this ends (a batch stuck past its deadline
+    /// had a replacement started for each of its requests; see `serve_batch`).
+    Retire,
 }
+
+/// A request taken from the queue, and where its answer goes.
+type Taken = (Arc<Received>, oneshot::Sender<Answer>);
 
 /// The pool's handle.
 pub struct Pool {
@@ -221,15 +231,19 @@ struct Shared {
     gate: RwLock<()>,
     /// The durations of the latest app requests, when `settings.slow` is set.
     recent: Mutex<VecDeque<Duration>>,
+    /// Held by the one thread gathering a batch (with `settings.batching`), so that
+    /// batches fill instead of every idle thread taking a request or two.
+    gather: Mutex<()>,
     /// The I/O runtime, on which a streaming app's write waits for room.
     runtime: tokio::runtime::Handle,
 }
 
-/// The request one pool thread is serving, and where its answer goes: for the report, and
-/// for answering it 503 when the worker gives up on it while the app still runs.
+/// The requests one pool thread is serving (one, or a batch), and where their answers go:
+/// for the report, and for answering them 503 when the worker gives up on them while the
+/// app still runs.
 #[derive(Default)]
 struct Slot {
-    serving: Mutex<Option<Serving>>,
+    serving: Mutex<Vec<Serving>>,
 }
 
 struct Serving {
@@ -238,7 +252,7 @@ struct Serving {
 }
 
 impl Slot {
-    fn serving(&self) -> MutexGuard<'_, Option<Serving>> {
+    fn serving(&self) -> MutexGuard<'_, Vec<Serving>> {
         // It guards a plain value; a panic while it was held leaves nothing half done.
         self.serving.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -272,6 +286,7 @@ impl Pool {
             stopped: AtomicBool::new(false),
             gate: RwLock::new(()),
             recent: Mutex::new(VecDeque::with_capacity(settings.slow.map_or(0, |s| s.1))),
+            gather: Mutex::new(()),
             settings,
             runtime,
         });
@@ -352,18 +367,19 @@ impl Pool {
         }
         let slots = lock(&shared.slots).clone();
         for slot in slots {
-            let taken = slot
+            let taken: Vec<_> = slot
                 .serving()
-                .as_mut()
-                .and_then(|s| Some((s.request.clone(), s.reply.take()?)));
-            if let Some(request) = slot.serving().as_ref().map(|s| s.request.clone()) {
+                .iter_mut()
+                .map(|s| (s.request.clone(), s.reply.take()))
+                .collect();
+            for (request, reply) in taken {
                 // A stream in progress is cut off at its next write.
                 request.cancel_for(cancel::ABANDONED);
-            }
-            if let Some((request, reply)) = taken {
-                if request.moves(state::IN_APP, state::ABANDONED) {
-                    shared.send(reply, gone(), &request, &request.id());
-                    answered += 1;
+                if let Some(reply) = reply {
+                    if request.moves(state::IN_APP, state::ABANDONED) {
+                        shared.send(reply, gone(), &request, &request.id());
+                        answered += 1;
+                    }
                 }
             }
         }
@@ -391,7 +407,7 @@ impl Pool {
         let shared = &self.shared;
         let (threads, busy) = {
             let slots = lock(&shared.slots);
-            let busy = slots.iter().filter(|s| s.serving().is_some()).count();
+            let busy = slots.iter().filter(|s| !s.serving().is_empty()).count();
             (slots.len(), busy)
         };
         let written_off = shared.written_off.load(Ordering::Acquire);
@@ -409,10 +425,16 @@ impl Pool {
         let now = Instant::now();
         let slots = lock(&self.shared.slots).clone();
         let mut inside = 0;
-        for slot in slots {
-            let Some(request) = slot.serving().as_ref().map(|s| s.request.clone()) else {
-                continue;
-            };
+        let serving: Vec<Arc<Received>> = slots
+            .iter()
+            .flat_map(|slot| {
+                slot.serving()
+                    .iter()
+                    .map(|s| s.request.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for request in serving {
             inside += 1;
             let age = now.duration_since(request.received).as_secs_f64();
             let late = match request.state.load(Ordering::Acquire) {
@@ -470,17 +492,38 @@ impl Shared {
         lock(&self.slots).push(slot.clone());
         let shared = self.clone();
         let spawned = thread::Builder::new().name("pool".into()).spawn(move || {
-            let mut view = RequestView::default();
-            while let Ok(job) = shared.queue.recv() {
-                let written_off = match job {
-                    Job::Http { request, reply } => shared.serve(request, reply, &slot, &mut view),
-                    Job::Probe(id) => {
-                        shared.answer_probe(id);
-                        false
+            let mut views = vec![RequestView::default()];
+            loop {
+                let (written_off, retire) = match shared.settings.batching {
+                    Some((most, timeout)) => {
+                        let Some((batch, retire)) = shared.gather(most, timeout) else {
+                            break;
+                        };
+                        (shared.serve_batch(batch, &slot, &mut views), retire)
                     }
+                    None => match shared.queue.recv() {
+                        Err(_) => break,
+                        Ok(Job::Http { request, reply }) => {
+                            let off = shared.serve(request, reply, &slot, &mut views[0]);
+                            (usize::from(off), false)
+                        }
+                        Ok(Job::Probe(id)) => {
+                            shared.answer_probe(id);
+                            (0, false)
+                        }
+                        Ok(Job::Retire) => (0, true),
+                    },
                 };
-                if written_off {
-                    shared.written_off.fetch_sub(1, Ordering::AcqRel);
+                if written_off > 0 {
+                    // Each written-off request had a replacement started: this thread ends,
+                    // and so do as many others as were started beyond the one it needs.
+                    shared.written_off.fetch_sub(written_off, Ordering::AcqRel);
+                    for _ in 1..written_off {
+                        let _ = shared.sender.send(Job::Retire);
+                    }
+                    break;
+                }
+                if retire {
                     break;
                 }
             }
@@ -511,12 +554,12 @@ impl Shared {
             self.send(reply, bridge::text(503, "shutting down\n"), &request, &id);
             return false;
         }
-        *slot.serving() = Some(Serving {
+        slot.serving().push(Serving {
             request: request.clone(),
             reply: Some(reply),
         });
         // A streaming app takes the answer's channel from the slot (see `stream`).
-        let take_reply = || slot.serving().as_mut().and_then(|s| s.reply.take());
+        let take_reply = || slot.serving().first_mut().and_then(|s| s.reply.take());
         let (answer, streamed) = match request.kind {
             Kind::Health => (Some(health_answer(self.health())), None),
             Kind::App => {
@@ -528,14 +571,8 @@ impl Shared {
                 }
             }
         };
-        let reply = slot.serving().take().and_then(|s| s.reply);
-        if let (Some((_, count)), Kind::App) = (self.settings.slow, request.kind) {
-            let mut recent = lock(&self.recent);
-            if recent.len() == count {
-                recent.pop_front();
-            }
-            recent.push_back(request.received.elapsed());
-        }
+        let reply = slot.serving().pop().and_then(|s| s.reply);
+        self.remember(&request);
         match request.state.swap(state::ANSWERED, Ordering::AcqRel) {
             state::IN_APP => {
                 if let (Some(reply), Some(answer)) = (reply, answer) {
@@ -557,6 +594,114 @@ impl Shared {
             state::WRITTEN_OFF => true,
             _ => false, // late (its 504 went out at the deadline) or abandoned (503)
         }
+    }
+
+    /// Keeps an app request's duration for the request-duration watchdog, when it is on.
+    fn remember(&self, request: &Received) {
+        if let (Some((_, count)), Kind::App) = (self.settings.slow, request.kind) {
+            let mut recent = lock(&self.recent);
+            if recent.len() == count {
+                recent.pop_front();
+            }
+            recent.push_back(request.received.elapsed());
+        }
+    }
+
+    /// Takes the next batch from the queue, one thread at a time: the first job waited for,
+    /// then more until `most` requests are in or `timeout` has passed since the first was
+    /// read (a request that waited in the queue that long already waits no more). Probes
+    /// are answered on the way. `None` once the queue is closed; with the batch, whether a
+    /// `Retire` came.
+    fn gather(&self, most: usize, timeout: Duration) -> Option<(Vec<Taken>, bool)> {
+        let _gathering = lock(&self.gather);
+        let mut batch = Vec::with_capacity(most);
+        let mut until = None;
+        while batch.len() < most {
+            let job = match until {
+                None => self.queue.recv().ok()?,
+                Some(at) => match self.queue.recv_deadline(at) {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
+            match job {
+                Job::Http { request, reply } => {
+                    until.get_or_insert(request.received + timeout);
+                    batch.push((request, reply));
+                }
+                Job::Probe(id) => self.answer_probe(id),
+                Job::Retire => return Some((batch, true)),
+            }
+        }
+        Some((batch, false))
+    }
+
+    /// Serves a batch: health checks alone, then the app requests still queued in one call
+    /// of the app's batch handler, each answered, recorded and stamped on its own. Returns
+    /// how many of them were written off (their deadline passed inside the app).
+    fn serve_batch(&self, batch: Vec<Taken>, slot: &Slot, views: &mut Vec<RequestView>) -> usize {
+        let mut written_off = 0;
+        let mut taken = Vec::with_capacity(batch.len());
+        for (request, reply) in batch {
+            if request.kind == Kind::Health {
+                written_off += usize::from(self.serve(request, reply, slot, &mut views[0]));
+            } else if self.leaves_queue(&request, state::IN_APP) {
+                taken.push((request, reply));
+            }
+        }
+        if taken.is_empty() {
+            return written_off;
+        }
+        let ids: Vec<RequestId> = taken.iter().map(|(request, _)| request.id()).collect();
+        let _inside = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        if self.stopped.load(Ordering::Acquire) {
+            for ((request, reply), id) in taken.into_iter().zip(&ids) {
+                request.moves(state::IN_APP, state::ANSWERED);
+                self.send(reply, bridge::text(503, "shutting down\n"), &request, id);
+            }
+            return written_off;
+        }
+        let requests: Vec<Arc<Received>> = taken.iter().map(|(r, _)| r.clone()).collect();
+        slot.serving()
+            .extend(taken.into_iter().map(|(request, reply)| Serving {
+                request,
+                reply: Some(reply),
+            }));
+        // Each request's calls: cancellation of its own; no streaming in a batch.
+        let no_reply = || None;
+        let mut calls: Vec<Call> = requests
+            .iter()
+            .zip(&ids)
+            .map(|(request, id)| Call::new(request, id, &self.runtime, &no_reply).in_batch())
+            .collect();
+        if views.len() < requests.len() {
+            views.resize_with(requests.len(), RequestView::default);
+        }
+        let raw: Vec<MsrRequest> = requests
+            .iter()
+            .zip(&ids)
+            .zip(views.iter_mut())
+            .zip(calls.iter_mut())
+            .map(|(((request, id), view), call)| view.of(request, id, call.context()))
+            .collect();
+        let responses = self.app.handle_batch(&raw);
+        drop(raw);
+        drop(calls);
+        let servings = std::mem::take(&mut *slot.serving());
+        for ((serving, id), response) in servings.into_iter().zip(&ids).zip(&responses) {
+            let request = serving.request;
+            self.remember(&request);
+            match request.state.swap(state::ANSWERED, Ordering::AcqRel) {
+                state::IN_APP => {
+                    if let Some(reply) = serving.reply {
+                        self.send(reply, bridge::app_answer(response), &request, id);
+                    }
+                }
+                state::WRITTEN_OFF => written_off += 1,
+                _ => {} // late (answered 504) or abandoned (503)
+            }
+        }
+        written_off
     }
 
     /// Sends the I/O side an answer of the pool's for `request`, stamped with its ID, and

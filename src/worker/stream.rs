@@ -48,6 +48,8 @@ pub struct Call<'c> {
     /// Takes the I/O side's channel for the answer (none when the worker gave up on it).
     reply: &'c dyn Fn() -> Option<oneshot::Sender<Answer>>,
     feed: Option<Feed>,
+    /// False in a batch, where a request's answer is the batch handler's response.
+    streams: bool,
 }
 
 /// A started stream, on the app's side.
@@ -80,7 +82,14 @@ impl<'c> Call<'c> {
             runtime,
             reply,
             feed: None,
+            streams: true,
         }
+    }
+
+    /// For a request of a batch: `stream_start` fails.
+    pub fn in_batch(mut self) -> Call<'c> {
+        self.streams = false;
+        self
     }
 
     /// The `host_ctx` the app passes back.
@@ -99,7 +108,11 @@ impl<'c> Call<'c> {
     }
 
     fn start(&mut self, status: u16, headers: &[MsrHeader]) -> i32 {
-        if self.feed.is_some() || self.request.is_cancelled() || !self.request.starts_streaming() {
+        if !self.streams
+            || self.feed.is_some()
+            || self.request.is_cancelled()
+            || !self.request.starts_streaming()
+        {
             return -1;
         }
         let Some(reply) = (self.reply)() else {
