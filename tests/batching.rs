@@ -161,3 +161,33 @@ fn a_batch_stuck_past_its_deadlines_leaves_the_pool_at_its_size() {
     let replies = parallel_gets(port, "/", 4);
     assert!(replies.iter().all(|(_, r)| r.status == 200));
 }
+
+#[test]
+fn a_c_app_gets_its_batches_through_msr_handle_batch() {
+    let _serial = serial();
+    let dir = TempDir::new("c-batch");
+    let path = compile_c_app(&dir, "libhello.so", &[]);
+    let service = Service::start(
+        &path,
+        r#"{"mode": "production", "threads": 2,
+            "batching": {"max_size": 4, "timeout_s": 0.5}}"#,
+    );
+    let replies = parallel_gets(service.port, "/hello", 4);
+    let sizes: Vec<usize> = replies
+        .iter()
+        .map(|(_, reply)| {
+            assert_eq!(reply.status, 200);
+            let text = reply.text();
+            text.strip_prefix("batch of ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{text}"))
+        })
+        .collect();
+    // Answers saying k come k at a time; 4 requests sent at once within the 0.5 s wait
+    // make one batch.
+    for k in 1..=4 {
+        let answers = sizes.iter().filter(|s| **s == k).count();
+        assert_eq!(answers % k, 0, "{sizes:?}");
+    }
+    assert!(sizes.iter().any(|s| *s > 1), "{sizes:?}");
+}

@@ -3,7 +3,8 @@
  *
  *   (no define)       a working app: GET /hello → "hello from C, <method> <path>", and
  *                     a warning in the worker's log naming the request (msr_attach_host),
- *                     counted in /metrics as c_hello_total{method=...}
+ *                     counted in /metrics as c_hello_total{method=...}; with `batching`,
+ *                     a batch handler whose answers say "batch of <count>"
  *   -DFOREIGN_ABI     answers the handshake with another ABI version
  *   -DABI_V1          an app of ABI version 1, which knows the request without its ID
  *   -DNO_ENTRY        answers the handshake but exports no msr_app_entry
@@ -104,6 +105,26 @@ static void handle(void *app, const msr_request *request, msr_response *response
     response->body.len = (size_t)len;
     response->owner = body;
 }
+
+#ifndef ABI_V1
+/* A batch handler (used with `batching` in the config): each answer says how many
+ * requests came together. */
+void msr_handle_batch(void *app, const msr_request *requests, size_t count,
+                      msr_response *responses) {
+    (void)app;
+    (void)requests;
+    for (size_t i = 0; i < count; i++) {
+        char *body = malloc(64);
+        int len = snprintf(body, 64, "batch of %zu", count);
+        responses[i].status = 200;
+        responses[i].headers = &text_header;
+        responses[i].header_count = 1;
+        responses[i].body.ptr = (const uint8_t *)body;
+        responses[i].body.len = (size_t)len;
+        responses[i].owner = body;
+    }
+}
+#endif
 
 static void release(void *app, msr_response *response) {
     (void)app;
