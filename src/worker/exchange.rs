@@ -338,15 +338,7 @@ impl Context {
             answer = &mut reply => answer,
             () = until(deadline) => {
                 if self.pool.expire(request) {
-                    self.metrics.count(Event::Timeout);
-                    say!(
-                        "request {} ({} {}) timed out after {:.3}s: answered 504",
-                        request.id().as_str(),
-                        request.head.method,
-                        request.head.uri.path(),
-                        request.received.elapsed().as_secs_f64()
-                    );
-                    return Reply::text(504, "request timed out\n");
+                    return self.timed_out(request);
                 }
                 // The pool answered just now; its answer is on its way.
                 reply.await
@@ -354,8 +346,23 @@ impl Context {
         };
         match answered {
             Ok(answer) => Reply::from_pool(answer),
+            // The app returned past the deadline: its answer is not sent.
+            Err(_) if request.is_late() => self.timed_out(request),
             Err(_) => Reply::text(503, "shutting down\n"),
         }
+    }
+
+    /// The 504 of a request whose deadline passed, counted and logged.
+    fn timed_out(&self, request: &Received) -> Reply {
+        self.metrics.count(Event::Timeout);
+        say!(
+            "request {} ({} {}) timed out after {:.3}s: answered 504",
+            request.id().as_str(),
+            request.head.method,
+            request.head.uri.path(),
+            request.received.elapsed().as_secs_f64()
+        );
+        Reply::text(504, "request timed out\n")
     }
 
     /// Reads the whole body within the limits; see the module docs.

@@ -163,6 +163,23 @@ impl Received {
         self.cancelled.load(Ordering::Acquire) == cancel::CLIENT_LEFT
     }
 
+    /// The app returned: the request's state until then, and from now on answered. One
+    /// whose deadline has passed is late instead, whatever the app answered, and its
+    /// answer is not sent: the I/O side answers it 504 (on a busy machine its timer can fire
+    /// after the app has seen the deadline and returned).
+    pub fn is_late(&self) -> bool {
+        self.state.load(Ordering::Acquire) == state::LATE
+    }
+
+    /// See [`Received::is_late`].
+    fn leaves_app(&self) -> u8 {
+        let late = self.deadline.is_some_and(|at| Instant::now() >= at);
+        if late && self.moves(state::IN_APP, state::LATE) {
+            return state::LATE;
+        }
+        self.state.swap(state::ANSWERED, Ordering::AcqRel)
+    }
+
     /// The app starts streaming its answer: `false` when the request is no longer its to
     /// answer (late, written off, abandoned).
     pub fn starts_streaming(&self) -> bool {
@@ -335,7 +352,9 @@ impl Pool {
             })
             .is_ok();
         if !under_cap {
-            return request.moves(state::IN_APP, state::LATE);
+            // Late now, or made late by its pool thread as the app returned.
+            return request.moves(state::IN_APP, state::LATE)
+                || request.state.load(Ordering::Acquire) == state::LATE;
         }
         if !request.moves(state::IN_APP, state::WRITTEN_OFF) {
             // It left the app meanwhile: nothing to write off.
@@ -573,7 +592,7 @@ impl Shared {
         };
         let reply = slot.serving().pop().and_then(|s| s.reply);
         self.remember(&request);
-        match request.state.swap(state::ANSWERED, Ordering::AcqRel) {
+        match request.leaves_app() {
             state::IN_APP => {
                 if let (Some(reply), Some(answer)) = (reply, answer) {
                     self.send(reply, answer, &request, &id);
@@ -691,7 +710,7 @@ impl Shared {
         for ((serving, id), response) in servings.into_iter().zip(&ids).zip(&responses) {
             let request = serving.request;
             self.remember(&request);
-            match request.state.swap(state::ANSWERED, Ordering::AcqRel) {
+            match request.leaves_app() {
                 state::IN_APP => {
                     if let Some(reply) = serving.reply {
                         self.send(reply, bridge::app_answer(response), &request, id);
