@@ -37,9 +37,10 @@ pub const SERIES: usize = 4096;
 const FREE: u64 = 0;
 const WRITING: u64 = 1;
 const READY: u64 = 2;
-/// How long a reader waits for an entry another process is writing (a writer killed in
-/// the middle leaves it so; the entry is then passed over).
-const WRITING_SPINS: usize = 100_000;
+/// How long a reader waits for an entry another process is writing: a few spins, then
+/// 1 ms sleeps up to this many (a writer preempted on a busy machine finishes within them;
+/// one killed in the middle leaves the entry unusable, and the reader gives up).
+const WRITING_WAITS: usize = 200;
 
 /// Text written once into shared memory, before its entry is published.
 #[repr(C)]
@@ -141,9 +142,10 @@ pub struct Area {
 
 /// Waits while `state` is being written by another process; its state then.
 fn settled(state: &AtomicU64) -> u64 {
-    for _ in 0..WRITING_SPINS {
+    for attempt in 0..1000 + WRITING_WAITS {
         match state.load(Ordering::Acquire) {
-            WRITING => std::hint::spin_loop(),
+            WRITING if attempt < 1000 => std::hint::spin_loop(),
+            WRITING => std::thread::sleep(std::time::Duration::from_millis(1)),
             other => return other,
         }
     }
@@ -169,12 +171,21 @@ impl Area {
         let labels = &room[..len];
         for (index, family) in self.families.iter().enumerate() {
             let mut state = family.state.load(Ordering::Acquire);
-            if state == FREE
-                && family
-                    .state
-                    .compare_exchange(FREE, WRITING, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            {
+            let claimed = state == FREE
+                && match family.state.compare_exchange(
+                    FREE,
+                    WRITING,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => true,
+                    // Another worker claimed it first: look at what it writes.
+                    Err(now) => {
+                        state = now;
+                        false
+                    }
+                };
+            if claimed {
                 family
                     .kind
                     .store(declaration.kind.into(), Ordering::Relaxed);
@@ -195,6 +206,12 @@ impl Area {
             }
             if state == WRITING {
                 state = settled(&family.state);
+            }
+            if state == WRITING {
+                // Passing over it could declare the same metric twice.
+                return Err(format!(
+                    "metric `{name}`: another worker's declaration did not finish"
+                ));
             }
             if state != READY || !family.name.is(declaration.name) {
                 continue;
@@ -249,7 +266,11 @@ impl Area {
         let cells = &self.series[index].cells;
         match kind {
             METRIC_COUNTER => {
-                cells[0].fetch_add(value as u64, Ordering::Relaxed);
+                // Saturating: a counter never wraps back to a small number.
+                let add = value as u64;
+                let _ = cells[0].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_add(add))
+                });
             }
             METRIC_GAUGE => {
                 let Some(cell) = self.gauges.get(slot).map(|row| &row[index]) else {
@@ -302,6 +323,10 @@ impl Area {
             }
             if state == WRITING {
                 state = settled(state_word);
+            }
+            if state == WRITING {
+                // Passing over it could make the same label set twice: drop the update.
+                return None;
             }
             if state == READY
                 && series.family.load(Ordering::Relaxed) == id as u64

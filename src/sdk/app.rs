@@ -25,11 +25,13 @@ pub trait App: Send + Sync + Sized + 'static {
     /// Answers several requests at once: with `batching` in the config, the pool gives
     /// this up to `max_size` requests, waiting at most `timeout_s` after the first for
     /// more. One response per request, in their order (a missing one is answered 500).
-    /// The default answers each with [`App::handle`].
+    /// The default answers each with [`App::handle`], one after another, each on its own:
+    /// a panic is that request's 500, and log lines name it. (A panic in an app's own
+    /// `handle_batch` answers 500 to the whole batch.)
     fn handle_batch(&self, requests: &[Request<'_>]) -> Vec<Response> {
         requests
             .iter()
-            .map(|request| self.handle(request))
+            .map(|request| answer_one(self, request))
             .collect()
     }
 
@@ -84,18 +86,24 @@ unsafe extern "C" fn handle<A: App>(
     response: *mut MsrResponse,
 ) {
     let app = &*(app as *const A);
-    let request = Request::from_raw(&*request_raw);
-    let doing = Doing::Handling {
-        method: (*request_raw).method,
-        path: (*request_raw).path,
-        id: (*request_raw).id,
-        ctx: (*request_raw).host_ctx,
-    };
-    let answer = while_doing(doing, || {
-        catch_unwind(AssertUnwindSafe(|| app.handle(&request)))
-    })
-    .unwrap_or_else(|_| Response::text(500, "Internal Server Error\n"));
+    let answer = answer_one(app, &Request::from_raw(&*request_raw));
     fill_response(answer, &mut *response);
+}
+
+/// `app.handle(request)`, a panic in it answered 500; the panic line and the log lines
+/// name the request.
+fn answer_one<A: App>(app: &A, request: &Request<'_>) -> Response {
+    let raw = request.raw();
+    let doing = Doing::Handling {
+        method: raw.method,
+        path: raw.path,
+        id: raw.id,
+        ctx: raw.host_ctx,
+    };
+    while_doing(doing, || {
+        catch_unwind(AssertUnwindSafe(|| app.handle(request)))
+    })
+    .unwrap_or_else(|_| Response::text(500, "Internal Server Error\n"))
 }
 
 /// `msr_handle_batch` for `A` (exported by [`export_app!`](crate::export_app)).

@@ -59,6 +59,11 @@ impl<'a> Request<'a> {
         Request { raw }
     }
 
+    /// The worker's view of the request.
+    pub(crate) fn raw(&self) -> &'a MsrRequest {
+        self.raw
+    }
+
     pub fn method(&self) -> &'a str {
         // SAFETY: `from_raw`'s contract.
         text(unsafe { self.raw.method.as_slice() })

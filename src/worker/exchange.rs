@@ -328,28 +328,45 @@ impl Context {
             pool: &self.pool,
             request,
         };
-        if self.connections.open() == 1 {
-            if let Some(answer) = spin_for_answer(&mut reply) {
-                return Reply::from_pool(answer);
-            }
+        let spun = match self.connections.open() {
+            1 => spin_for_answer(&mut reply),
+            _ => None,
+        };
+        let answered = match spun {
+            Some(answered) => answered,
+            None => match self.await_answer(request, &mut reply, deadline).await {
+                Ok(answered) => answered,
+                Err(timed_out) => return timed_out,
+            },
+        };
+        match answered {
+            Ok(answer) => Reply::from_pool(answer),
+            // The app returned past the deadline: its answer is not sent.
+            Err(()) if request.is_late() => self.timed_out(request),
+            Err(()) => Reply::text(503, "shutting down\n"),
         }
+    }
+
+    /// Waits for the pool's answer or the deadline; `Err` (the reply) when the deadline
+    /// passed and the 504 is the answer.
+    async fn await_answer(
+        &self,
+        request: &Arc<Received>,
+        reply: &mut oneshot::Receiver<Answer>,
+        deadline: Option<Instant>,
+    ) -> Result<Result<Answer, ()>, Reply> {
         let answered = tokio::select! {
             biased;
-            answer = &mut reply => answer,
+            answer = &mut *reply => answer,
             () = until(deadline) => {
                 if self.pool.expire(request) {
-                    return self.timed_out(request);
+                    return Err(self.timed_out(request));
                 }
                 // The pool answered just now; its answer is on its way.
                 reply.await
             }
         };
-        match answered {
-            Ok(answer) => Reply::from_pool(answer),
-            // The app returned past the deadline: its answer is not sent.
-            Err(_) if request.is_late() => self.timed_out(request),
-            Err(_) => Reply::text(503, "shutting down\n"),
-        }
+        Ok(answered.map_err(|_| ()))
     }
 
     /// The 504 of a request whose deadline passed, counted and logged.
@@ -515,12 +532,14 @@ const SPIN_FOR: Duration = Duration::from_micros(50);
 /// that answers does not have to wake it (a system call and a context switch). Nothing is
 /// registered to be woken while it looks. (With more connections open, looking would
 /// keep the others waiting.)
-fn spin_for_answer(reply: &mut oneshot::Receiver<Answer>) -> Option<Answer> {
+/// `None` when nothing came in that time; `Some(Err)` when the pool let the channel go
+/// without an answer (the receiver must not be polled again then).
+fn spin_for_answer(reply: &mut oneshot::Receiver<Answer>) -> Option<Result<Answer, ()>> {
     let until = Instant::now() + SPIN_FOR;
     loop {
         match reply.try_recv() {
-            Ok(answer) => return Some(answer),
-            Err(oneshot::error::TryRecvError::Closed) => return None,
+            Ok(answer) => return Some(Ok(answer)),
+            Err(oneshot::error::TryRecvError::Closed) => return Some(Err(())),
             Err(oneshot::error::TryRecvError::Empty) if Instant::now() >= until => return None,
             Err(oneshot::error::TryRecvError::Empty) => std::hint::spin_loop(),
         }

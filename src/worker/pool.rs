@@ -51,6 +51,10 @@ use crate::control;
 use crate::metrics::Gauges;
 use crate::say;
 
+/// How long a thread gathering a batch waits at a time before it looks whether the worker
+/// stopped.
+const GATHER_SLICE: Duration = Duration::from_millis(20);
+
 /// The access log's status for a request whose client left before its answer (nginx's).
 const CLIENT_CLOSED: u16 = 499;
 
@@ -569,9 +573,9 @@ impl Shared {
         let id = request.id();
         let _inside = self.gate.read().unwrap_or_else(|p| p.into_inner());
         if self.stopped.load(Ordering::Acquire) {
-            request.moves(state::IN_APP, state::ANSWERED);
-            self.send(reply, bridge::text(503, "shutting down\n"), &request, &id);
-            return false;
+            // Written off meanwhile (its deadline passed while the gate was shut): its
+            // 504 went out, and this thread ends as a written-off one does.
+            return !self.stopped_answer(request, reply, &id);
         }
         slot.serving().push(Serving {
             request: request.clone(),
@@ -615,6 +619,21 @@ impl Shared {
         }
     }
 
+    /// Answers 503 to a request taken from the queue when the app is stopped; `false` when
+    /// the request was written off meanwhile instead (nothing is sent then).
+    fn stopped_answer(
+        &self,
+        request: Arc<Received>,
+        reply: oneshot::Sender<Answer>,
+        id: &RequestId,
+    ) -> bool {
+        if request.moves(state::IN_APP, state::ANSWERED) {
+            self.send(reply, bridge::text(503, "shutting down\n"), &request, id);
+            return true;
+        }
+        request.state.load(Ordering::Acquire) != state::WRITTEN_OFF
+    }
+
     /// Keeps an app request's duration for the request-duration watchdog, when it is on.
     fn remember(&self, request: &Received) {
         if let (Some((_, count)), Kind::App) = (self.settings.slow, request.kind) {
@@ -638,10 +657,17 @@ impl Shared {
         while batch.len() < most {
             let job = match until {
                 None => self.queue.recv().ok()?,
-                Some(at) => match self.queue.recv_deadline(at) {
-                    Ok(job) => job,
-                    Err(_) => break,
-                },
+                // In slices, so that a worker giving up on its requests (`abandon`) finds
+                // the batch in hand served (503) at once, not after the wait.
+                Some(at) if Instant::now() < at && !self.stopped.load(Ordering::Acquire) => {
+                    let slice = at.min(Instant::now() + GATHER_SLICE);
+                    match self.queue.recv_deadline(slice) {
+                        Ok(job) => job,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                        Err(_) => break,
+                    }
+                }
+                Some(_) => break,
             };
             match job {
                 Job::Http { request, reply } => {
@@ -675,8 +701,7 @@ impl Shared {
         let _inside = self.gate.read().unwrap_or_else(|p| p.into_inner());
         if self.stopped.load(Ordering::Acquire) {
             for ((request, reply), id) in taken.into_iter().zip(&ids) {
-                request.moves(state::IN_APP, state::ANSWERED);
-                self.send(reply, bridge::text(503, "shutting down\n"), &request, id);
+                written_off += usize::from(!self.stopped_answer(request, reply, id));
             }
             return written_off;
         }
