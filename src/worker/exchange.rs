@@ -334,10 +334,20 @@ impl Context {
         };
         let answered = match spun {
             Some(answered) => answered,
-            None => match self.await_answer(request, &mut reply, deadline).await {
-                Ok(answered) => answered,
-                Err(timed_out) => return timed_out,
-            },
+            None => {
+                let answered = tokio::select! {
+                    biased;
+                    answer = &mut reply => answer,
+                    () = until(deadline) => {
+                        if self.pool.expire(request) {
+                            return self.timed_out(request);
+                        }
+                        // The pool answered just now; its answer is on its way.
+                        reply.await
+                    }
+                };
+                answered.map_err(|_| ())
+            }
         };
         match answered {
             Ok(answer) => Reply::from_pool(answer),
@@ -345,28 +355,6 @@ impl Context {
             Err(()) if request.is_late() => self.timed_out(request),
             Err(()) => Reply::text(503, "shutting down\n"),
         }
-    }
-
-    /// Waits for the pool's answer or the deadline; `Err` (the reply) when the deadline
-    /// passed and the 504 is the answer.
-    async fn await_answer(
-        &self,
-        request: &Arc<Received>,
-        reply: &mut oneshot::Receiver<Answer>,
-        deadline: Option<Instant>,
-    ) -> Result<Result<Answer, ()>, Reply> {
-        let answered = tokio::select! {
-            biased;
-            answer = &mut *reply => answer,
-            () = until(deadline) => {
-                if self.pool.expire(request) {
-                    return Err(self.timed_out(request));
-                }
-                // The pool answered just now; its answer is on its way.
-                reply.await
-            }
-        };
-        Ok(answered.map_err(|_| ()))
     }
 
     /// The 504 of a request whose deadline passed, counted and logged.
