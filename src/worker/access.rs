@@ -6,9 +6,8 @@
 //!
 //! A request never waits for a log. A line is formatted where it is made (the pool thread
 //! for the app's answers and lines, an I/O thread for the worker's own answers) straight
-//! into a buffer shared with a writer thread (one for stdout, one for stderr, so that a
-//! blocked one does not hold up the other), which takes the buffer every 10 ms and writes
-//! it in writes of at most `PIPE_BUF` bytes, each of whole lines (so lines of
+//! into a buffer shared with one writer thread, which takes the buffers every 10 ms and
+//! writes them in writes of at most `PIPE_BUF` bytes, each of whole lines (so lines of
 //! several workers sharing a pipe never mix). Nothing is allocated per line and nobody is
 //! woken. When the output is slow or blocked and a buffer holds [`PENDING_BYTES`], further
 //! lines are dropped and counted (`microservice_log_lines_dropped_total`).
@@ -87,12 +86,11 @@ pub enum Output {
     Stderr = 1,
 }
 
-/// The worker's buffered lines, for stdout and stderr, and a writer thread for each (a
-/// blocked stderr must not hold up the access log, nor the reverse).
+/// The worker's buffered lines, for stdout and stderr, and their writer thread.
 pub struct Lines {
-    pending: [Arc<Mutex<Vec<u8>>>; 2],
+    pending: Arc<[Mutex<Vec<u8>>; 2]>,
     metrics: Recorder,
-    writers: [Writer; 2],
+    writer: Writer,
 }
 
 /// The writer thread, and what says it should finish.
@@ -110,18 +108,30 @@ fn lock(pending: &Mutex<Vec<u8>>) -> MutexGuard<'_, Vec<u8>> {
 }
 
 impl Lines {
-    /// Starts the writer threads.
+    /// Starts the writer thread.
     pub fn start(metrics: Recorder) -> std::io::Result<Lines> {
-        let buffer = || Arc::new(Mutex::new(Vec::with_capacity(64 * 1024)));
-        let pending = [buffer(), buffer()];
-        let writers = [
-            Writer::start(pending[0].clone(), 1, "access-log")?,
-            Writer::start(pending[1].clone(), 2, "app-log")?,
-        ];
+        let buffer = || Mutex::new(Vec::with_capacity(64 * 1024));
+        let pending = Arc::new([buffer(), buffer()]);
+        let closing = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicBool::new(false));
+        let (lines, told, finished) = (pending.clone(), closing.clone(), done.clone());
+        let thread = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || {
+                write_lines(&lines, &told);
+                finished.store(true, Ordering::Release);
+            })?
+            .thread()
+            .clone();
+        let writer = Writer {
+            thread,
+            closing,
+            done,
+        };
         Ok(Lines {
             pending,
             metrics,
-            writers,
+            writer,
         })
     }
 
@@ -143,55 +153,32 @@ impl Lines {
     /// Has the writer write out every line so far and stop, waiting for it at most
     /// `within` (the output may be blocked): the worker is about to exit.
     pub fn finish(&self, within: Duration) {
-        for writer in &self.writers {
-            writer.closing.store(true, Ordering::Release);
-            writer.thread.unpark();
-        }
+        self.writer.closing.store(true, Ordering::Release);
+        self.writer.thread.unpark();
         let deadline = std::time::Instant::now() + within;
-        while self.writers.iter().any(|w| !w.done.load(Ordering::Acquire))
-            && std::time::Instant::now() < deadline
-        {
+        while !self.writer.done.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
 
-impl Writer {
-    /// A thread that writes the lines of `pending` onto `fd`.
-    fn start(pending: Arc<Mutex<Vec<u8>>>, fd: i32, name: &str) -> std::io::Result<Writer> {
-        let closing = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicBool::new(false));
-        let (told, finished) = (closing.clone(), done.clone());
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                write_lines(&pending, fd, &told);
-                finished.store(true, Ordering::Release);
-            })?
-            .thread()
-            .clone();
-        Ok(Writer {
-            thread,
-            closing,
-            done,
-        })
-    }
-}
-
-/// Takes the pending lines every [`WRITE_EVERY`] and writes them onto `fd` (1 or 2), until
-/// `closing`, then once more.
-fn write_lines(pending: &Mutex<Vec<u8>>, fd: i32, closing: &AtomicBool) {
+/// Takes the pending lines every [`WRITE_EVERY`] and writes them (the first buffer onto
+/// fd 1, the second onto fd 2), until `closing`, then once more.
+fn write_lines(pending: &[Mutex<Vec<u8>>; 2], closing: &AtomicBool) {
     // SAFETY: fds 1 and 2 stay open for the life of the process; ManuallyDrop never closes
     // them.
-    let mut output = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let mut outputs =
+        [1, 2].map(|fd| std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) }));
     let mut taken = Vec::with_capacity(64 * 1024);
     loop {
         let last = closing.load(Ordering::Acquire);
-        std::mem::swap(&mut taken, &mut *lock(pending));
-        for chunk in whole_lines(&taken, WRITE_BYTES) {
-            let _ = output.write_all(chunk);
+        for (buffer, output) in pending.iter().zip(outputs.iter_mut()) {
+            std::mem::swap(&mut taken, &mut *lock(buffer));
+            for chunk in whole_lines(&taken, WRITE_BYTES) {
+                let _ = output.write_all(chunk);
+            }
+            taken.clear();
         }
-        taken.clear();
         if last {
             return;
         }
