@@ -43,9 +43,15 @@
 extern "C" {
 #endif
 
-/* Version 2 appended `id`, `host` and `host_ctx` to msr_request. The worker still loads
- * version 1 apps (they never read past `peer`); a version 1 worker refuses version 2 apps. */
-#define MSR_ABI_VERSION 2u
+/* Version 2 appended `id`, `host` and `host_ctx` to msr_request. Version 3 appended
+ * `version` and `time_left_us` to msr_request and `deadline_grace_ms` to msr_app_api. The
+ * worker still loads version 1 and 2 apps (they never read past the fields of their
+ * version, and the worker reads `deadline_grace_ms` only from a version 3 table); an older
+ * worker refuses a newer app. */
+#define MSR_ABI_VERSION 3u
+
+/* msr_request.time_left_us of a request without a deadline. */
+#define MSR_NO_DEADLINE UINT64_MAX
 
 typedef struct msr_bytes {
     const uint8_t *ptr;
@@ -71,6 +77,10 @@ typedef struct msr_request {
     msr_bytes id;            /* the request's ID: the client's X-Request-ID if sane, else made up */
     const msr_host *host;    /* the worker's functions below, for this request */
     void *host_ctx;          /* passed back to them as ctx */
+    /* ABI 3 */
+    msr_bytes version;       /* the request line's protocol: "HTTP/1.1" or "HTTP/1.0" */
+    uint64_t time_left_us;   /* microseconds to the deadline when handle was called (0 once
+                              * passed); MSR_NO_DEADLINE without one */
 } msr_request;
 
 /* The worker's functions, callable from `handle` on the thread it runs on, while it runs. */
@@ -176,6 +186,12 @@ typedef struct msr_app_api {
 
     /* Optional. Stops the app and frees it; nothing is called after it. */
     void (*shutdown)(void *app);
+
+    /* ABI 3. How long after a request's deadline the app takes to return from handle (it
+     * looks at is_cancelled often), in milliseconds. The worker answers 504 at the
+     * deadline either way; it writes the thread off and starts another only when handle
+     * is still running this long after. 0: at the deadline. */
+    uint32_t deadline_grace_ms;
 } msr_app_api;
 
 uint32_t msr_abi_version(void);

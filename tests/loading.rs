@@ -128,7 +128,7 @@ fn a_library_built_for_another_abi_version_is_named() {
     refuses(
         &path,
         &format!(
-            "built for ABI version 3, but this worker speaks versions 1 to 2: rebuild the \
+            "built for ABI version 4, but this worker speaks versions 1 to 3: rebuild the \
              app against microservice-rust {}",
             env!("CARGO_PKG_VERSION")
         ),
@@ -200,7 +200,7 @@ fn a_c_app_built_against_the_header_serves() {
     assert_eq!(reply.status, 200);
     assert_eq!(
         reply.text(),
-        "hello from C, GET /hello, request c-42, cancelled 0"
+        "hello from C, GET /hello, request c-42, cancelled 0, HTTP/1.1, a deadline"
     );
     assert_eq!(reply.header("x-request-id"), Some("c-42"));
     assert_eq!(reply.header("content-type"), Some("text/plain"));
@@ -221,6 +221,19 @@ fn an_app_built_for_abi_version_1_still_serves() {
     assert!(reply
         .header("x-request-id")
         .is_some_and(|id| id.len() == 32));
+}
+
+#[test]
+fn an_app_built_for_abi_version_2_still_serves() {
+    let dir = TempDir::new("abi2");
+    let path = compile_c_app(&dir, "libhello2.so", &["-DABI_V2"]);
+    let service = Service::start(&path, r#"{"mode": "dev"}"#);
+    let raw = b"GET /hello HTTP/1.0\r\nX-Request-ID: c-2\r\n\r\n";
+    let reply = send(service.port, raw).expect("a reply");
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (200, "hello from C, GET /hello, request c-2, cancelled 0")
+    );
 }
 
 #[test]

@@ -17,7 +17,11 @@ use std::ffi::c_void;
 /// [`MsrRequest`]; nothing before them moved, so the worker still loads version 1 apps
 /// (they never read past `peer`), while a worker that speaks only version 1 refuses a
 /// version 2 app, which would read past the request it was given.
-pub const ABI_VERSION: u32 = 2;
+///
+/// Version 3 appended the request's HTTP version and the time left to its deadline to
+/// [`MsrRequest`], and the app's deadline grace to [`MsrAppApi`]: the worker reads the
+/// grace only from a version 3 table, and apps of versions 1 and 2 never read past `host_ctx`.
+pub const ABI_VERSION: u32 = 3;
 
 /// The oldest version the worker still loads.
 pub const OLDEST_ABI_VERSION: u32 = 1;
@@ -199,7 +203,15 @@ pub struct MsrRequest {
     /// ABI 2: the worker's functions for this request, each called with `host_ctx`.
     pub host: *const MsrHost,
     pub host_ctx: *mut c_void,
+    /// ABI 3: the protocol of the request line, `HTTP/1.1` or `HTTP/1.0`.
+    pub version: MsrBytes,
+    /// ABI 3: microseconds left to the request's deadline when `handle` was called (0 once
+    /// it has passed); [`NO_DEADLINE`] when the request has none.
+    pub time_left_us: u64,
 }
+
+/// [`MsrRequest::time_left_us`] of a request without a deadline.
+pub const NO_DEADLINE: u64 = u64::MAX;
 
 /// The worker's functions an app may call while `handle` runs, on the thread it runs on.
 #[repr(C)]
@@ -279,6 +291,12 @@ pub struct MsrAppApi {
     pub health: Option<HealthFn>,
     pub release: Option<ReleaseFn>,
     pub shutdown: Option<ShutdownFn>,
+    /// ABI 3: how long after a request's deadline the app takes to give its thread back
+    /// (it looks at `is_cancelled`, or is interrupted as the Python host interrupts its
+    /// code), in milliseconds. The worker answers 504 at the deadline whatever this says;
+    /// it writes the thread off and starts a replacement only when the app is still inside
+    /// `handle` this long after. 0: at the deadline.
+    pub deadline_grace_ms: u32,
 }
 
 /// Writes `message` into a caller-owned buffer as a NUL-terminated string, truncated to fit.

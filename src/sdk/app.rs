@@ -42,6 +42,12 @@ pub trait App: Send + Sync + Sized + 'static {
 
     /// Called once before the worker exits.
     fn shutdown(&self) {}
+
+    /// How long after a request's deadline this app takes to return from `handle` (one
+    /// that looks at [`Request::is_cancelled`] often, say). The worker answers 504 at the
+    /// deadline either way; it writes the thread off and starts another only when the app
+    /// is still inside `handle` this long after. Zero: at the deadline.
+    const DEADLINE_GRACE: std::time::Duration = std::time::Duration::ZERO;
 }
 
 /// The table `msr_app_entry` returns for `A`.
@@ -53,6 +59,17 @@ pub const fn api<A: App>() -> MsrAppApi {
         health: Some(health::<A>),
         release: Some(release),
         shutdown: Some(shutdown::<A>),
+        deadline_grace_ms: grace_ms(A::DEADLINE_GRACE),
+    }
+}
+
+/// A grace in whole milliseconds, at most `u32::MAX`.
+const fn grace_ms(grace: std::time::Duration) -> u32 {
+    let ms = grace.as_millis();
+    if ms > u32::MAX as u128 {
+        u32::MAX
+    } else {
+        ms as u32
     }
 }
 

@@ -3,12 +3,15 @@
 use std::borrow::Cow;
 
 use std::ffi::c_void;
+use std::time::{Duration, Instant};
 
-use crate::abi::{MsrHeader, MsrHost, MsrRequest};
+use crate::abi::{MsrHeader, MsrHost, MsrRequest, NO_DEADLINE};
 
 /// One HTTP request, borrowed from the worker for the duration of [`crate::App::handle`].
 pub struct Request<'a> {
     raw: &'a MsrRequest,
+    /// When the request's deadline passes, read from the time left at `from_raw`.
+    deadline: Option<Instant>,
 }
 
 /// Bytes the worker passed as text; the worker only sends ASCII there, so a non-UTF-8 value
@@ -56,7 +59,11 @@ impl<'a> Request<'a> {
     /// # Safety
     /// Every pointer in `raw` must be valid for `'a`, as the worker guarantees during `handle`.
     pub unsafe fn from_raw(raw: &'a MsrRequest) -> Request<'a> {
-        Request { raw }
+        let deadline = match raw.time_left_us {
+            NO_DEADLINE => None,
+            left => Instant::now().checked_add(Duration::from_micros(left)),
+        };
+        Request { raw, deadline }
     }
 
     /// The worker's view of the request.
@@ -134,6 +141,18 @@ impl<'a> Request<'a> {
     /// made up. It is in the response's `X-Request-ID` and in the access log too.
     pub fn id(&self) -> &'a str {
         text(unsafe { self.raw.id.as_slice() })
+    }
+
+    /// The protocol of the request line: `HTTP/1.1` or `HTTP/1.0`.
+    pub fn version(&self) -> &'a str {
+        text(unsafe { self.raw.version.as_slice() })
+    }
+
+    /// When the request's deadline passes (`request_timeout_s` after the worker read it,
+    /// its time in the queue included): the worker answers 504 then, and the request reads
+    /// as cancelled. `None` without a deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// The worker's functions for this request, when it gave them.
@@ -224,6 +243,8 @@ mod tests {
             id: MsrBytes::from_slice(b"test"),
             host: std::ptr::null(),
             host_ctx: std::ptr::null_mut(),
+            version: MsrBytes::from_slice(b"HTTP/1.1"),
+            time_left_us: NO_DEADLINE,
         }
     }
 
@@ -242,6 +263,21 @@ mod tests {
             .query_pairs()
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect()
+    }
+
+    #[test]
+    fn the_deadline_is_the_time_left_from_now() {
+        let mut raw = raw("");
+        // SAFETY: `raw` outlives the request.
+        assert_eq!(unsafe { Request::from_raw(&raw) }.deadline(), None);
+        raw.time_left_us = 2_000_000;
+        let before = Instant::now();
+        let deadline = unsafe { Request::from_raw(&raw) }
+            .deadline()
+            .expect("a deadline");
+        assert!(deadline >= before + Duration::from_secs(2));
+        assert!(deadline <= Instant::now() + Duration::from_secs(2));
+        assert_eq!(unsafe { Request::from_raw(&raw) }.version(), "HTTP/1.1");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::loader::AppResponse;
 use super::pool::Received;
 use super::request_id::RequestId;
 use super::stream::{Cut, Streamed, HOST};
-use microservice_rust::abi::{MsrBytes, MsrHeader, MsrRequest};
+use microservice_rust::abi::{MsrBytes, MsrHeader, MsrRequest, NO_DEADLINE};
 
 /// Every answer the worker sends.
 pub type Answer = hyper::Response<AnswerBody>;
@@ -99,7 +99,21 @@ impl RequestView {
             id: MsrBytes::from_slice(id.as_bytes()),
             host: &HOST,
             host_ctx: call,
+            version: MsrBytes::from_slice(version_text(head.version)),
+            time_left_us: request.deadline.map_or(NO_DEADLINE, |at| {
+                let left = at.saturating_duration_since(std::time::Instant::now());
+                u64::try_from(left.as_micros()).unwrap_or(NO_DEADLINE - 1)
+            }),
         }
+    }
+}
+
+/// The request line's protocol as the app reads it (hyper serves HTTP/1.0 and 1.1 only).
+fn version_text(version: http::Version) -> &'static [u8] {
+    match version {
+        http::Version::HTTP_10 => b"HTTP/1.0",
+        http::Version::HTTP_09 => b"HTTP/0.9",
+        _ => b"HTTP/1.1",
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use microservice_rust::abi::{self, MsrAppApi, MsrHostApi, MsrRequest, MsrResponse};
@@ -22,6 +23,8 @@ pub struct LoadedApp {
     api: &'static MsrAppApi,
     /// The app's batch handler (`msr_handle_batch`), when it has one.
     batch: Option<abi::HandleBatchFn>,
+    /// See [`MsrAppApi::deadline_grace_ms`].
+    deadline_grace: Duration,
     app: *mut c_void,
     path: PathBuf,
     stopped: std::sync::atomic::AtomicBool,
@@ -80,6 +83,12 @@ impl LoadedApp {
             return Err(fail(wrong_version(api.abi_version)));
         }
 
+        // Only a version 3 table has the field; older ones end before it.
+        let deadline_grace = match api.abi_version {
+            3.. => Duration::from_millis(api.deadline_grace_ms.into()),
+            _ => Duration::ZERO,
+        };
+
         // SAFETY: the symbol's type is fixed by the ABI; the library stays loaded.
         let batch = unsafe { library.get::<abi::HandleBatchFn>(abi::BATCH_SYMBOL) }
             .ok()
@@ -115,6 +124,7 @@ impl LoadedApp {
         Ok(LoadedApp {
             api,
             batch,
+            deadline_grace,
             app,
             path: absolute,
             stopped: std::sync::atomic::AtomicBool::new(false),
@@ -132,6 +142,11 @@ impl LoadedApp {
         // SAFETY: `request` and everything it points at outlive the call; `raw` is ours.
         unsafe { (self.api.handle)(self.app, request, &mut raw) };
         AppResponse { app: self, raw }
+    }
+
+    /// How long after a deadline the app takes to give a thread back (ABI 3; zero before).
+    pub fn deadline_grace(&self) -> Duration {
+        self.deadline_grace
     }
 
     /// Whether the app has a batch handler.

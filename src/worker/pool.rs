@@ -20,7 +20,10 @@
 //!   thread exits whenever the app returns. At most `threads` threads can be written off
 //!   at a time (the pool at most doubles); past that the 504s still go out on time but no
 //!   thread is added, `/healthz` stops getting through, and the watchdog replaces the
-//!   worker.
+//!   worker. An app that gives its thread back on its own once cancelled declares a
+//!   *deadline grace* (ABI 3; the Python host interrupts the app's code): its request is
+//!   only *overdue* at the deadline (504 all the same), and its thread is written off only
+//!   if it is still inside the app when the grace is over.
 //! * The watchdog's probes are jobs in the same queue, answered by a pool thread that asks
 //!   the app's health hook: a probe gets through exactly when a request would. `/healthz`
 //!   is an HTTP request of [`Kind::Health`], answered the same way.
@@ -94,6 +97,9 @@ mod state {
     pub const ABANDONED: u8 = 6;
     /// Inside the app, which started streaming the answer (the I/O side has it).
     pub const STREAMING: u8 = 7;
+    /// Its deadline passed inside an app with a deadline grace; the I/O side answered 504,
+    /// and the thread is written off if still inside when the grace is over.
+    pub const OVERDUE: u8 = 8;
 }
 
 /// Why a request was cancelled (see [`Received::is_cancelled`]).
@@ -342,34 +348,34 @@ impl Pool {
     /// The request's deadline passed: a queued request never enters the app, and the
     /// thread of one inside it is written off and replaced, up to the cap. `false` when the
     /// pool had answered it already (its answer is on its way).
-    pub fn expire(&self, request: &Received) -> bool {
+    pub fn expire(&self, request: &Arc<Received>) -> bool {
         request.cancel_for(cancel::LATE);
         let shared = &self.shared;
         if shared.leaves_queue(request, state::LATE) {
             return true;
         }
-        let cap = shared.settings.threads;
-        let under_cap = shared
-            .written_off
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < cap).then_some(n + 1)
-            })
-            .is_ok();
-        if !under_cap {
+        let grace = shared.app.deadline_grace();
+        if !grace.is_zero() {
+            // The app gives its thread back on its own: overdue now, and written off only
+            // if still inside the app when the grace is over.
+            if request.moves(state::IN_APP, state::OVERDUE) {
+                let (shared, request) = (shared.clone(), request.clone());
+                self.shared.runtime.spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    shared.write_off(&request);
+                });
+                return true;
+            }
+            let state = request.state.load(Ordering::Acquire);
+            return state != state::ANSWERED && state != state::STREAMING;
+        }
+        if !shared.write_off(request) {
             // Late now, or made late by its pool thread as the app returned.
             return request.moves(state::IN_APP, state::LATE)
                 || request.state.load(Ordering::Acquire) == state::LATE;
         }
-        if !request.moves(state::IN_APP, state::WRITTEN_OFF) {
-            // It left the app meanwhile: nothing to write off.
-            shared.written_off.fetch_sub(1, Ordering::AcqRel);
-            let state = request.state.load(Ordering::Acquire);
-            return state != state::ANSWERED && state != state::STREAMING;
-        }
-        if let Err(e) = shared.spawn_thread() {
-            say!("cannot start a thread to replace one stuck in the app: {e}");
-        }
-        true
+        let state = request.state.load(Ordering::Acquire);
+        state != state::ANSWERED && state != state::STREAMING
     }
 
     /// Answers 503 to every request queued or inside the app, at once, and lets nothing more
@@ -508,6 +514,33 @@ impl Shared {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
         }
         moved
+    }
+
+    /// Writes off the thread of `request`, still inside the app past its deadline (inside
+    /// the app, or late inside it after a grace), and starts a replacement, up to the cap.
+    /// `false` when the cap is reached (nothing is written off then).
+    fn write_off(self: &Arc<Self>, request: &Received) -> bool {
+        let cap = self.settings.threads;
+        let under_cap = self
+            .written_off
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok();
+        if !under_cap {
+            return false;
+        }
+        if !request.moves(state::IN_APP, state::WRITTEN_OFF)
+            && !request.moves(state::OVERDUE, state::WRITTEN_OFF)
+        {
+            // It left the app meanwhile: nothing to write off.
+            self.written_off.fetch_sub(1, Ordering::AcqRel);
+            return true;
+        }
+        if let Err(e) = self.spawn_thread() {
+            say!("cannot start a thread to replace one stuck in the app: {e}");
+        }
+        true
     }
 
     fn spawn_thread(self: &Arc<Self>) -> std::io::Result<()> {

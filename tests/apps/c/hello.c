@@ -7,6 +7,8 @@
  *                     a batch handler whose answers say "batch of <count>"
  *   -DFOREIGN_ABI     answers the handshake with another ABI version
  *   -DABI_V1          an app of ABI version 1, which knows the request without its ID
+ *   -DABI_V2          an app of ABI version 2, which knows the request without its
+ *                     version and deadline
  *   -DNO_ENTRY        answers the handshake but exports no msr_app_entry
  *   -DREFUSE          its create fails with a message
  */
@@ -18,6 +20,8 @@
 
 #ifdef ABI_V1
 #define APP_ABI 1u
+#elif defined(ABI_V2)
+#define APP_ABI 2u
 #else
 #define APP_ABI MSR_ABI_VERSION
 #endif
@@ -92,6 +96,12 @@ static void handle(void *app, const msr_request *request, msr_response *response
     len += snprintf(body + len, 256 - (size_t)len, ", request %.*s, cancelled %d",
                     (int)request->id.len, (const char *)request->id.ptr,
                     (int)request->host->is_cancelled(request->host_ctx));
+#ifndef ABI_V2
+    /* ABI 3: the protocol, and whether there is a deadline. */
+    len += snprintf(body + len, 256 - (size_t)len, ", %.*s, %s", (int)request->version.len,
+                    (const char *)request->version.ptr,
+                    request->time_left_us == MSR_NO_DEADLINE ? "no deadline" : "a deadline");
+#endif
     app_log(request->host_ctx, MSR_LOG_WARN, "hello from C\nin the log");
     if (hello_metric >= 0) {
         host_api->metric_update(host_api->host, hello_metric, MSR_METRIC_ADD, &request->method, 1,
