@@ -81,8 +81,9 @@ struct RunArgs {
     /// The address to listen on (overrides `host`).
     #[arg(long, env = "MICROSERVICE_HOST", value_name = "ADDRESS")]
     host: Option<IpAddr>,
-    /// The app library to serve (overrides `app`).
-    #[arg(long, env = "MICROSERVICE_APP", value_name = "LIB")]
+    /// The app to serve (overrides `app`): a library (`libapp.so`), or a Python WSGI app
+    /// (`main.py`, `main.py:make_app()`, `package.module:app`).
+    #[arg(long, env = "MICROSERVICE_APP", value_name = "APP")]
     app: Option<PathBuf>,
 }
 
@@ -194,7 +195,7 @@ fn resolve_run(args: &RunArgs) -> Result<Loaded, Error> {
     let name = std::env::var("MICROSERVICE_NAME").ok();
     let app = config::find_app(loaded.settings.app.as_deref(), name.as_deref())?;
     // Refused before anything is bound or started (the worker's load tells the rest).
-    config::check_library(&app)?;
+    config::check_app(&config::App::parse(&app))?;
     loaded.set("app", json!(app.display().to_string()), "the app path")?;
     Ok(loaded)
 }

@@ -1,9 +1,16 @@
-//! The app library: which file to serve, and whether it can be one, found out before the
-//! supervisor binds anything, so the most common first-day mistake (a wrong path, a file
-//! that is not a library, a library that is not an app) stops the service with its reason
-//! at once. The supervisor never loads app code: it reads the file's ELF headers and its
-//! dynamic symbol table. What only loading can tell (a missing dependency, another ABI
-//! version, a constructor that refuses) the worker reports, with the same exit code.
+//! The app: which one to serve, and whether it can be one, found out before the supervisor
+//! binds anything, so the most common first-day mistake (a wrong path, a file that is not a
+//! library, a library that is not an app) stops the service with its reason at once.
+//!
+//! `app` names a native library (`*.so`), or a Python WSGI app: a file (`main.py`,
+//! `main.py:app`, `main.py:make_app()`) or a module on the path (`shop.main:app`). A Python
+//! app is served by the Python host, a library of its own ([`python_host`]) that the worker
+//! loads like any app and that imports the Python code.
+//!
+//! The supervisor never loads app code: it reads the library's ELF headers and its dynamic
+//! symbol table (for a Python app: the host's, and that the file is there). What only
+//! loading can tell (a missing dependency, another ABI version, a constructor that refuses,
+//! an import error) the worker reports, with the same exit code.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -25,6 +32,170 @@ pub fn missing_symbol(symbol: &str) -> String {
              no app"
         ),
     }
+}
+
+/// What `app` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum App {
+    /// A native library.
+    Library(PathBuf),
+    /// A WSGI app, served by the Python host.
+    Python(PythonApp),
+}
+
+/// A WSGI app as `app` names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PythonApp {
+    pub source: PythonSource,
+    /// The callable's name, with `()` when it is a factory to call; `None`: `app`, else
+    /// `application`.
+    pub callable: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PythonSource {
+    /// A `.py` file, imported as module `__main__`'s neighbour: its directory goes first on
+    /// `sys.path`.
+    File(PathBuf),
+    /// A dotted module name, imported from the working directory and `sys.path`.
+    Module(String),
+}
+
+/// Where the Python host is looked for, when `MICROSERVICE_PYTHON_HOST` does not name it.
+pub const PYTHON_HOST_FILE: &str = "libmicroservice_rust_python.so";
+/// The variable naming the Python host library.
+pub const PYTHON_HOST_VAR: &str = "MICROSERVICE_PYTHON_HOST";
+
+impl App {
+    /// Reads `app`: a `.py` file with an optional `:callable`, a `module:callable`, or else
+    /// a library's path.
+    pub fn parse(spec: &Path) -> App {
+        let text = spec.to_string_lossy();
+        let (base, callable) = match text.rsplit_once(':') {
+            Some((base, callable)) if is_callable(callable) => (base, Some(callable)),
+            _ => (&*text, None),
+        };
+        let callable = callable.map(str::to_string);
+        if base.ends_with(".py") {
+            return App::Python(PythonApp {
+                source: PythonSource::File(PathBuf::from(base)),
+                callable,
+            });
+        }
+        if callable.is_some() && is_module(base) {
+            return App::Python(PythonApp {
+                source: PythonSource::Module(base.to_string()),
+                callable,
+            });
+        }
+        App::Library(spec.to_path_buf())
+    }
+
+    /// The library the worker loads: the app's own, or the Python host.
+    pub fn library(&self) -> Result<PathBuf, Error> {
+        match self {
+            App::Library(path) => Ok(path.clone()),
+            App::Python(_) => python_host(),
+        }
+    }
+}
+
+impl std::fmt::Display for App {
+    /// As `app` names it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let python = match self {
+            App::Library(path) => return write!(f, "{}", path.display()),
+            App::Python(python) => python,
+        };
+        match &python.source {
+            PythonSource::File(file) => write!(f, "{}", file.display())?,
+            PythonSource::Module(module) => f.write_str(module)?,
+        }
+        match &python.callable {
+            Some(callable) => write!(f, ":{callable}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `name` or `name()`: a Python identifier, optionally called.
+fn is_callable(text: &str) -> bool {
+    is_identifier(text.strip_suffix("()").unwrap_or(text))
+}
+
+fn is_identifier(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A dotted module name (`shop.main`).
+fn is_module(text: &str) -> bool {
+    !text.is_empty() && text.split('.').all(is_identifier)
+}
+
+/// Whether a config file's `app` is a path (made absolute from the file's directory), not
+/// a module name.
+pub fn is_path(spec: &str) -> bool {
+    !matches!(
+        App::parse(Path::new(spec)),
+        App::Python(PythonApp {
+            source: PythonSource::Module(_),
+            ..
+        })
+    )
+}
+
+/// The Python host library: `MICROSERVICE_PYTHON_HOST`, else `libmicroservice_rust_python.so`
+/// beside this program (a cargo build puts both in `target/<profile>/`), else in
+/// `../lib/microservice-rust/` from it (the image's `/usr/local/lib/microservice-rust/`).
+pub fn python_host() -> Result<PathBuf, Error> {
+    if let Some(path) = std::env::var_os(PYTHON_HOST_VAR) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::io("cannot find this program to find the Python host", e))?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    let candidates = [
+        dir.join(PYTHON_HOST_FILE),
+        dir.join("../lib/microservice-rust").join(PYTHON_HOST_FILE),
+    ];
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
+    }
+    Err(Error::app(
+        &candidates[0],
+        format!(
+            "a Python app needs the Python host, which this microservice-rust does not have: \
+             looked for {} and {} (build it with `cargo build -p microservice-rust-python`, \
+             set {PYTHON_HOST_VAR}, or use the image microservice-rust-python)",
+            candidates[0].display(),
+            candidates[1].display()
+        ),
+    ))
+}
+
+/// Checks what can be checked without loading the app: a library's ELF file and symbols;
+/// for a Python app its file and the Python host library.
+pub fn check_app(app: &App) -> Result<(), Error> {
+    let App::Python(python) = app else {
+        return check_library(&app.library()?);
+    };
+    if let PythonSource::File(file) = &python.source {
+        match std::fs::metadata(file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::app(file, "file not found"))
+            }
+            Err(e) => return Err(Error::app(file, format!("cannot read it: {e}"))),
+            Ok(m) if m.is_dir() => {
+                return Err(Error::app(file, "is a directory, not a Python file"))
+            }
+            Ok(_) => {}
+        }
+    }
+    check_library(&app.library()?)
 }
 
 /// Checks that `path` names an ELF shared library exporting the app's two symbols.
@@ -135,8 +306,9 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(word)
 }
 
-/// The app library to serve: `app` from the config (or `--app`), else the single `*.so` in
-/// `/opt/$MICROSERVICE_NAME/lib/`.
+/// The app to serve: `app` from the config (or `--app`), else the single `*.so` in
+/// `/opt/$MICROSERVICE_NAME/lib/`, else `/opt/$MICROSERVICE_NAME/src/main.py` (the Flask
+/// image's convention).
 pub fn find_app(
     configured: Option<&Path>,
     microservice_name: Option<&str>,
@@ -147,23 +319,40 @@ pub fn find_app(
     let Some(name) = microservice_name else {
         return Err(Error::app(
             Path::new("(none)"),
-            "no app library given: set `app` in config.json, pass --app, or set \
-             MICROSERVICE_NAME and put the library in /opt/$MICROSERVICE_NAME/lib/",
+            "no app given: set `app` in config.json, pass --app, or set MICROSERVICE_NAME \
+             and put the library in /opt/$MICROSERVICE_NAME/lib/ (or the Python app in \
+             /opt/$MICROSERVICE_NAME/src/main.py)",
         ));
     };
-    let dir = Path::new("/opt").join(name).join("lib");
-    let entries = std::fs::read_dir(&dir)
-        .map_err(|e| Error::app(&dir, format!("cannot list the app directory: {e}")))?;
-    let mut libraries: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "so"))
-        .collect();
+    let home = Path::new("/opt").join(name);
+    let dir = home.join("lib");
+    let main_py = home.join("src/main.py");
+    let mut libraries: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "so"))
+            .collect(),
+        Err(_) if main_py.is_file() => Vec::new(),
+        Err(e) => {
+            return Err(Error::app(
+                &dir,
+                format!(
+                    "cannot list the app directory: {e} (and there is no {})",
+                    main_py.display()
+                ),
+            ))
+        }
+    };
     libraries.sort();
     match libraries.len() {
         1 => Ok(libraries.remove(0)),
+        0 if main_py.is_file() => Ok(main_py),
         0 => Err(Error::app(
             &dir,
-            "holds no *.so library; set `app` or pass --app",
+            format!(
+                "holds no *.so library, and there is no {}; set `app` or pass --app",
+                main_py.display()
+            ),
         )),
         _ => Err(Error::app(
             &dir,
@@ -176,5 +365,42 @@ pub fn find_app(
                     .join(", ")
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn python(source: PythonSource, callable: Option<&str>) -> App {
+        App::Python(PythonApp {
+            source,
+            callable: callable.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn app_names_a_library_a_python_file_or_a_module() {
+        let file = |p: &str| PythonSource::File(PathBuf::from(p));
+        let module = |m: &str| PythonSource::Module(m.to_string());
+        for (spec, app) in [
+            ("/x/libhello.so", App::Library("/x/libhello.so".into())),
+            ("libhello.so", App::Library("libhello.so".into())),
+            ("/x/main.py", python(file("/x/main.py"), None)),
+            ("main.py:app", python(file("main.py"), Some("app"))),
+            (
+                "src/main.py:make_app()",
+                python(file("src/main.py"), Some("make_app()")),
+            ),
+            ("shop.main:app", python(module("shop.main"), Some("app"))),
+            ("main:create()", python(module("main"), Some("create()"))),
+            // Not a callable after the colon: a library's path.
+            ("/x/a:b/lib.so", App::Library("/x/a:b/lib.so".into())),
+            ("shop.main", App::Library("shop.main".into())),
+            ("main.py:1x", App::Library("main.py:1x".into())),
+        ] {
+            assert_eq!(App::parse(Path::new(spec)), app, "{spec}");
+        }
+        assert!(is_path("main.py:app") && is_path("lib/x.so") && !is_path("shop.main:app"));
     }
 }

@@ -236,8 +236,9 @@ fn settings_for(value: &Value, source: &str, env: &str) -> Result<Settings, Erro
     Ok(settings)
 }
 
-/// Makes the relative paths of a config file (`app`, `dev.watch`) paths from `dir`, the
-/// file's directory. Values of the wrong type are left for validation to name.
+/// Makes the relative paths of a config file (`app`, `dev.watch`, `python.virtualenv`)
+/// paths from `dir`, the file's directory. Values of the wrong type are left for
+/// validation to name.
 fn paths_from(value: &mut Value, dir: &Path) {
     let absolute = |path: &mut Value| {
         if let Some(text) = path.as_str().filter(|t| !t.is_empty()) {
@@ -246,11 +247,20 @@ fn paths_from(value: &mut Value, dir: &Path) {
             }
         }
     };
-    if let Some(app) = value.get_mut("app") {
+    if let Some(app) = value
+        .get_mut("app")
+        .filter(|app| app.as_str().is_some_and(super::app::is_path))
+    {
         absolute(app);
     }
     if let Some(Value::Array(watch)) = value.get_mut("dev").and_then(|d| d.get_mut("watch")) {
         watch.iter_mut().for_each(absolute);
+    }
+    if let Some(virtualenv) = value
+        .get_mut("python")
+        .and_then(|p| p.get_mut("virtualenv"))
+    {
+        absolute(virtualenv);
     }
 }
 

@@ -8,7 +8,7 @@
 mod app;
 mod lookup;
 
-pub use app::{check_library, find_app, missing_symbol};
+pub use app::{check_app, check_library, find_app, missing_symbol, App, PythonApp, PythonSource};
 pub use lookup::{Loaded, Lookup};
 
 use std::net::IpAddr;
@@ -83,6 +83,14 @@ pub struct Batching {
 /// The largest batch `batching.max_size` allows.
 pub const MAX_BATCH: u64 = 1024;
 
+/// What a Python app imports (see the Python host).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct PythonSettings {
+    /// The virtualenv whose packages the app imports when `VIRTUAL_ENV` names none;
+    /// `None`: the interpreter's own site-packages.
+    pub virtualenv: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct DevSettings {
     pub watch: Vec<String>,
@@ -132,6 +140,7 @@ pub struct Settings {
     pub cors_allow_origin_regex: Option<String>,
     /// `None`: every request is handed to the app alone.
     pub batching: Option<Batching>,
+    pub python: PythonSettings,
 }
 
 /// A value that never shows: `{:?}` prints `***`, and [`redact`] hides it in JSON.
@@ -231,6 +240,7 @@ impl Default for Settings {
             api_key: None,
             cors_allow_origin_regex: None,
             batching: None,
+            python: PythonSettings::default(),
         }
     }
 }
@@ -334,6 +344,9 @@ impl Settings {
                 "max_size": b.max_size,
                 "timeout_s": b.timeout_s,
             })),
+            "python": {
+                "virtualenv": self.python.virtualenv,
+            },
         })
     }
 }
@@ -537,6 +550,12 @@ impl Settings {
         if let Some(v) = present(top, "batching") {
             s.batching = Some(batching(&r, v)?);
         }
+        if let Some(v) = present(top, "python") {
+            let map = r.object("python", v, &["virtualenv"])?;
+            if let Some(v) = present(map, "virtualenv") {
+                s.python.virtualenv = Some(r.string("python.virtualenv", v)?.to_string());
+            }
+        }
         if let Some(v) = present(top, "log_level") {
             s.log_level = v
                 .as_str()
@@ -589,7 +608,7 @@ pub fn near_misses(value: &Value) -> Vec<(String, &'static str)> {
 }
 
 /// Every top-level server key: those `to_json` writes, and the Flask image's two.
-const SERVER_KEYS: [&str; 27] = [
+const SERVER_KEYS: [&str; 28] = [
     "mode",
     "threads",
     "workers",
@@ -615,6 +634,7 @@ const SERVER_KEYS: [&str; 27] = [
     "api_key",
     "cors_allow_origin_regex",
     "batching",
+    "python",
     "use_apache",
     "apache_config",
 ];

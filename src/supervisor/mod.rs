@@ -31,7 +31,7 @@ mod signals;
 
 pub use listen::address_file;
 
-use crate::config::{Loaded, Mode, Settings};
+use crate::config::{App, Loaded, Mode, Settings};
 use crate::control::{self, Command, LISTEN_FD, READY, STATUS_FD, SUPERVISOR_PID_VAR};
 use crate::error::Error;
 use crate::exit;
@@ -216,7 +216,7 @@ impl Supervisor {
         let watcher = match settings.mode {
             Mode::Dev => {
                 let sources: Vec<_> = settings.dev.watch.iter().map(Into::into).collect();
-                match reload::watch(&app, &sources, sender.clone()) {
+                match reload::watch(&App::parse(&app), &sources, sender.clone()) {
                     Ok(watcher) => Some(watcher),
                     Err(e) => {
                         say!("dev reload is off: {e}");
@@ -291,9 +291,9 @@ impl Supervisor {
             Event::Signal(signal) => say!("ignoring {}", exit::signal_name(signal)),
             Event::Status { pid, line } => self.status(pid, &line),
             Event::Changed(changed) if self.phase == Phase::Serving => {
-                // A library change outranks a source change in the same burst.
+                // A change of the app outranks a source change in the same burst.
                 let kind = match self.reload_due {
-                    Some((_, Changed::Library)) => Changed::Library,
+                    Some((_, app @ (Changed::Library | Changed::Python))) => app,
                     _ => changed,
                 };
                 self.reload_due = Some((Instant::now() + RELOAD_DEBOUNCE, kind));
@@ -803,7 +803,10 @@ impl Supervisor {
             return;
         }
         self.library = identity;
-        say!("{} changed: reloading", app.display());
+        match changed {
+            Changed::Python => say!("the Python code of {} changed: reloading", app.display()),
+            _ => say!("{} changed: reloading", app.display()),
+        }
         for pid in self.pids(|w| w.state == WorkerState::Ready && !w.replaced) {
             self.replace(pid, Reason::Reload);
         }

@@ -1,5 +1,10 @@
-//! Dev live reload: watching the app library and `dev.watch`, and running
-//! `dev.build_command`.
+//! Dev live reload: watching the app library (or a Python app's code) and `dev.watch`,
+//! and running `dev.build_command`.
+//!
+//! A Python app's directory (for `module:callable`, the working directory) is watched
+//! recursively, and a change to any `.py` file under it reloads: a new worker imports the
+//! new code, and one that cannot (a syntax or import error) leaves the old one serving.
+//! `__pycache__` and hidden directories (a `.venv` inside the app) are left out.
 //!
 //! The library's *directory* is watched, not the file: builds replace the file (a new
 //! inode by rename or hard link), which a watch on the old inode would miss. Events are
@@ -15,6 +20,7 @@ use crossbeam_channel::Sender;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::Event;
+use crate::config::{App, PythonApp, PythonSource};
 use crate::error::Error;
 use crate::say;
 
@@ -23,6 +29,8 @@ use crate::say;
 pub enum Changed {
     Library,
     Source,
+    /// A Python app's code.
+    Python,
 }
 
 /// The file's identity: it changes whenever a build replaces or rewrites it.
@@ -34,17 +42,32 @@ pub fn identity(path: &Path) -> Identity {
         .map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
-/// Watches the library and the `dev.watch` paths; keep the returned watcher alive.
+/// Watches the library (or the Python app's code) and the `dev.watch` paths; keep the
+/// returned watcher alive.
 pub fn watch(
-    library: &Path,
+    app: &App,
     sources: &[PathBuf],
     sender: Sender<Event>,
 ) -> Result<RecommendedWatcher, Error> {
-    let library = std::path::absolute(library).unwrap_or_else(|_| library.to_path_buf());
-    let directory = library
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let (library, code) = match app {
+        App::Library(path) => (
+            std::path::absolute(path).unwrap_or_else(|_| path.clone()),
+            None,
+        ),
+        App::Python(python) => (PathBuf::new(), Some(python_code(python))),
+    };
+    let directory = match &code {
+        Some(code) => code.clone(),
+        None => library
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+    };
+    let recursive = match code {
+        Some(_) => RecursiveMode::Recursive,
+        None => RecursiveMode::NonRecursive,
+    };
+    let python_root = code.clone();
     let sources: Vec<PathBuf> = sources
         .iter()
         .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
@@ -59,6 +82,11 @@ pub fn watch(
         for path in &event.paths {
             let changed = if *path == target {
                 Changed::Library
+            } else if python_root
+                .as_ref()
+                .is_some_and(|root| is_python_code(root, path))
+            {
+                Changed::Python
             } else if watched_sources.iter().any(|s| path.starts_with(s)) {
                 Changed::Source
             } else {
@@ -73,20 +101,43 @@ pub fn watch(
             std::io::Error::other(e),
         )
     })?;
-    watcher
-        .watch(&directory, RecursiveMode::NonRecursive)
-        .map_err(|e| {
-            Error::io(
-                format!("cannot watch {}", directory.display()),
-                std::io::Error::other(e),
-            )
-        })?;
+    watcher.watch(&directory, recursive).map_err(|e| {
+        Error::io(
+            format!("cannot watch {}", directory.display()),
+            std::io::Error::other(e),
+        )
+    })?;
     for source in &sources {
         if let Err(e) = watcher.watch(source, RecursiveMode::Recursive) {
             say!("dev.watch: cannot watch {}: {e}", source.display());
         }
     }
     Ok(watcher)
+}
+
+/// The directory holding a Python app's code: its file's, or the working directory for a
+/// module.
+fn python_code(python: &PythonApp) -> PathBuf {
+    let here = || std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    match &python.source {
+        PythonSource::File(file) => std::path::absolute(file)
+            .ok()
+            .and_then(|f| f.parent().map(Path::to_path_buf))
+            .unwrap_or_else(here),
+        PythonSource::Module(_) => here(),
+    }
+}
+
+/// A `.py` file under `root`, outside `__pycache__` and hidden directories.
+fn is_python_code(root: &Path, path: &Path) -> bool {
+    let Ok(inside) = path.strip_prefix(root) else {
+        return false;
+    };
+    path.extension().is_some_and(|e| e == "py")
+        && inside.components().all(|c| {
+            let name = c.as_os_str().to_string_lossy();
+            name != "__pycache__" && !name.starts_with('.')
+        })
 }
 
 /// Runs `dev.build_command` with `sh -c` on a thread, its output going to the terminal;
@@ -106,5 +157,32 @@ pub fn build(command: &str, sender: Sender<Event>) {
         });
     if let Err(e) = spawned {
         say!("cannot start the build: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_python_code;
+    use std::path::Path;
+
+    #[test]
+    fn python_code_is_py_files_outside_caches_and_hidden_directories() {
+        let root = Path::new("/app/src");
+        assert!(is_python_code(root, Path::new("/app/src/main.py")));
+        assert!(is_python_code(root, Path::new("/app/src/shop/views.py")));
+        assert!(!is_python_code(
+            root,
+            Path::new("/app/src/__pycache__/main.cpython-311.pyc")
+        ));
+        assert!(!is_python_code(
+            root,
+            Path::new("/app/src/__pycache__/x.py")
+        ));
+        assert!(!is_python_code(
+            root,
+            Path::new("/app/src/.venv/lib/site.py")
+        ));
+        assert!(!is_python_code(root, Path::new("/app/src/notes.txt")));
+        assert!(!is_python_code(root, Path::new("/elsewhere/main.py")));
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use microservice_rust::abi::{self, MsrAppApi, MsrHostApi, MsrRequest, MsrResponse};
 
-use crate::config::{check_library, missing_symbol};
+use crate::config::{check_library, missing_symbol, App};
 use crate::error::Error;
 
 /// Room for the app's error and health messages.
@@ -39,27 +39,37 @@ unsafe impl Send for LoadedApp {}
 unsafe impl Sync for LoadedApp {}
 
 impl LoadedApp {
-    /// Loads `path`, checks the ABI version, gives the app the worker's functions (`host`)
-    /// when it takes them, and builds it from `config_json`.
+    /// Loads `spec`'s library (for a Python app: the Python host), checks the ABI version,
+    /// gives the app the worker's functions (`host`) when it takes them, and builds it from
+    /// `config_json`. Errors name the app as the config's `app` names it.
     pub fn load(
-        path: &Path,
+        spec: &App,
         config_json: &str,
         host: &'static MsrHostApi,
     ) -> Result<LoadedApp, Error> {
-        let fail = |problem: String| Error::app(path, problem);
+        let library = spec.library()?;
+        let named = PathBuf::from(spec.to_string());
+        let fail = |problem: String| Error::app(&named, problem);
         // The same checks as the supervisor's before it binds, with the same messages.
-        check_library(path)?;
+        check_library(&library)?;
         // A bare name would make dlopen search the system's library path instead.
-        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let absolute = std::path::absolute(&library).unwrap_or(library);
 
         // SAFETY: loading runs the library's initialisers; loading app code is this
         // process's purpose, and a crash here is contained by the process boundary.
         let library =
             unsafe { Library::open(Some(&absolute), RTLD_NOW | RTLD_LOCAL) }.map_err(|e| {
-                fail(format!(
-                    "not a shared library that can be loaded: {}",
-                    with_sources(&e)
-                ))
+                fail(match spec {
+                    App::Library(_) => format!(
+                        "not a shared library that can be loaded: {}",
+                        with_sources(&e)
+                    ),
+                    App::Python(_) => format!(
+                        "the Python host {} cannot be loaded: {}",
+                        absolute.display(),
+                        with_sources(&e)
+                    ),
+                })
             })?;
 
         // SAFETY: the symbol's type is fixed by the ABI; a foreign library that exports the
@@ -126,7 +136,10 @@ impl LoadedApp {
             batch,
             deadline_grace,
             app,
-            path: absolute,
+            path: match spec {
+                App::Library(_) => absolute,
+                App::Python(_) => named,
+            },
             stopped: std::sync::atomic::AtomicBool::new(false),
             _library: library,
         })

@@ -48,7 +48,7 @@ use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use crate::config::{redact, Settings};
+use crate::config::{redact, App, Settings};
 use crate::control::{Command, LISTEN_FD, READY, STATUS_FD, SUPERVISOR_PID_VAR};
 use crate::error::Error;
 use crate::exit;
@@ -114,7 +114,7 @@ pub fn run() -> Result<i32, Error> {
     // The app gets the config without its secrets (the API key is checked before the app).
     let host = host::table(lines.clone(), metrics);
     let app = Arc::new(LoadedApp::load(
-        &app_path,
+        &App::parse(&app_path),
         &redact(config).to_string(),
         host,
     )?);
