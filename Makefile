@@ -7,21 +7,37 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 BIN := target/debug/microservice-rust
 EXAMPLE_LIB := target/debug/libexample_rum_counter.so
+# The Python host is built against Debian's python3 (python3-dev, libpython3-dev); the
+# tests' packages (Flask) live in a virtualenv of that Python.
+PYTHON ?= /usr/bin/python3
+VENV := target/python-venv
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
-.PHONY: build run test lint bench bench-slowloris bench-compare image test-docker clean help
+.PHONY: build python python-env run test lint bench bench-slowloris bench-compare image test-docker clean help
 
 .DEFAULT_GOAL := build
 
-build: ## Debug build of the workspace: server, example app, fixture app, baselines (default)
-	$(CARGO) build --workspace
+build: ## Debug build: server, example app, fixture app, baselines (default; Rust and cc only)
+	$(CARGO) build
+
+python: ## Debug build of the Python host (needs python3-dev and libpython3-dev)
+	@$(PYTHON) -c 'import sysconfig, sys; sys.exit(not sysconfig.get_config_var("Py_ENABLE_SHARED"))' \
+		|| { echo "$(PYTHON) has no shared libpython: apt-get install python3-dev libpython3-dev"; exit 1; }
+	PYO3_PYTHON=$(PYTHON) $(CARGO) build -p microservice-rust-python
+
+python-env: $(VENV)/done ## The tests' virtualenv (Flask), in target/python-venv
+
+$(VENV)/done: tests/apps/python/requirements.txt
+	$(PYTHON) -m venv $(VENV) || { echo "apt-get install python3-venv"; exit 1; }
+	$(VENV)/bin/pip install -q -r tests/apps/python/requirements.txt
+	touch $@
 
 run: build ## Build, then serve the example app in dev mode on 127.0.0.1:8080 (HOST, PORT)
 	$(BIN) --host $(HOST) --port $(PORT) --app $(EXAMPLE_LIB) \
 		--config example-rum-counter/config/dev/config.json
 
-test: build ## Every test: unit, integration (real binary, real sockets), `make run` itself
+test: build python python-env ## Every test: unit, integration (real binary, real sockets), `make run` itself
 	$(CARGO) test --workspace
 	bash tests/make-run.sh
 

@@ -44,7 +44,8 @@ extern "C" {
 #endif
 
 /* Version 2 appended `id`, `host` and `host_ctx` to msr_request. Version 3 appended
- * `version` and `time_left_us` to msr_request and `deadline_grace_ms` to msr_app_api. The
+ * `version` and `time_left_us` to msr_request, `stream_cut` to msr_host and
+ * `deadline_grace_ms` to msr_app_api. The
  * worker still loads version 1 and 2 apps (they never read past the fields of their
  * version, and the worker reads `deadline_grace_ms` only from a version 3 table); an older
  * worker refuses a newer app. */
@@ -98,6 +99,10 @@ struct msr_host {
      * the worker beyond the socket's buffer). 0, or -1 once the request is cancelled: the
      * response is then cut off and handle should return. */
     int32_t (*stream_write)(void *ctx, const uint8_t *bytes, size_t len);
+    /* ABI 3. Ends a started stream as cut off: the connection closes without the last chunk,
+     * so the client cannot take what it got for the whole answer (for an app that failed
+     * half way). Later writes fail. 0, or -1 without a stream. */
+    int32_t (*stream_cut)(void *ctx);
 };
 
 /* Optional: the worker's functions for the life of the process. When the library exports

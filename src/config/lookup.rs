@@ -249,7 +249,7 @@ fn paths_from(value: &mut Value, dir: &Path) {
     };
     if let Some(app) = value
         .get_mut("app")
-        .filter(|app| app.as_str().is_some_and(super::app::is_path))
+        .filter(|app| app.as_str().is_some_and(microservice_rust::spec::is_path))
     {
         absolute(app);
     }

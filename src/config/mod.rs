@@ -8,7 +8,7 @@
 mod app;
 mod lookup;
 
-pub use app::{check_app, check_library, find_app, missing_symbol, App, PythonApp, PythonSource};
+pub use app::{check_app, check_library, find_app, library, missing_symbol, App};
 pub use lookup::{Loaded, Lookup};
 
 use std::net::IpAddr;

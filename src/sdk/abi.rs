@@ -19,8 +19,9 @@ use std::ffi::c_void;
 /// version 2 app, which would read past the request it was given.
 ///
 /// Version 3 appended the request's HTTP version and the time left to its deadline to
-/// [`MsrRequest`], and the app's deadline grace to [`MsrAppApi`]: the worker reads the
-/// grace only from a version 3 table, and apps of versions 1 and 2 never read past `host_ctx`.
+/// [`MsrRequest`], `stream_cut` to [`MsrHost`], and the app's deadline grace to
+/// [`MsrAppApi`]: the worker reads the grace only from a version 3 table, and apps of
+/// versions 1 and 2 never read past the fields of their version.
 pub const ABI_VERSION: u32 = 3;
 
 /// The oldest version the worker still loads.
@@ -232,6 +233,10 @@ pub struct MsrHost {
     /// how much is buffered). 0, or -1 once the request is cancelled or without a stream:
     /// the response is then cut off and the app should return.
     pub stream_write: unsafe extern "C" fn(ctx: *mut c_void, bytes: *const u8, len: usize) -> i32,
+    /// ABI 3: ends a started stream as cut off, so that the client cannot take what it got
+    /// for the whole answer (the connection closes without the last chunk): for an app that
+    /// failed half way. Later writes fail. 0, or -1 without a stream.
+    pub stream_cut: unsafe extern "C" fn(ctx: *mut c_void) -> i32,
 }
 
 /// A response as the app fills it in.

@@ -44,6 +44,8 @@ mod http;
 pub mod log;
 pub mod metrics;
 mod panics;
+#[doc(hidden)]
+pub mod spec;
 mod stream;
 
 #[doc(hidden)]

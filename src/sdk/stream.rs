@@ -114,6 +114,16 @@ impl Stream<'_, '_> {
     pub fn finish(self) -> Response {
         Response::new(200)
     }
+
+    /// Ends the stream as cut off, for an app that failed half way: the connection closes
+    /// without the body's end, so the client cannot take what it got for the whole answer.
+    pub fn cut(self) -> Response {
+        if let Some((host, ctx)) = self.request.host() {
+            // SAFETY: the worker's function, with the context it gave for this request.
+            unsafe { (host.stream_cut)(ctx) };
+        }
+        Response::new(500)
+    }
 }
 
 #[cfg(test)]

@@ -20,9 +20,10 @@ use crossbeam_channel::Sender;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::Event;
-use crate::config::{App, PythonApp, PythonSource};
+use crate::config::App;
 use crate::error::Error;
 use crate::say;
+use microservice_rust::spec::{PythonApp, PythonSource};
 
 /// What a change was to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

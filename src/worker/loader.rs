@@ -12,7 +12,7 @@ use std::time::Duration;
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use microservice_rust::abi::{self, MsrAppApi, MsrHostApi, MsrRequest, MsrResponse};
 
-use crate::config::{check_library, missing_symbol, App};
+use crate::config::{self, check_library, missing_symbol, App};
 use crate::error::Error;
 
 /// Room for the app's error and health messages.
@@ -47,7 +47,7 @@ impl LoadedApp {
         config_json: &str,
         host: &'static MsrHostApi,
     ) -> Result<LoadedApp, Error> {
-        let library = spec.library()?;
+        let library = config::library(spec)?;
         let named = PathBuf::from(spec.to_string());
         let fail = |problem: String| Error::app(&named, problem);
         // The same checks as the supervisor's before it binds, with the same messages.

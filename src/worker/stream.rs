@@ -38,6 +38,7 @@ pub static HOST: MsrHost = MsrHost {
     is_cancelled,
     stream_start,
     stream_write,
+    stream_cut,
 };
 
 /// What the host functions reach during one call of the app's `handle` (its `host_ctx`).
@@ -58,6 +59,8 @@ struct Feed {
     ended: Arc<AtomicBool>,
     status: u16,
     bytes: u64,
+    /// The app cut the stream off (`stream_cut`).
+    cut: bool,
 }
 
 /// The request a `host_ctx` belongs to, and its ID.
@@ -101,7 +104,7 @@ impl<'c> Call<'c> {
     /// (status, body bytes); `None` when the app did not stream.
     pub fn finish(self) -> Option<(u16, u64)> {
         let feed = self.feed?;
-        if !self.request.is_cancelled() {
+        if !self.request.is_cancelled() && !feed.cut {
             feed.ended.store(true, Ordering::Release);
         }
         Some((feed.status, feed.bytes))
@@ -150,14 +153,28 @@ impl<'c> Call<'c> {
             ended,
             status: status.as_u16(),
             bytes: 0,
+            cut: false,
         });
         0
+    }
+
+    fn cut(&mut self) -> i32 {
+        match &mut self.feed {
+            Some(feed) => {
+                feed.cut = true;
+                0
+            }
+            None => -1,
+        }
     }
 
     fn write(&mut self, bytes: &[u8]) -> i32 {
         let (Some(feed), false) = (&mut self.feed, self.request.is_cancelled()) else {
             return -1;
         };
+        if feed.cut {
+            return -1;
+        }
         for piece in bytes.chunks(PIECE) {
             let length = piece.len() as u64;
             let piece = Bytes::copy_from_slice(piece);
@@ -221,6 +238,12 @@ unsafe extern "C" fn stream_write(ctx: *mut c_void, bytes: *const u8, len: usize
         _ => unsafe { std::slice::from_raw_parts(bytes, len) },
     };
     guarded(|| call.write(bytes))
+}
+
+unsafe extern "C" fn stream_cut(ctx: *mut c_void) -> i32 {
+    // SAFETY: as above.
+    let call = unsafe { &mut *(ctx as *mut Call) };
+    guarded(|| call.cut())
 }
 
 /// The body of a streamed answer, as hyper reads it.
