@@ -45,7 +45,8 @@ enum Command {
     /// Exit 0 if the running service answers 200 on /readyz (for Docker's HEALTHCHECK).
     Healthcheck(HealthArgs),
     /// Write a new app into DIR: the handler, configs for dev and production, a Dockerfile,
-    /// a README, and this version's SDK (Rust) or header (C). It builds with no registry.
+    /// a README, and this version's SDK (Rust) or header (C), which build with no registry;
+    /// or a WSGI app (Python) with its requirements.txt.
     New(NewArgs),
     /// Write this version's app SDK (the Rust crate, and the C header in include/) into
     /// DIR, replacing one written before: run it when you upgrade the server.
@@ -98,6 +99,9 @@ struct NewArgs {
     /// The app's language.
     #[arg(long, value_enum, default_value_t = Lang::Rust)]
     lang: Lang,
+    /// With `--lang python`: a Flask app instead of plain WSGI.
+    #[arg(long)]
+    flask: bool,
 }
 
 #[derive(Args)]
@@ -133,7 +137,7 @@ pub fn try_main() -> Result<i32, Error> {
 }
 
 fn new_app(args: NewArgs) -> Result<i32, Error> {
-    let files = scaffold::new_app(&args.dir, args.name.as_deref(), args.lang)?;
+    let files = scaffold::new_app(&args.dir, args.name.as_deref(), args.lang, args.flask)?;
     let dir = args.dir.display();
     let build = args.lang.build_command();
     let mut out = format!("wrote {} files into {dir}:\n", files.len());

@@ -64,6 +64,7 @@ pub struct Counters {
     accept_paused: AtomicU64,
     accept_errors: AtomicU64,
     shed: AtomicU64,
+    written_off: AtomicU64,
     closed: [AtomicU64; Closed::ALL.len()],
 }
 
@@ -248,6 +249,7 @@ impl Recorder {
             Event::AcceptPaused => &counters.accept_paused,
             Event::AcceptError => &counters.accept_errors,
             Event::Shed => &counters.shed,
+            Event::WrittenOff => &counters.written_off,
             Event::Closed(reason) => &counters.closed[reason as usize],
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -273,6 +275,8 @@ pub enum Event {
     AcceptError,
     /// A request answered 503 at once because `max_queue` requests were waiting.
     Shed,
+    /// A pool thread stuck in the app past a deadline (and its grace) was written off.
+    WrittenOff,
     Closed(Closed),
 }
 
@@ -401,6 +405,7 @@ impl Counters {
                 &self.accept_paused,
                 &self.accept_errors,
                 &self.shed,
+                &self.written_off,
             ])
             .chain(self.closed.iter())
     }
@@ -429,6 +434,7 @@ struct Totals {
     accept_paused: u64,
     accept_errors: u64,
     shed: u64,
+    written_off: u64,
     closed: [u64; Closed::ALL.len()],
 }
 
@@ -443,6 +449,7 @@ impl Totals {
             accept_paused: 0,
             accept_errors: 0,
             shed: 0,
+            written_off: 0,
             closed: [0; Closed::ALL.len()],
         }
     }
@@ -465,6 +472,7 @@ impl Totals {
         self.accept_paused += load(&counters.accept_paused);
         self.accept_errors += load(&counters.accept_errors);
         self.shed += load(&counters.shed);
+        self.written_off += load(&counters.written_off);
         for (total, counter) in self.closed.iter_mut().zip(&counters.closed) {
             *total += load(counter);
         }
@@ -649,6 +657,11 @@ fn write_events(out: &mut Text, region: &Region, totals: &Totals) {
             "microservice_http_requests_shed_total",
             "Requests answered 503 at once because max_queue requests were waiting for a pool thread.",
             totals.shed,
+        ),
+        (
+            "microservice_pool_threads_written_off_total",
+            "Pool threads written off: still inside the app past a request's deadline (and the app's deadline grace), replaced.",
+            totals.written_off,
         ),
     ];
     for (name, help, value) in counters {

@@ -41,7 +41,19 @@ fn new_app(parent: &Path, args: &[&str]) -> (Option<i32>, String) {
 /// Serves `library` from the app directory `dir` with `--env env` (its config is found in
 /// ./config/<env>/), checks the start line's mode and answers of `/` and `/json`.
 fn serves(dir: &Path, library: &str, env: &str, threads: usize, greeting: &str) {
-    let service = Service::spawn_in(dir, &["--app", library, "--env", env], &[]);
+    serves_with(dir, library, env, threads, greeting, &[]);
+}
+
+/// `serves` with environment variables.
+fn serves_with(
+    dir: &Path,
+    library: &str,
+    env: &str,
+    threads: usize,
+    greeting: &str,
+    variables: &[(&str, &str)],
+) {
+    let service = Service::spawn_in(dir, &["--app", library, "--env", env], variables);
     service.wait_ready();
     let mode = if env == "production" {
         "production"
@@ -137,6 +149,58 @@ fn a_new_c_app_builds_with_make_and_serves_in_dev_and_production() {
     assert!(dir.join(library).is_file());
     serves(&dir, library, "dev", 1, "Hello, world!\n");
     serves(&dir, library, "production", 8, "Hello, world!\n");
+}
+
+#[test]
+fn a_new_python_app_serves_plain_and_with_flask_in_dev_and_production() {
+    python_host();
+    let parent = TempDir::new("new-python");
+    let (code, out) = new_app(&parent.0, &["--lang", "python", "hello-py"]);
+    assert_eq!(code, Some(0), "{out}");
+    let dir = parent.0.join("hello-py");
+    for file in [
+        "src/main.py",
+        "requirements.txt",
+        "config/dev/config.json",
+        "config/production/config.json",
+        "Dockerfile",
+        "README.md",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} not written:\n{out}");
+    }
+    serves(&dir, "src/main.py", "dev", 1, "Hello, world!\n");
+    serves(&dir, "src/main.py", "production", 8, "Hello, world!\n");
+    // The slow route ends at the production config's deadline (10 s) instead of 12 s.
+    let service = Service::spawn_in(&dir, &["--app", "src/main.py", "--env", "production"], &[]);
+    service.wait_ready();
+    let reply = get(service.port, "/slow?seconds=0.1").expect("a reply");
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (200, "slept 0.1 s\n")
+    );
+    assert_eq!(get(service.port, "/healthz").expect("a reply").status, 200);
+    drop(service);
+
+    // The Flask variant, with Flask from a virtualenv.
+    let (code, out) = new_app(&parent.0, &["--lang", "python", "--flask", "hello-flask"]);
+    assert_eq!(code, Some(0), "{out}");
+    let dir = parent.0.join("hello-flask");
+    let requirements = std::fs::read_to_string(dir.join("requirements.txt")).expect("file");
+    assert!(requirements.contains("flask"), "{requirements}");
+    let venv = python_venv().display().to_string();
+    let variables = [("VIRTUAL_ENV", venv.as_str())];
+    serves_with(&dir, "src/main.py", "dev", 1, "Hello, world!\n", &variables);
+    serves_with(
+        &dir,
+        "src/main.py",
+        "production",
+        8,
+        "Hello, world!\n",
+        &variables,
+    );
+    // --flask needs --lang python.
+    let (code, out) = new_app(&parent.0, &["--flask", "nope"]);
+    assert_eq!(code, Some(64), "{out}");
 }
 
 #[test]

@@ -109,6 +109,10 @@ fn requests_past_the_timeout_get_504_at_their_deadline_also_from_the_queue() {
         });
         assert_eq!(written_off, 2, "the write-off cap is `threads`");
         assert_eq!(gauge(service.port, "microservice_pool_threads"), Some(2));
+        assert_eq!(
+            counter(service.port, "microservice_pool_threads_written_off_total"),
+            2
+        );
         wait_for("a pool thread back", Duration::from_secs(10), || {
             get(service.port, "/").ok().filter(|r| r.status == 200)
         });

@@ -52,6 +52,8 @@ pub struct Settings {
     pub port: u16,
     /// `log_level`, for `logging`'s root logger.
     pub log_level: String,
+    /// Dev mode: no bytecode is written (see `start`).
+    pub dev: bool,
 }
 
 impl Settings {
@@ -84,6 +86,7 @@ impl Settings {
                 .and_then(|p| u16::try_from(p).ok())
                 .unwrap_or(80),
             log_level: value["log_level"].as_str().unwrap_or("info").to_string(),
+            dev: !production,
         })
     }
 }
@@ -108,6 +111,12 @@ pub fn start(settings: &Settings) -> Result<(), String> {
         config.install_signal_handlers = 0;
         config.parse_argv = 0;
         config.configure_c_stdio = 0;
+        // In dev a file edited within the second of the last import, to the same size,
+        // would pass for the `.pyc` written then (its check is mtime and size): the app's
+        // code is compiled afresh at each reload instead.
+        if settings.dev {
+            config.write_bytecode = 0;
+        }
         let mut status = ffi::PyStatus_Ok();
         if !executable.as_os_str().is_empty() {
             let text = CString::new(executable.as_os_str().as_encoded_bytes())
@@ -291,11 +300,13 @@ pub fn describe(py: Python<'_>, error: &PyErr) -> String {
         .name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "Exception".into());
-    let message = error
-        .value(py)
-        .str()
-        .map(|s| s.to_string())
-        .unwrap_or_default();
+    let value = error.value(py);
+    // A SyntaxError's str() repeats the place; its `msg` is the message alone.
+    let message = match error.is_instance_of::<pyo3::exceptions::PySyntaxError>(py) {
+        true => value.getattr("msg").and_then(|m| m.str()),
+        false => value.str(),
+    };
+    let message = message.map(|s| s.to_string()).unwrap_or_default();
     let mut line = match message.is_empty() {
         true => kind,
         false => format!("{kind}: {message}"),
@@ -340,7 +351,9 @@ pub fn traceback_text(py: Python<'_>, error: &PyErr) -> Option<String> {
         .import("traceback")
         .and_then(|t| t.getattr("format_exception"))
         .ok()?;
-    let lines = format.call1((error.value(py),)).ok()?;
+    let lines = format
+        .call1((error.get_type(py), error.value(py), error.traceback(py)))
+        .ok()?;
     let lines = lines.cast_into::<PyList>().ok()?;
     Some(lines.iter().map(|l| l.to_string()).collect::<String>())
 }

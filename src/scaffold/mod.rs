@@ -18,7 +18,7 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const HEADER: &str = include_str!("../../include/microservice_rust.h");
 
 /// The SDK crate: its manifest, then every file of `src/sdk/` (a test keeps the list whole).
-const SDK_FILES: [(&str, &str); 11] = [
+const SDK_FILES: [(&str, &str); 12] = [
     ("Cargo.toml", include_str!("templates/sdk/Cargo.toml")),
     ("src/lib.rs", include_str!("../sdk/lib.rs")),
     ("src/abi.rs", include_str!("../sdk/abi.rs")),
@@ -29,6 +29,7 @@ const SDK_FILES: [(&str, &str); 11] = [
     ("src/log.rs", include_str!("../sdk/log.rs")),
     ("src/metrics.rs", include_str!("../sdk/metrics.rs")),
     ("src/panics.rs", include_str!("../sdk/panics.rs")),
+    ("src/spec.rs", include_str!("../sdk/spec.rs")),
     ("src/stream.rs", include_str!("../sdk/stream.rs")),
 ];
 
@@ -37,6 +38,8 @@ const SDK_FILES: [(&str, &str); 11] = [
 pub enum Lang {
     Rust,
     C,
+    /// A WSGI app (plain, or Flask with `--flask`), served by the Python host.
+    Python,
 }
 
 impl Lang {
@@ -45,6 +48,7 @@ impl Lang {
         match self {
             Lang::Rust => "cargo build",
             Lang::C => "make",
+            Lang::Python => "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt",
         }
     }
 }
@@ -72,7 +76,15 @@ pub fn write_sdk(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 
 /// Writes a new app into `dir`, which must not exist or be empty. `name` defaults to the
 /// directory's name. Returns the files written.
-pub fn new_app(dir: &Path, name: Option<&str>, lang: Lang) -> Result<Vec<PathBuf>, Error> {
+pub fn new_app(
+    dir: &Path,
+    name: Option<&str>,
+    lang: Lang,
+    flask: bool,
+) -> Result<Vec<PathBuf>, Error> {
+    if flask && lang != Lang::Python {
+        return Err(Error::usage("--flask goes with --lang python"));
+    }
     let name = match name {
         Some(name) => name.to_owned(),
         None => dir
@@ -93,6 +105,7 @@ pub fn new_app(dir: &Path, name: Option<&str>, lang: Lang) -> Result<Vec<PathBuf
     let library = match lang {
         Lang::Rust => format!("target/debug/lib{lib}.so"),
         Lang::C => format!("build/lib{lib}.so"),
+        Lang::Python => "src/main.py".to_string(),
     };
     let files_section = match lang {
         Lang::Rust => {
@@ -105,6 +118,7 @@ pub fn new_app(dir: &Path, name: Option<&str>, lang: Lang) -> Result<Vec<PathBuf
              - `include/microservice_rust.h`: the ABI, with its rules \
              (`microservice-rust sdk DIR` writes your server's copy into DIR/include/)."
         }
+        Lang::Python => "",
     };
     let fill = |template: &str| {
         template
@@ -115,6 +129,7 @@ pub fn new_app(dir: &Path, name: Option<&str>, lang: Lang) -> Result<Vec<PathBuf
             .replace("@BUILD@", lang.build_command())
             .replace("@LIBPATH@", &library)
             .replace("@FILES@", files_section)
+            .replace("@KIND@", if flask { "Flask" } else { "plain WSGI" })
     };
     let mut files = Files::new(dir);
     match lang {
@@ -139,6 +154,25 @@ pub fn new_app(dir: &Path, name: Option<&str>, lang: Lang) -> Result<Vec<PathBuf
             files.write("include/microservice_rust.h", HEADER)?;
             files.write(".gitignore", "/build\n")?;
         }
+        Lang::Python => {
+            let (main, requirements) = match flask {
+                true => (
+                    include_str!("templates/python/flask_main.py"),
+                    "flask>=3,<4\n",
+                ),
+                false => (
+                    include_str!("templates/python/main.py"),
+                    "# The app's packages, one per line (pip's format); plain WSGI needs none.\n",
+                ),
+            };
+            files.write("src/main.py", &fill(main))?;
+            files.write("requirements.txt", requirements)?;
+            files.write(
+                "Dockerfile",
+                &fill(include_str!("templates/python/Dockerfile")),
+            )?;
+            files.write(".gitignore", "__pycache__/\n/.venv\n")?;
+        }
     }
     files.write(
         "config/dev/config.json",
@@ -149,7 +183,11 @@ pub fn new_app(dir: &Path, name: Option<&str>, lang: Lang) -> Result<Vec<PathBuf
         "{ \"mode\": \"production\", \"threads\": 8, \"request_timeout_s\": 10, \
          \"greeting\": \"Hello\" }\n",
     )?;
-    files.write("README.md", &fill(include_str!("templates/README.md")))?;
+    let readme = match lang {
+        Lang::Python => include_str!("templates/python/README.md"),
+        _ => include_str!("templates/README.md"),
+    };
+    files.write("README.md", &fill(readme))?;
     Ok(files.written)
 }
 

@@ -45,6 +45,11 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// Counts an event of the worker's (one that has no access line of its own).
+    pub fn count(&self, event: crate::metrics::Event) {
+        self.metrics.count(event);
+    }
+
     pub fn new(metrics: Recorder, lines: Arc<Lines>) -> Ledger {
         Ledger {
             metrics,

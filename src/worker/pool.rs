@@ -51,7 +51,7 @@ use super::loader::LoadedApp;
 use super::status::StatusPipe;
 use super::stream::Call;
 use crate::control;
-use crate::metrics::Gauges;
+use crate::metrics::{Event, Gauges};
 use crate::say;
 
 /// How long a thread gathering a batch waits at a time before it looks whether the worker
@@ -537,6 +537,7 @@ impl Shared {
             self.written_off.fetch_sub(1, Ordering::AcqRel);
             return true;
         }
+        self.ledger.count(Event::WrittenOff);
         if let Err(e) = self.spawn_thread() {
             say!("cannot start a thread to replace one stuck in the app: {e}");
         }

@@ -42,6 +42,63 @@ pub fn libraries() -> &'static Path {
     })
 }
 
+/// Builds the Python host once per test binary (Debian's python3-dev and libpython3-dev);
+/// it lands beside the binary, where the server looks for it.
+pub fn python_host() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--quiet", "-p", "microservice-rust-python"])
+                .current_dir(root())
+                .status()
+                .expect("running cargo to build the Python host");
+            assert!(
+                status.success(),
+                "building the Python host failed (it needs python3-dev and libpython3-dev)"
+            );
+            libraries().join("libmicroservice_rust_python.so")
+        })
+        .clone()
+}
+
+/// The tests' virtualenv (Flask), which `make python-env` makes.
+pub fn python_venv() -> PathBuf {
+    let venv = root().join("target/python-venv");
+    assert!(
+        venv.join("done").exists(),
+        "no virtualenv in {}: run `make python-env` (make test does)",
+        venv.display()
+    );
+    venv
+}
+
+/// A Python test app in tests/apps/python/.
+pub fn python_app(file: &str) -> PathBuf {
+    root().join("tests/apps/python").join(file)
+}
+
+/// A file in `dir` whose `app` is `callable` of `file` wrapped in wsgiref.validate's
+/// validator, with warnings made errors: whatever breaks PEP 3333, the app's or the
+/// server's, is then a 500 and a line in the log.
+pub fn validated(dir: &TempDir, file: &Path, callable: &str) -> PathBuf {
+    let file = file.display();
+    dir.write(
+        "validated.py",
+        &format!(
+            "import importlib.util, os, sys, warnings\n\
+             from wsgiref.validate import validator\n\
+             warnings.simplefilter('error')\n\
+             sys.path.insert(0, os.path.dirname('{file}'))\n\
+             spec = importlib.util.spec_from_file_location('wrapped', '{file}')\n\
+             wrapped = importlib.util.module_from_spec(spec)\n\
+             sys.modules['wrapped'] = wrapped\n\
+             spec.loader.exec_module(wrapped)\n\
+             app = validator(wrapped.{callable})\n"
+        ),
+    )
+}
+
 pub fn example_lib() -> PathBuf {
     libraries().join("libexample_rum_counter.so")
 }
