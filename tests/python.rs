@@ -457,8 +457,8 @@ fn a_request_past_its_deadline_gets_its_504_and_its_python_thread_back() {
 #[test]
 fn a_thread_stuck_past_the_grace_is_written_off_as_for_native_apps() {
     let _serial = serial();
-    // Code that swallows the exception and carries on in C (a sleep of its own): the
-    // host's grace (2 s) passes and the worker writes the thread off.
+    // A thread stuck in C (select.select, which no exception reaches): the host's grace
+    // (2 s) passes and the worker writes the thread off.
     let dir = TempDir::new("pystuck");
     let file = dir.write(
         "stuck.py",
@@ -468,14 +468,20 @@ fn a_thread_stuck_past_the_grace_is_written_off_as_for_native_apps() {
          \x20   start_response('200 OK', [('Content-Type', 'text/plain')])\n\
          \x20   return [b'late']\n",
     );
-    let served = Served::start_app(
-        &file,
-        "app",
-        r#"{"mode": "production", "threads": 2, "request_timeout_s": 1}"#,
-        false,
-        &[],
-    );
-    let port = served.port();
+    for validated in [false, true] {
+        let served = Served::start_app(
+            &file,
+            "app",
+            r#"{"mode": "production", "threads": 2, "request_timeout_s": 1}"#,
+            validated,
+            &[],
+        );
+        written_off_after_the_grace(served.port());
+        served.assert_no_warnings();
+    }
+}
+
+fn written_off_after_the_grace(port: u16) {
     let start = Instant::now();
     let reply = get(port, "/").expect("a reply");
     assert_eq!(reply.status, 504);
@@ -494,7 +500,14 @@ fn a_thread_stuck_past_the_grace_is_written_off_as_for_native_apps() {
 #[test]
 fn cancelled_turns_true_when_the_client_leaves() {
     let _serial = serial();
-    let served = Served::start(r#"{"mode": "dev"}"#, false);
+    for validated in [false, true] {
+        let served = Served::start(r#"{"mode": "dev"}"#, validated);
+        client_leaves(&served);
+        served.assert_no_warnings();
+    }
+}
+
+fn client_leaves(served: &Served) {
     let port = served.port();
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream
@@ -516,8 +529,25 @@ fn cancelled_turns_true_when_the_client_leaves() {
 #[test]
 fn production_runs_threads_python_threads_and_dev_one() {
     let _serial = serial();
+    for validated in [false, true] {
+        let served = Served::start(r#"{"mode": "production", "threads": 4}"#, validated);
+        threads_at_once(&served);
+        served.assert_no_warnings();
+    }
+    let served = Served::start(r#"{"mode": "dev"}"#, true);
+    let results = parallel_gets(served.port(), "/sleep/0.5", 3);
+    for (i, (time, _)) in results.iter().enumerate() {
+        let ideal = 0.5 * (i + 1) as f64;
+        assert!(
+            (time - ideal).abs() <= TOLERANCE_S,
+            "answer {i} at {time:.2}s"
+        );
+    }
+    served.assert_no_warnings();
+}
+
+fn threads_at_once(served: &Served) {
     // time.sleep lets the GIL go: 4 sleeps of 1 s on 4 threads end together.
-    let served = Served::start(r#"{"mode": "production", "threads": 4}"#, false);
     let results = parallel_gets(served.port(), "/sleep/1", 4);
     let times: Vec<f64> = results.iter().map(|(t, _)| *t).collect();
     assert!(results.iter().all(|(_, r)| r.status == 200), "{times:?}");
@@ -539,16 +569,6 @@ fn production_runs_threads_python_threads_and_dev_one() {
         start.elapsed()
     );
     assert_eq!(busy.join().expect("the busy request").status, 200);
-    drop(served);
-    let served = Served::start(r#"{"mode": "dev"}"#, false);
-    let results = parallel_gets(served.port(), "/sleep/0.5", 3);
-    for (i, (time, _)) in results.iter().enumerate() {
-        let ideal = 0.5 * (i + 1) as f64;
-        assert!(
-            (time - ideal).abs() <= TOLERANCE_S,
-            "answer {i} at {time:.2}s"
-        );
-    }
 }
 
 #[test]
@@ -612,8 +632,12 @@ fn apps_are_named_by_file_callable_factory_or_module() {
         ("make_app()", "made by make_app()"),
         ("other", "the callable named other"),
     ] {
-        let served = Served::start_app(&factory, callable, r#"{"mode": "dev"}"#, false, &[]);
-        assert_eq!(get(served.port(), "/").expect("a reply").text(), body);
+        for validated in [false, true] {
+            let served =
+                Served::start_app(&factory, callable, r#"{"mode": "dev"}"#, validated, &[]);
+            assert_eq!(fetch(served.port(), "/").text(), body);
+            served.assert_no_warnings();
+        }
     }
     // No callable named: `app`, else `application`.
     python_host();
@@ -915,23 +939,41 @@ fn dev_reloads_an_edited_py_file_within_a_second_with_no_refused_connection() {
 }
 
 /// The Python example, served from its directory with `--env env` and Flask from the
-/// tests' virtualenv.
-fn python_example(env: &str) -> Service {
+/// tests' virtualenv; `validated`: under wsgiref's validator (the wrapper's directory
+/// lives as long as the service).
+fn python_example(env: &str, validated: bool) -> (Service, TempDir) {
     python_host();
     let venv = python_venv().display().to_string();
     let dir = root().join("example-rum-counter-python");
+    let wrapper = TempDir::new("pyexample");
+    let app = match validated {
+        true => support::validated(&wrapper, &dir.join("src/main.py"), "app"),
+        false => dir.join("src/main.py"),
+    };
     let service = Service::spawn_in(
         &dir,
-        &["--app", "src/main.py", "--env", env],
+        &["--app", app.to_str().expect("utf-8"), "--env", env],
         &[("VIRTUAL_ENV", &venv)],
     );
     service.wait_ready();
-    service
+    (service, wrapper)
 }
 
 #[test]
 fn the_python_example_answers_as_the_rust_one_does() {
-    let service = python_example("dev");
+    for validated in [false, true] {
+        let (service, _wrapper) = python_example("dev", validated);
+        example_answers(&service);
+        let bad: Vec<String> = service
+            .log_lines()
+            .into_iter()
+            .filter(|l| l.contains("Warning") || l.contains("AssertionError"))
+            .collect();
+        assert!(bad.is_empty(), "validated {validated}: {bad:#?}");
+    }
+}
+
+fn example_answers(service: &Service) {
     let port = service.port;
     let reply = get(port, "/").expect("a reply");
     assert_eq!((reply.status, reply.text().as_str()), (200, "OK"));
@@ -943,11 +985,14 @@ fn the_python_example_answers_as_the_rust_one_does() {
     let reply = post(port, "/drink/ann/4", b"").expect("a reply");
     assert_eq!(reply.status, 403);
     wait_for("the refusal's warning", Duration::from_secs(5), || {
-        logged(&service, "app: warn: rum-counter: refused 4 rum(s) to ann: 2 drunk, the limit is 5")
-            .then_some(())
+        logged(
+            service,
+            "app: warn: rum-counter: refused 4 rum(s) to ann: 2 drunk, the limit is 5",
+        )
+        .then_some(())
     });
-    let report: Value = serde_json::from_slice(&get(port, "/report").expect("a reply").body)
-        .expect("JSON");
+    let report: Value =
+        serde_json::from_slice(&get(port, "/report").expect("a reply").body).expect("JSON");
     assert_eq!(
         report,
         serde_json::json!({"rums_limit": 5, "total": 2, "users": {"ann": 2}})
@@ -962,26 +1007,35 @@ fn the_python_example_answers_as_the_rust_one_does() {
     let text = reply.text();
     for n in 1..=3 {
         assert!(
-            text.contains(&format!("event: tick\nid: {n}\ndata: {{\"event\":{n},\"of\":3}}\n\n")),
+            text.contains(&format!(
+                "event: tick\nid: {n}\ndata: {{\"event\":{n},\"of\":3}}\n\n"
+            )),
             "{text}"
         );
     }
     let metrics = get(port, "/metrics").expect("a reply").text();
-    assert!(metrics.contains("rums_drunk_total{user=\"ann\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("rums_drunk_total{user=\"ann\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[test]
 fn the_python_example_serves_one_at_a_time_in_dev_and_four_in_production() {
     let _serial = serial();
     let near = |time: f64, ideal: f64| (time - ideal).abs() <= TOLERANCE_S;
-    let service = python_example("dev");
+    let (service, _dir) = python_example("dev", false);
     let results = parallel_gets(service.port, "/delay/1", 4);
     for (i, (time, reply)) in results.iter().enumerate() {
         assert!(reply.text().contains("rnd="), "{}", reply.text());
-        assert!(near(*time, (i + 1) as f64), "answer {} at {time:.2}s", i + 1);
+        assert!(
+            near(*time, (i + 1) as f64),
+            "answer {} at {time:.2}s",
+            i + 1
+        );
     }
     drop(service);
-    let service = python_example("production");
+    let (service, _dir) = python_example("production", false);
     let results = parallel_gets(service.port, "/delay/1", 11);
     let times: Vec<f64> = results.iter().map(|(t, _)| *t).collect();
     assert!(results.iter().all(|(_, r)| r.text().contains("rnd=")));
