@@ -40,8 +40,18 @@ pub struct Deadlines {
 }
 
 struct Shared {
-    running: Mutex<Vec<Running>>,
+    inside: Mutex<Inside>,
     changed: Condvar,
+}
+
+/// The requests inside the app, and when the `deadlines` thread wakes next.
+#[derive(Default)]
+struct Inside {
+    requests: Vec<Running>,
+    next_key: u64,
+    /// What the `deadlines` thread sleeps until (`None`: until a request comes); a request
+    /// due later needs no wake-up, so most requests wake nobody.
+    wakes_at: Option<Instant>,
 }
 
 /// A request inside the app with a deadline.
@@ -114,7 +124,7 @@ impl Deadlines {
         // The exception type, made now so that the thread never has to.
         let _ = py.get_type::<DeadlineExceeded>();
         let shared = Arc::new(Shared {
-            running: Mutex::new(Vec::new()),
+            inside: Mutex::new(Inside::default()),
             changed: Condvar::new(),
         });
         let enforcing = shared.clone();
@@ -128,29 +138,33 @@ impl Deadlines {
     /// A request with a deadline enters the app on this thread (the GIL held).
     pub fn enter(&self, _py: Python<'_>, at: Instant) -> Entered {
         let interrupt = Arc::new(Interrupt::default());
-        let mut running = self.shared.lock();
-        let key = running.iter().map(|r| r.key + 1).max().unwrap_or(0);
-        running.push(Running {
+        let mut inside = self.shared.lock();
+        let key = inside.next_key;
+        inside.next_key = key.wrapping_add(1);
+        inside.requests.push(Running {
             key,
             thread: this_thread(),
             at,
             raised: false,
             interrupt: interrupt.clone(),
         });
-        drop(running);
-        self.shared.changed.notify_one();
+        let wake = inside.wakes_at.is_none_or(|next| at < next);
+        drop(inside);
+        if wake {
+            self.shared.changed.notify_one();
+        }
         Entered { key, interrupt }
     }
 
     /// The request leaves the app (the GIL held): an exception raised for it and not yet
     /// delivered is taken back. `true` when its deadline passed inside the app.
     pub fn leave(&self, _py: Python<'_>, entered: Entered) -> bool {
-        let mut running = self.shared.lock();
-        let Some(index) = running.iter().position(|r| r.key == entered.key) else {
+        let mut inside = self.shared.lock();
+        let Some(index) = inside.requests.iter().position(|r| r.key == entered.key) else {
             return false;
         };
-        let left = running.swap_remove(index);
-        drop(running);
+        let left = inside.requests.swap_remove(index);
+        drop(inside);
         if left.raised {
             take_back(left.thread);
         }
@@ -165,8 +179,8 @@ pub fn take_back(thread: c_ulong) {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Vec<Running>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Inside> {
+        self.inside.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The `deadlines` thread: sleeps until the next deadline, then raises.
@@ -179,22 +193,25 @@ impl Shared {
     }
 
     fn wait_for_one_due(&self) {
-        let mut running = self.lock();
+        let mut inside = self.lock();
         loop {
             let now = Instant::now();
-            let next = running.iter().filter(|r| !r.raised).map(|r| r.at).min();
-            running = match next {
+            let next = inside
+                .requests
+                .iter()
+                .filter(|r| !r.raised)
+                .map(|r| r.at)
+                .min();
+            inside.wakes_at = next;
+            inside = match next {
                 Some(at) if at <= now => return,
                 Some(at) => {
                     self.changed
-                        .wait_timeout(running, at - now)
+                        .wait_timeout(inside, at - now)
                         .unwrap_or_else(|p| p.into_inner())
                         .0
                 }
-                None => self
-                    .changed
-                    .wait(running)
-                    .unwrap_or_else(|p| p.into_inner()),
+                None => self.changed.wait(inside).unwrap_or_else(|p| p.into_inner()),
             };
         }
     }
@@ -202,8 +219,12 @@ impl Shared {
     fn raise_due(&self, py: Python<'_>) {
         let exception = py.get_type::<DeadlineExceeded>();
         let now = Instant::now();
-        let mut running = self.lock();
-        for request in running.iter_mut().filter(|r| !r.raised && r.at <= now) {
+        let mut inside = self.lock();
+        for request in inside
+            .requests
+            .iter_mut()
+            .filter(|r| !r.raised && r.at <= now)
+        {
             // SAFETY: the GIL is held; the thread is inside the app (it leaves only after
             // taking the lock held here), and the exception type lives in the module.
             unsafe { ffi::PyThreadState_SetAsyncExc(request.thread as _, exception.as_ptr()) };
