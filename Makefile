@@ -14,7 +14,7 @@ VENV := target/python-venv
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
-.PHONY: build python python-env run test lint bench bench-slowloris bench-compare image test-docker clean help
+.PHONY: build python python-env run test lint bench bench-slowloris bench-compare bench-python image image-python test-docker clean help
 
 .DEFAULT_GOAL := build
 
@@ -54,6 +54,9 @@ bench-slowloris: ## Only the slowloris part: trickling heads, then bodies (~3 mi
 bench-compare: ## This build beside BEFORE=REV, both at once on one core (~5 min): bench/COMPARE.md
 	BEFORE="$(BEFORE)" python3 bench/compare.py
 
+bench-python: ## Python WSGI servers beside the Python host, Flask and plain WSGI (~25 min): bench/PYTHON.md
+	python3 bench/python.py $(BENCH_ARGS)
+
 image: ## Images microservice-rust and example-rum-counter, from a release build (no registry)
 	$(CARGO) build --release -p microservice-rust -p example-rum-counter
 	bash docker/rootfs.sh
@@ -65,7 +68,21 @@ image: ## Images microservice-rust and example-rum-counter, from a release build
 	@docker images --format '{{.Repository}}:{{.Tag}}  {{.Size}}' microservice-rust
 	@docker images --format '{{.Repository}}:{{.Tag}}  {{.Size}}' example-rum-counter
 
-test-docker: image ## `make image`, then the images in a real Docker engine; check docker/examples
+# CA certificates the Python image trusts beside Debian's (*.crt in this directory), for
+# pip behind a TLS-intercepting proxy, e.g. EXTRA_CAS=/usr/local/share/ca-certificates.
+# Empty by default: an image to ship trusts Debian's alone.
+EXTRA_CAS ?=
+
+image-python: ## Images microservice-rust-python and example-rum-counter-python: Debian's python3, no registry (root)
+	PYO3_PYTHON=$(PYTHON) $(CARGO) build --release -p microservice-rust -p microservice-rust-python
+	EXTRA_CAS="$(EXTRA_CAS)" bash docker/python/rootfs.sh
+	docker build -q --network host -t microservice-rust-python:$(VERSION) -t microservice-rust-python \
+		--build-arg VERSION=$(VERSION) docker/python
+	docker build -q --network host -t example-rum-counter-python example-rum-counter-python
+	@docker images --format '{{.Repository}}:{{.Tag}}  {{.Size}}' microservice-rust-python
+	@docker images --format '{{.Repository}}:{{.Tag}}  {{.Size}}' example-rum-counter-python
+
+test-docker: image image-python ## `make image image-python`, then the images in a real Docker engine; check docker/examples
 	python3 tests/docker_test.py
 	bash docker/examples/check.sh
 

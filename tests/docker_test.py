@@ -21,6 +21,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 BINARY = os.path.join(ROOT, "target", "release", "microservice-rust")
 IMAGE = "example-rum-counter"
 BASE = "microservice-rust"
+PYTHON_IMAGE = "example-rum-counter-python"
+PYTHON_BASE = "microservice-rust-python"
 TOLERANCE_S = 0.45
 CONTAINERS = []
 
@@ -108,8 +110,8 @@ def near(actual, ideal):
     return abs(actual - ideal) <= TOLERANCE_S
 
 
-def test_dev_answers_one_request_at_a_time():
-    _, port = run_container()
+def answers_one_request_at_a_time(image):
+    _, port = run_container(image=image)
     results = parallel_gets(port, "/delay/1", 4)
     times = [round(t, 2) for t, _, _ in results]
     assert all(s == 200 and "rnd=" in b for _, s, b in results), results
@@ -118,8 +120,8 @@ def test_dev_answers_one_request_at_a_time():
     return f"answers at {times} s"
 
 
-def test_production_answers_in_batches_of_4():
-    _, port = run_container("--env", "production")
+def answers_in_batches_of_4(image):
+    _, port = run_container("--env", "production", image=image)
     results = parallel_gets(port, "/delay/1", 11)
     times = [round(t, 2) for t, _, _ in results]
     assert all(s == 200 and "rnd=" in b for _, s, b in results), results
@@ -127,6 +129,25 @@ def test_production_answers_in_batches_of_4():
         got = sum(1 for t in times if near(t, batch))
         assert got == size, f"{got} answers near {batch}s; all {times}"
     return f"answers at {times} s"
+
+
+def test_dev_answers_one_request_at_a_time():
+    return answers_one_request_at_a_time(IMAGE)
+
+
+def test_production_answers_in_batches_of_4():
+    return answers_in_batches_of_4(IMAGE)
+
+
+def test_python_dev_serves_the_app_from_its_conventional_place_one_request_at_a_time():
+    detail = answers_one_request_at_a_time(PYTHON_IMAGE)
+    serving = "serving /opt/example-rum-counter-python/src/main.py"
+    assert serving in logs(CONTAINERS[-1]), logs(CONTAINERS[-1])
+    return f"{serving} with no app named; {detail}"
+
+
+def test_python_production_answers_in_batches_of_4():
+    return answers_in_batches_of_4(PYTHON_IMAGE)
 
 
 def test_the_environment_variable_selects_production_too():
@@ -140,7 +161,15 @@ def test_the_environment_variable_selects_production_too():
 
 
 def test_the_base_image_default_config_is_the_last_fallback():
-    report = json.loads(docker("run", "--rm", "--network", "host", BASE, "check-config"))
+    return default_config_is_the_last_fallback(BASE)
+
+
+def test_the_python_base_image_default_config_is_the_last_fallback():
+    return default_config_is_the_last_fallback(PYTHON_BASE)
+
+
+def default_config_is_the_last_fallback(base):
+    report = json.loads(docker("run", "--rm", "--network", "host", base, "check-config"))
     assert report["source"] == "/etc/microservice-rust/config.json", report
     with open(os.path.join(os.path.dirname(__file__), "..", "config.json")) as f:
         shipped = json.load(f)
@@ -150,16 +179,24 @@ def test_the_base_image_default_config_is_the_last_fallback():
     # The shipped config leaves the mode to the environment, which is dev by default.
     assert shipped["mode"] is None, shipped["mode"]
     assert (config["mode"], report["mode_from"]) == ("dev", "from the environment `dev`"), report
-    return ("check-config in the base image reads /etc/microservice-rust/config.json; "
+    return (f"check-config in {base} reads /etc/microservice-rust/config.json; "
             "mode dev from the environment")
 
 
-def test_docker_reports_healthy_on_a_port_given_on_the_command_line():
-    name, _ = run_container()
+def reports_healthy(image):
+    name, _ = run_container(image=image)
     started = time.monotonic()
     wait_for("healthy", 30,
              lambda: docker("inspect", "-f", "{{.State.Health.Status}}", name) == "healthy")
     return f"healthy after {time.monotonic() - started:.1f}s (HEALTHCHECK interval 5s)"
+
+
+def test_docker_reports_healthy_on_a_port_given_on_the_command_line():
+    return reports_healthy(IMAGE)
+
+
+def test_python_docker_reports_healthy():
+    return reports_healthy(PYTHON_IMAGE)
 
 
 def mounted_config(config):
@@ -180,8 +217,8 @@ def test_docker_reports_healthy_on_a_port_given_by_the_config():
     return f"port {port} from the config; healthy after {time.monotonic() - started:.1f}s"
 
 
-def test_docker_stop_lets_a_slow_request_finish_and_exits_0():
-    name, port = run_container()
+def stop_lets_a_slow_request_finish_and_exits_0(image):
+    name, port = run_container(image=image)
     outcome = {}
 
     def slow():
@@ -200,6 +237,14 @@ def test_docker_stop_lets_a_slow_request_finish_and_exits_0():
     assert code == "0", f"exit code {code}"
     assert stopped < 10, f"docker stop took {stopped:.1f}s"
     return f"slow request 200, exit 0, docker stop took {stopped:.1f}s"
+
+
+def test_docker_stop_lets_a_slow_request_finish_and_exits_0():
+    return stop_lets_a_slow_request_finish_and_exits_0(IMAGE)
+
+
+def test_python_docker_stop_lets_a_slow_request_finish_and_exits_0():
+    return stop_lets_a_slow_request_finish_and_exits_0(PYTHON_IMAGE)
 
 
 def test_the_watchdog_replaces_a_hung_worker_in_the_container():
@@ -223,8 +268,8 @@ def test_the_watchdog_replaces_a_hung_worker_in_the_container():
     return f"replaced {replaced:.1f}s after the hang; the container stays up"
 
 
-def test_pid_1_is_the_supervisor_running_as_the_unprivileged_user():
-    name, _ = run_container()
+def pid_1_is_the_supervisor_running_as_the_unprivileged_user(image):
+    name, _ = run_container(image=image)
     host_pid = docker("inspect", "-f", "{{.State.Pid}}", name)
     with open(f"/proc/{host_pid}/status") as f:
         status = dict(line.split(":", 1) for line in f if ":" in line)
@@ -239,6 +284,33 @@ def test_pid_1_is_the_supervisor_running_as_the_unprivileged_user():
             uid = [line for line in f if line.startswith("Uid:")][0].split()[1]
         assert uid == "10001", f"worker {child} runs as {uid}"
     return f"PID 1 is {' '.join(command).strip()}, uid 10001; {len(children)} worker(s) uid 10001"
+
+
+def test_pid_1_is_the_supervisor_running_as_the_unprivileged_user():
+    return pid_1_is_the_supervisor_running_as_the_unprivileged_user(IMAGE)
+
+
+def test_python_pid_1_is_the_supervisor_running_as_the_unprivileged_user():
+    return pid_1_is_the_supervisor_running_as_the_unprivileged_user(PYTHON_IMAGE)
+
+
+def test_the_python_image_python_is_the_hosts_and_the_user_owns_the_virtualenv():
+    """The Python host was built against libpython3.11: the image must resolve every library
+    it links, its python must be 3.11, and pip must install into /opt/venv as the user the
+    image runs as (no `USER root`)."""
+    host = "/usr/local/lib/microservice-rust/libmicroservice_rust_python.so"
+    linked = docker("run", "--rm", "--network", "host", "--entrypoint", "ldd", PYTHON_IMAGE, host)
+    assert "not found" not in linked and "libpython3.11.so.1.0 => /" in linked, linked
+    script = ("import os, sys, sysconfig, flask; "
+              "print('%d.%d' % sys.version_info[:2], sys.prefix, os.stat(sys.prefix).st_uid, "
+              "os.access(sysconfig.get_path('purelib'), os.W_OK), flask.__file__)")
+    out = docker("run", "--rm", "--network", "host", "--entrypoint", "python", PYTHON_IMAGE,
+                 "-c", script)
+    version, prefix, uid, writable, flask = out.split()
+    assert (version, prefix, uid, writable) == ("3.11", "/opt/venv", "10001", "True"), out
+    assert flask.startswith("/opt/venv/lib/python3.11/site-packages/flask/"), out
+    return (f"the host's libraries resolve (libpython3.11.so.1.0); python {version}; "
+            "/opt/venv owned and writable by 10001, Flask in it")
 
 
 def files_under(top):
@@ -303,8 +375,10 @@ def test_a_new_app_builds_against_the_base_image_sdk_and_serves_from_its_dockerf
 
 def test_image_sizes():
     sizes = {image: int(docker("image", "inspect", "-f", "{{.Size}}", image))
-             for image in (BASE, IMAGE)}
+             for image in (BASE, IMAGE, PYTHON_BASE, PYTHON_IMAGE)}
     assert sizes[BASE] < 20 * 1024 * 1024, sizes
+    # Debian minbase (about 75 MB) with python3 (about 50) and the virtualenv's pip (25).
+    assert sizes[PYTHON_BASE] < 200 * 1024 * 1024, sizes
     return ", ".join(f"{image} {size / 1e6:.1f} MB" for image, size in sizes.items())
 
 
