@@ -21,7 +21,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,8 @@ pub struct Context {
     /// Requests read and not yet answered.
     in_flight: AtomicUsize,
     ids: RequestIds,
+    /// Requests left before the I/O thread tries [`spin_for_answer`] again.
+    spin_skips: AtomicU32,
 }
 
 struct Limits {
@@ -99,6 +101,7 @@ impl Context {
             phase: watch::Sender::new(Phase::Serving),
             in_flight: AtomicUsize::new(0),
             ids: RequestIds::new(),
+            spin_skips: AtomicU32::new(0),
         }
     }
 
@@ -329,7 +332,7 @@ impl Context {
             request,
         };
         let spun = match self.connections.open() {
-            1 => spin_for_answer(&mut reply),
+            1 => self.spin(&mut reply),
             _ => None,
         };
         let answered = match spun {
@@ -355,6 +358,24 @@ impl Context {
             Err(()) if request.is_late() => self.timed_out(request),
             Err(()) => Reply::text(503, "shutting down\n"),
         }
+    }
+
+    /// [`spin_for_answer`] while it pays: an answer that took longer than [`SPIN_PAYS`] (or
+    /// did not come in [`SPIN_FOR`]) cost the I/O thread more than the wake-up it saved, so
+    /// the next [`SPIN_SKIPS`] requests wait asleep (a slow app, a Python app) and the spin
+    /// is tried again after them.
+    fn spin(&self, reply: &mut oneshot::Receiver<Answer>) -> Option<Result<Answer, ()>> {
+        let skips = self.spin_skips.load(Ordering::Relaxed);
+        if skips > 0 {
+            self.spin_skips.store(skips - 1, Ordering::Relaxed);
+            return None;
+        }
+        let started = Instant::now();
+        let spun = spin_for_answer(reply);
+        if spun.is_none() || started.elapsed() > SPIN_PAYS {
+            self.spin_skips.store(SPIN_SKIPS, Ordering::Relaxed);
+        }
+        spun
     }
 
     /// The 504 of a request whose deadline passed, counted and logged.
@@ -514,6 +535,11 @@ impl BodyFault {
 /// How long the I/O thread of a worker with one connection looks for an answer before it
 /// sleeps; see [`spin_for_answer`].
 const SPIN_FOR: Duration = Duration::from_micros(50);
+/// An answer found by spinning later than this cost more than a wake-up (a few µs of system
+/// calls and context switches on both threads) would have.
+const SPIN_PAYS: Duration = Duration::from_micros(15);
+/// How many requests wait asleep after a spin that did not pay.
+const SPIN_SKIPS: u32 = 64;
 
 /// With one connection open, the I/O thread has nothing else to do while the pool works:
 /// it looks for the answer for up to [`SPIN_FOR`] instead of sleeping, so the pool thread
