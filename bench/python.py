@@ -68,12 +68,13 @@ import shlex
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+import measure
 
 SERVER_KEYS = ("gunicorn-sync", "gunicorn-gthread", "granian", "uwsgi", "waitress",
                "apache", "microservice-rust")
@@ -149,7 +150,6 @@ PYTHON_HOST_PACKAGE = "microservice-rust-python"
 VENV = os.path.join(TARGET, "bench-python-venv")
 SYSTEM_PYTHON = "/usr/bin/python3"
 MOD_WSGI = "/usr/lib/apache2/modules/mod_wsgi.so"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 NAMES = {"gunicorn-sync": "gunicorn sync", "gunicorn-gthread": "gunicorn gthread",
          "granian": "Granian", "uwsgi": "uWSGI",
@@ -514,23 +514,21 @@ class Server:
             text = text.replace(value, name)
         return text
 
-    def log_tail(self, lines=8):
+    def log_text(self):
+        """What the server wrote: its output and, for Apache, its error log."""
         text = ""
         for path in (self.log_path, os.path.join(self.dir, "error.log")):
             try:
                 text += open(path, errors="replace").read()
             except OSError:
                 pass
-        return "\n".join(text.strip().splitlines()[-lines:])
+        return text
+
+    def log_tail(self, lines=8):
+        return "\n".join(self.log_text().strip().splitlines()[-lines:])
 
     def log_lines(self, *words):
-        text = ""
-        for path in (self.log_path, os.path.join(self.dir, "error.log")):
-            try:
-                text += open(path, errors="replace").read()
-            except OSError:
-                pass
-        return [l.strip() for l in text.splitlines()
+        return [l.strip() for l in self.log_text().splitlines()
                 if any(w.lower() in l.lower() for w in words)]
 
     def ready(self, limit=60):
@@ -571,17 +569,8 @@ class Server:
                 if pid in table}
 
     def cpu_seconds(self):
-        """utime + stime of every process of the tree; a process's line of
-        /proc/PID/stat sums its threads, exited ones too."""
-        ticks = 0
-        for pid in self.processes():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rpartition(")")[2].split()
-                ticks += int(fields[11]) + int(fields[12])
-            except (OSError, IndexError, ValueError):
-                pass
-        return ticks / CLOCK_TICKS
+        """utime + stime of every process of the tree, all threads included."""
+        return measure.cpu_seconds(self.processes())
 
     def memory(self):
         """RSS and PSS (KiB, summed over the tree), processes, threads."""
@@ -692,58 +681,24 @@ def get(port, path="/", timeout=5):
 
 # --- Throughput and latency --------------------------------------------------------------
 
-def wrk(server, path, connections, duration, measure=True):
+def wrk(server, path, connections, duration, warm_up=False):
     """One bounded wrk run; returns req/s, p50 and p99 (ms), the server's CPU µs per
     completed request, socket errors and non-2xx answers."""
     threads = 1 if connections == 1 else 2
-    cpu_before = server.cpu_seconds() if measure else 0.0
+    cpu_before = 0.0 if warm_up else server.cpu_seconds()
     run = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
          "--timeout", "5s", f"http://127.0.0.1:{server.port}{path}"],
         capture_output=True, text=True, timeout=duration + 30)
-    cpu = server.cpu_seconds() - cpu_before if measure else 0.0
-    result = {"rps": 0.0, "p50": None, "p99": None, "cpu_us": None, "requests": 0,
-              "socket_errors": 0, "non_2xx": 0}
-    for line in run.stdout.splitlines():
-        words = line.split()
-        if line.startswith("Requests/sec:"):
-            result["rps"] = float(words[1])
-        elif len(words) >= 3 and words[1:3] == ["requests", "in"]:
-            result["requests"] = int(words[0])
-        elif len(words) == 2 and words[0] in ("50%", "99%"):
-            result["p" + words[0][:-1]] = milliseconds(words[1])
-        elif line.strip().startswith("Socket errors:"):
-            result["socket_errors"] += sum(int(w.strip(",")) for w in words
-                                           if w.strip(",").isdigit())
-        elif line.strip().startswith("Non-2xx"):
-            result["non_2xx"] += int(words[-1])
-    if result["requests"]:
-        result["cpu_us"] = cpu * 1e6 / result["requests"]
-    return result
-
-
-def milliseconds(text):
-    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * factor
-    return float(text)
-
-
-def median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+    cpu = 0.0 if warm_up else server.cpu_seconds() - cpu_before
+    return measure.parse(run.stdout, cpu)
 
 
 def summarize(runs):
     return {
-        "rps": median(r["rps"] for r in runs),
-        "p50": median(r["p50"] for r in runs),
-        "p99": median(r["p99"] for r in runs),
-        "cpu_us": median(r["cpu_us"] for r in runs),
+        **measure.medians(runs),
         "socket_errors": sum(r["socket_errors"] for r in runs),
         "non_2xx": sum(r["non_2xx"] for r in runs),
-        "runs": [round(r["rps"]) for r in runs],
-        "cpu_runs": [None if r["cpu_us"] is None else round(r["cpu_us"], 1) for r in runs],
     }
 
 
@@ -795,7 +750,7 @@ def measure_app(app, kinds, rounds, duration):
                 shift = number % len(order) if order else 0
                 for kind in order[shift:] + order[:shift]:
                     server = servers[kind]
-                    wrk(server, "/", c, WARM_UP_SECONDS, measure=False)
+                    wrk(server, "/", c, WARM_UP_SECONDS, warm_up=True)
                     run = wrk(server, "/", c, duration)
                     samples[kind].append(run)
                     step(f"{app.name}, round {number + 1}/{rounds}, {c:2} connections, "

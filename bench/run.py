@@ -71,6 +71,9 @@ import threading
 import time
 import urllib.request
 
+import measure
+from measure import median
+
 
 def parse_args(argv=None):
     """The command line: nothing (everything) or `slowloris`. --help prints this file's
@@ -285,17 +288,8 @@ class Server:
 
     def cpu_seconds(self):
         """User + system CPU time of the process and its workers, all their threads
-        included (the process line of /proc/PID/stat sums them, exited threads too)."""
-        ticks = 0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    # After the parenthesized name: state is field 3, utime 14, stime 15.
-                    fields = f.read().rpartition(")")[2].split()
-                ticks += int(fields[11]) + int(fields[12])
-            except (OSError, IndexError, ValueError):
-                pass
-        return ticks / CLOCK_TICKS
+        included."""
+        return measure.cpu_seconds(self.pids())
 
     def thread_cpu_seconds(self):
         """User + system CPU time of the process and its workers by thread name (the
@@ -390,35 +384,10 @@ def wrk(server, connections, cpus=None):
     left = unanswered(server.port)
     out = run.communicate(timeout=DURATION + 30)[0]
     cpu = server.cpu_seconds() - cpu_before
-    result = {"rps": 0.0, "p50": None, "p99": None, "cpu_us": None, "requests": 0,
-              "errors": 0, "unanswered": left}
-    for line in out.splitlines():
-        words = line.split()
-        if line.startswith("Requests/sec:"):
-            result["rps"] = float(words[1])
-        elif len(words) >= 3 and words[1:3] == ["requests", "in"]:
-            result["requests"] = int(words[0])
-        elif len(words) == 2 and words[0] in ("50%", "99%"):
-            result["p" + words[0][:-1]] = milliseconds(words[1])
-        elif line.strip().startswith("Socket errors:"):
-            result["errors"] += sum(int(w.strip(",")) for w in words if w.strip(",").isdigit())
-        elif line.strip().startswith("Non-2xx"):
-            result["errors"] += int(words[-1])
-    if result["requests"]:
-        result["cpu_us"] = cpu * 1e6 / result["requests"]
+    result = measure.parse(out, cpu)
+    result["errors"] = result.pop("socket_errors") + result.pop("non_2xx")
+    result["unanswered"] = left
     return result
-
-
-def milliseconds(text):
-    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
-        if text.endswith(unit):
-            return float(text[: -len(unit)]) * factor
-    return float(text)
-
-
-def median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
 
 
 def rounded(value, digits):
@@ -427,14 +396,9 @@ def rounded(value, digits):
 
 def summarize(runs):
     return {
-        "rps": median(r["rps"] for r in runs),
-        "p50": median(r["p50"] for r in runs),
-        "p99": median(r["p99"] for r in runs),
-        "cpu_us": median(r["cpu_us"] for r in runs),
+        **measure.medians(runs),
         "errors": sum(r["errors"] for r in runs),
-        "runs": [round(r["rps"]) for r in runs],
         "p99_runs": [rounded(r["p99"], 3) for r in runs],
-        "cpu_runs": [rounded(r["cpu_us"], 1) for r in runs],
         "unanswered": [r["unanswered"] for r in runs],
     }
 
