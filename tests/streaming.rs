@@ -226,12 +226,14 @@ fn the_deadline_cancels_the_app_and_cuts_a_stream_off() {
     let reply = get(port, "/").expect("a reply");
     let free = started.elapsed().as_secs_f64();
     assert_eq!(reply.status, 200);
-    // The app saw the cancellation and returned: its thread was not written off.
-    assert!(free < 2.0, "the thread came back after {free:.3}s");
-    assert_eq!(
-        gauge(port, "microservice_pool_threads_written_off"),
-        Some(0)
-    );
+    assert!(free < 2.0, "the next request waited until {free:.3}s");
+    // The app saw the cancellation and returned. (Its thread may have been written off at
+    // the deadline, if the worker's timer fired before the app's next look at it, 20 ms
+    // later at most: it then ends as it returns.) The pool is back to one thread, none
+    // stuck; gauges are sampled twice a second.
+    wait_for("no thread written off", Duration::from_secs(5), || {
+        (gauge(port, "microservice_pool_threads_written_off") == Some(0)).then_some(())
+    });
     wait_for("the 504's line", Duration::from_secs(5), || {
         logged(&service, "request late-1 (GET /delay/30) timed out after").then_some(())
     });
