@@ -6,7 +6,7 @@
 //!   [`crate::metrics::METRICS_FD`].
 //! * The worker's stdin carries first the [`handoff`] line (the resolved config as JSON),
 //!   then one [`Command`] per line.
-//! * The status pipe carries the worker's answers, one per line: `ready` once it accepts
+//! * The status pipe carries the worker's [`Status`] lines: `ready` once it accepts
 //!   connections, `probe ID ok` or `probe ID fail REASON`.
 //!
 //! A probe is a job in the worker's own queue, answered by a pool thread that asks the
@@ -26,9 +26,6 @@ pub const LISTEN_FD: RawFd = 3;
 pub const STATUS_FD: RawFd = 4;
 /// The environment variable naming the supervisor's PID for its workers.
 pub const SUPERVISOR_PID_VAR: &str = "MICROSERVICE_RUST_SUPERVISOR";
-
-/// The status line a worker sends once it accepts connections.
-pub const READY: &str = "ready";
 
 /// The first line the supervisor writes on the worker's stdin.
 pub fn handoff(source: &str, config: &Value) -> String {
@@ -79,11 +76,43 @@ impl Command {
     }
 }
 
-/// A worker's answer to a probe, as a status line.
-pub fn probe_answer(id: u64, health: &Result<(), String>) -> String {
-    match health {
-        Ok(()) => format!("probe {id} ok"),
-        Err(reason) => format!("probe {id} fail {}", reason.replace('\n', " ")),
+/// What a worker tells the supervisor, one line each on its status pipe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// It accepts connections.
+    Ready,
+    /// Its answer to probe `id`: healthy, or not and why.
+    Probe { id: u64, health: Result<(), String> },
+}
+
+impl Status {
+    /// The line that carries the status (without its newline; a reason's line ends become
+    /// spaces).
+    pub fn line(&self) -> String {
+        match self {
+            Status::Ready => "ready".into(),
+            Status::Probe { id, health: Ok(()) } => format!("probe {id} ok"),
+            Status::Probe {
+                id,
+                health: Err(reason),
+            } => format!("probe {id} fail {}", reason.replace(['\n', '\r'], " ")),
+        }
+    }
+
+    pub fn parse(line: &str) -> Option<Status> {
+        let mut words = line.splitn(4, ' ');
+        match (words.next()?, words.next(), words.next(), words.next()) {
+            ("ready", None, None, None) => Some(Status::Ready),
+            ("probe", Some(id), Some("ok"), None) => Some(Status::Probe {
+                id: id.parse().ok()?,
+                health: Ok(()),
+            }),
+            ("probe", Some(id), Some("fail"), reason) => Some(Status::Probe {
+                id: id.parse().ok()?,
+                health: Err(reason.unwrap_or("").to_string()),
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -104,6 +133,42 @@ mod tests {
         }
         for bad in ["", "probe", "probe x", "stop now", "reload"] {
             assert_eq!(Command::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn statuses_read_back_as_written() {
+        for status in [
+            Status::Ready,
+            Status::Probe {
+                id: 7,
+                health: Ok(()),
+            },
+            Status::Probe {
+                id: 8,
+                health: Err("the app says: no database".into()),
+            },
+            Status::Probe {
+                id: 9,
+                health: Err(String::new()),
+            },
+        ] {
+            assert_eq!(Status::parse(&status.line()), Some(status));
+        }
+        let two_lines = Status::Probe {
+            id: 1,
+            health: Err("a\nb".into()),
+        };
+        assert_eq!(two_lines.line(), "probe 1 fail a b");
+        for bad in [
+            "",
+            "ready now",
+            "probe",
+            "probe x ok",
+            "probe 1",
+            "probe 1 maybe",
+        ] {
+            assert_eq!(Status::parse(bad), None, "{bad:?}");
         }
     }
 }

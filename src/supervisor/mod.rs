@@ -32,7 +32,7 @@ mod signals;
 pub use listen::address_file;
 
 use crate::config::{App, Loaded, Mode, Settings};
-use crate::control::{self, Command, LISTEN_FD, READY, STATUS_FD, SUPERVISOR_PID_VAR};
+use crate::control::{self, Command, Status, LISTEN_FD, STATUS_FD, SUPERVISOR_PID_VAR};
 use crate::error::Error;
 use crate::exit;
 use crate::log;
@@ -439,15 +439,10 @@ impl Supervisor {
     }
 
     fn status(&mut self, pid: i32, line: &str) {
-        let mut words = line.splitn(4, ' ');
-        match (words.next(), words.next(), words.next(), words.next()) {
-            (Some(READY), ..) => self.mark_ready(pid),
-            (Some("probe"), Some(id), Some(outcome), reason) => {
-                let Ok(id) = id.parse() else { return };
-                let failure = (outcome != "ok").then(|| reason.unwrap_or("").to_string());
-                self.probe_answered(pid, id, failure);
-            }
-            _ => say!("worker {pid} said something unexpected: {line:?}"),
+        match Status::parse(line) {
+            Some(Status::Ready) => self.mark_ready(pid),
+            Some(Status::Probe { id, health }) => self.probe_answered(pid, id, health.err()),
+            None => say!("worker {pid} said something unexpected: {line:?}"),
         }
     }
 

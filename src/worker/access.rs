@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime};
 use http::header::{REFERER, USER_AGENT};
 use http::request::Parts;
 
-use super::bridge::{push_decimal, push_ip};
 use super::request_id::RequestId;
+use super::text::{push_decimal, push_ip};
 use crate::log::{self, Format, Level};
 use crate::metrics::{Event, Recorder};
 

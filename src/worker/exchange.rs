@@ -3,7 +3,7 @@
 //!
 //! 1. `/readyz` is answered here and `/metrics` on the runtime's one blocking thread, so
 //!    both answer while every pool thread is stuck.
-//! 2. The head is checked ([`Screen`]): framing hyper lets through, CORS preflights, the API
+//! 2. The head is checked (`screen`): framing hyper lets through, CORS preflights, the API
 //!    key. A refusal is answered without reading the body.
 //! 3. The body is read in full here, within `max_body_bytes` (declared or counted as it
 //!    arrives, chunked too), and it must keep arriving: no byte for `keep_alive_timeout_s`,
@@ -13,7 +13,7 @@
 //!    at the request's deadline: 504 at the deadline, whether the request is still queued
 //!    (it then never reaches the app) or inside the app (its thread is written off). When
 //!    the worker gives up on its requests, the pool answers them 503 itself.
-//! 5. Every answer leaves through [`Context::deliver`]: CORS headers for an allowed origin,
+//! 5. Every answer leaves through [`deliver`]: CORS headers for an allowed origin,
 //!    `Connection: close` where the stream cannot be trusted or the worker is retiring, and
 //!    the metrics and the access line for the answers the pool did not record already.
 //!
@@ -21,7 +21,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,124 +30,16 @@ use http::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CONNECTION, VARY};
 use http::request::Parts;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-use super::access::Ledger;
-use super::bridge::{self, Answer};
-use super::front::Connections;
-use super::pool::{Kind, Pool, Received, Submitted};
-use super::request_id::{IdSeed, RequestId, RequestIds};
-use super::screen::{Screen, Verdict};
-use crate::config::Settings;
-use crate::metrics::{Closed, Event, Recorder};
+use super::answer::{self, Answer};
+use super::pool::{Pool, Submitted};
+use super::request::{until, Kind, Received};
+use super::request_id::{IdSeed, RequestId};
+use super::screen::Verdict;
+use super::shared::{Context, Limits, Phase};
+use crate::metrics::{Closed, Event};
 use crate::say;
-
-/// Where the worker is in its life, as every request sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    Serving,
-    /// Retiring: answers carry `Connection: close`; nothing new is accepted.
-    Draining,
-    /// The worker gave up on what it had read (the pool answered it 503); as `Draining`
-    /// otherwise.
-    Abandoned,
-}
-
-/// What every request of a worker shares.
-pub struct Context {
-    pub pool: Pool,
-    pub connections: Connections,
-    screen: Screen,
-    limits: Limits,
-    pub metrics: Recorder,
-    ledger: Arc<Ledger>,
-    /// What `/readyz` answers.
-    ready: AtomicBool,
-    phase: watch::Sender<Phase>,
-    /// Requests read and not yet answered.
-    in_flight: AtomicUsize,
-    ids: RequestIds,
-    /// Requests left before the I/O thread tries [`spin_for_answer`] again.
-    spin_skips: AtomicU32,
-}
-
-struct Limits {
-    max_body: u64,
-    /// A body must keep arriving: no byte for this long is a 408.
-    body_idle: Duration,
-    timeout: Option<Duration>,
-}
-
-impl Context {
-    pub fn new(
-        pool: Pool,
-        screen: Screen,
-        settings: &Settings,
-        metrics: Recorder,
-        ledger: Arc<Ledger>,
-    ) -> Context {
-        Context {
-            pool,
-            connections: Connections::new(settings.max_connections()),
-            screen,
-            limits: Limits {
-                max_body: settings.max_body_bytes,
-                body_idle: settings.keep_alive_timeout(),
-                timeout: settings.request_timeout(),
-            },
-            metrics,
-            ledger,
-            ready: AtomicBool::new(true),
-            phase: watch::Sender::new(Phase::Serving),
-            in_flight: AtomicUsize::new(0),
-            ids: RequestIds::new(),
-            spin_skips: AtomicU32::new(0),
-        }
-    }
-
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
-    }
-
-    pub fn set_phase(&self, phase: Phase) {
-        self.phase.send_replace(phase);
-    }
-
-    pub fn watch_phase(&self) -> watch::Receiver<Phase> {
-        self.phase.subscribe()
-    }
-
-    fn phase(&self) -> Phase {
-        *self.phase.borrow()
-    }
-
-    /// Resolves once the worker is no longer serving (it is being retired).
-    pub async fn retiring(phase: &mut watch::Receiver<Phase>) {
-        // A closed channel (never: the context holds the sender) reads as retiring.
-        let _ = phase.wait_for(|p| *p != Phase::Serving).await;
-    }
-
-    /// Writes out the access lines still waiting: the worker is about to exit.
-    pub fn finish_log(&self) {
-        self.ledger.finish(LOG_FLUSH);
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Puts the present figures into the metrics.
-    pub fn sample(&self) {
-        let gauges = self.metrics.gauges();
-        gauges
-            .connections
-            .store(self.connections.open() as u64, Ordering::Relaxed);
-        gauges
-            .in_flight
-            .store(self.in_flight() as u64, Ordering::Relaxed);
-        self.pool.sample(gauges);
-    }
-}
 
 /// hyper's service: one request in, one answer out.
 pub async fn handle(
@@ -156,7 +48,7 @@ pub async fn handle(
     request: hyper::Request<Incoming>,
 ) -> Result<Answer, Infallible> {
     let received = Instant::now();
-    let _counted = InFlight::enter(&context.in_flight);
+    let _counted = context.enter();
     let (head, mut body) = request.into_parts();
     let seed = context.ids.seed();
     let (answer, cors, head) = match context.screen.check(&head) {
@@ -164,7 +56,7 @@ pub async fn handle(
             // A body left unread in the stream ends the connection too (hyper would
             // otherwise have to read it at the client's pace).
             let ends = (refusal.ends || !body.is_end_stream()).then_some(Closed::Answered);
-            let answer = bridge::refusal(refusal.status, &refusal.text, refusal.headers);
+            let answer = answer::refusal(refusal.status, &refusal.text, refusal.headers);
             (
                 Reply::new(answer, ends),
                 refusal.cors,
@@ -172,18 +64,15 @@ pub async fn handle(
             )
         }
         Verdict::Pass { cors } => {
-            let (reply, head) = context.answer(head, &mut body, peer, received, seed).await;
+            let (reply, head) = answer(&context, head, &mut body, peer, received, seed).await;
             (reply, cors, head)
         }
     };
     if answer.ends.is_some() && !body.is_end_stream() && !expects_continue(head.parts()) {
         linger(body);
     }
-    Ok(context.deliver(&head, peer, received, answer, cors))
+    Ok(deliver(&context, &head, peer, received, answer, cors))
 }
-
-/// How long an exiting worker waits for its access lines to be written.
-const LOG_FLUSH: Duration = Duration::from_secs(1);
 
 /// How long the rest of a refused body is read and thrown away; see [`linger`].
 const LINGER: Duration = Duration::from_secs(2);
@@ -197,14 +86,6 @@ fn linger(mut body: Incoming) {
         let rest = async { while let Some(Ok(_)) = body.frame().await {} };
         let _ = tokio::time::timeout(LINGER, rest).await;
     });
-}
-
-/// Resolves at `deadline`; never without one.
-pub async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// A client that sent `Expect: 100-continue` sends no body until told to.
@@ -239,7 +120,7 @@ impl Reply {
     }
 
     fn text(status: u16, text: &str) -> Reply {
-        Reply::new(bridge::text(status, text), None)
+        Reply::new(answer::text(status, text), None)
     }
 }
 
@@ -267,215 +148,218 @@ impl Head {
     }
 }
 
-impl Context {
-    /// The answer to a request that passed the screen.
-    async fn answer(
-        &self,
-        head: Parts,
-        body: &mut Incoming,
-        peer: SocketAddr,
-        received: Instant,
-        seed: IdSeed,
-    ) -> (Reply, Head) {
-        let kind = match head.uri.path() {
-            "/readyz" => {
-                let reply = match self.ready.load(Ordering::Acquire) {
-                    true => Reply::text(200, "ready\n"),
-                    false => Reply::text(503, "not ready\n"),
-                };
-                return (reply, Head::Kept(head, seed));
-            }
-            "/metrics" => return (self.metrics_text().await, Head::Kept(head, seed)),
-            "/healthz" => Kind::Health,
-            _ => Kind::App,
-        };
-        let deadline = self.limits.timeout.map(|t| received + t);
-        let body = match self.read_body(body, deadline).await {
-            Ok(body) => body,
-            Err(fault) => return (fault.reply(), Head::Kept(head, seed)),
-        };
-        let request = Arc::new(Received::new(
-            head,
-            body,
-            peer,
-            (received, deadline),
-            seed,
-            kind,
-        ));
-        let reply = self.through_pool(&request, deadline).await;
-        (reply, Head::Shared(request))
-    }
-
-    async fn metrics_text(&self) -> Reply {
-        let metrics = self.metrics;
-        match tokio::task::spawn_blocking(move || metrics.render()).await {
-            Ok(text) => Reply::new(bridge::metrics(text), None),
-            Err(_) => Reply::text(500, "cannot render the metrics\n"),
+/// The answer to a request that passed the screen.
+async fn answer(
+    context: &Context,
+    head: Parts,
+    body: &mut Incoming,
+    peer: SocketAddr,
+    received: Instant,
+    seed: IdSeed,
+) -> (Reply, Head) {
+    let kind = match head.uri.path() {
+        "/readyz" => {
+            let reply = match context.is_ready() {
+                true => Reply::text(200, "ready\n"),
+                false => Reply::text(503, "not ready\n"),
+            };
+            return (reply, Head::Kept(head, seed));
         }
-    }
+        "/metrics" => return (metrics_text(context).await, Head::Kept(head, seed)),
+        "/healthz" => Kind::Health,
+        _ => Kind::App,
+    };
+    let deadline = context.limits.timeout.map(|t| received + t);
+    let body = match read_body(&context.limits, body, deadline).await {
+        Ok(body) => body,
+        Err(fault) => return (fault.reply(), Head::Kept(head, seed)),
+    };
+    let request = Arc::new(Received::new(
+        head,
+        body,
+        peer,
+        (received, deadline),
+        seed,
+        kind,
+    ));
+    let reply = through_pool(context, &request, deadline).await;
+    (reply, Head::Shared(request))
+}
 
-    /// Hands the request to the pool and waits for its answer or its deadline. (When the
-    /// worker gives up on its requests, the pool answers them 503 itself.)
-    async fn through_pool(&self, request: &Arc<Received>, deadline: Option<Instant>) -> Reply {
-        let mut reply = match self.pool.submit(request.clone()) {
-            Submitted::Queued(reply) => reply,
-            Submitted::Shed => {
-                self.metrics.count(Event::Shed);
-                return Reply::new(bridge::shed(), None);
-            }
-            Submitted::Stopped => return Reply::text(503, "shutting down\n"),
-        };
-        // If hyper drops this future (the client left), a request still queued never
-        // reaches the app, and one inside it is cancelled.
-        let _waiting = Waiting {
-            pool: &self.pool,
-            request,
-        };
-        let spun = match self.connections.open() {
-            1 => self.spin(&mut reply),
-            _ => None,
-        };
-        let answered = match spun {
-            Some(answered) => answered,
-            None => {
-                let answered = tokio::select! {
-                    biased;
-                    answer = &mut reply => answer,
-                    () = until(deadline) => {
-                        if self.pool.expire(request) {
-                            return self.timed_out(request);
-                        }
-                        // The pool answered just now; its answer is on its way.
-                        reply.await
+async fn metrics_text(context: &Context) -> Reply {
+    let metrics = context.metrics;
+    match tokio::task::spawn_blocking(move || metrics.render()).await {
+        Ok(text) => Reply::new(answer::metrics(text), None),
+        Err(_) => Reply::text(500, "cannot render the metrics\n"),
+    }
+}
+
+/// Hands the request to the pool and waits for its answer or its deadline. (When the
+/// worker gives up on its requests, the pool answers them 503 itself.)
+async fn through_pool(
+    context: &Context,
+    request: &Arc<Received>,
+    deadline: Option<Instant>,
+) -> Reply {
+    let mut reply = match context.pool.submit(request.clone()) {
+        Submitted::Queued(reply) => reply,
+        Submitted::Shed => {
+            context.metrics.count(Event::Shed);
+            return Reply::new(answer::shed(), None);
+        }
+        Submitted::Stopped => return Reply::text(503, "shutting down\n"),
+    };
+    // If hyper drops this future (the client left), a request still queued never
+    // reaches the app, and one inside it is cancelled.
+    let _waiting = Waiting {
+        pool: &context.pool,
+        request,
+    };
+    let spun = match context.connections.open() {
+        1 => spin(context, &mut reply),
+        _ => None,
+    };
+    let answered = match spun {
+        Some(answered) => answered,
+        None => {
+            let answered = tokio::select! {
+                biased;
+                answer = &mut reply => answer,
+                () = until(deadline) => {
+                    if context.pool.expire(request) {
+                        return timed_out(context, request);
                     }
-                };
-                answered.map_err(|_| ())
-            }
+                    // The pool answered just now; its answer is on its way.
+                    reply.await
+                }
+            };
+            answered.map_err(|_| ())
+        }
+    };
+    match answered {
+        Ok(answer) => Reply::from_pool(answer),
+        // The app returned past the deadline: its answer is not sent.
+        Err(()) if request.is_late() => timed_out(context, request),
+        Err(()) => Reply::text(503, "shutting down\n"),
+    }
+}
+
+/// [`spin_for_answer`] while it pays: an answer that took longer than [`SPIN_PAYS`] (or
+/// did not come in [`SPIN_FOR`]) cost the I/O thread more than the wake-up it saved, so
+/// the next [`SPIN_SKIPS`] requests wait asleep (a slow app, a Python app) and the spin
+/// is tried again after them.
+fn spin(context: &Context, reply: &mut oneshot::Receiver<Answer>) -> Option<Result<Answer, ()>> {
+    let skips = context.spin_skips.load(Ordering::Relaxed);
+    if skips > 0 {
+        context.spin_skips.store(skips - 1, Ordering::Relaxed);
+        return None;
+    }
+    let started = Instant::now();
+    let spun = spin_for_answer(reply);
+    if spun.is_none() || started.elapsed() > SPIN_PAYS {
+        context.spin_skips.store(SPIN_SKIPS, Ordering::Relaxed);
+    }
+    spun
+}
+
+/// The 504 of a request whose deadline passed, counted and logged.
+fn timed_out(context: &Context, request: &Received) -> Reply {
+    context.metrics.count(Event::Timeout);
+    say!(
+        "request {} ({} {}) timed out after {:.3}s: answered 504",
+        request.id().as_str(),
+        request.head.method,
+        request.head.uri.path(),
+        request.received.elapsed().as_secs_f64()
+    );
+    Reply::text(504, "request timed out\n")
+}
+
+/// Reads the whole body within the limits; see the module docs.
+async fn read_body(
+    limits: &Limits,
+    body: &mut Incoming,
+    deadline: Option<Instant>,
+) -> Result<Bytes, BodyFault> {
+    let limit = limits.max_body;
+    let hint = body.size_hint();
+    let declared = hint.exact();
+    if hint.lower() > limit {
+        return Err(BodyFault::TooLarge(limit));
+    }
+    if declared == Some(0) {
+        return Ok(Bytes::new());
+    }
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    let mut read: u64 = 0;
+    loop {
+        let idle = Instant::now() + limits.body_idle;
+        let until = deadline.map_or(idle, |d| d.min(idle));
+        let frame = match tokio::time::timeout_at(until.into(), body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(BodyFault::Broken { read, declared, e }),
+            Err(_) if deadline.is_some_and(|d| until >= d) => return Err(BodyFault::Late),
+            Err(_) => return Err(BodyFault::Stalled(limits.body_idle)),
         };
-        match answered {
-            Ok(answer) => Reply::from_pool(answer),
-            // The app returned past the deadline: its answer is not sent.
-            Err(()) if request.is_late() => self.timed_out(request),
-            Err(()) => Reply::text(503, "shutting down\n"),
-        }
-    }
-
-    /// [`spin_for_answer`] while it pays: an answer that took longer than [`SPIN_PAYS`] (or
-    /// did not come in [`SPIN_FOR`]) cost the I/O thread more than the wake-up it saved, so
-    /// the next [`SPIN_SKIPS`] requests wait asleep (a slow app, a Python app) and the spin
-    /// is tried again after them.
-    fn spin(&self, reply: &mut oneshot::Receiver<Answer>) -> Option<Result<Answer, ()>> {
-        let skips = self.spin_skips.load(Ordering::Relaxed);
-        if skips > 0 {
-            self.spin_skips.store(skips - 1, Ordering::Relaxed);
-            return None;
-        }
-        let started = Instant::now();
-        let spun = spin_for_answer(reply);
-        if spun.is_none() || started.elapsed() > SPIN_PAYS {
-            self.spin_skips.store(SPIN_SKIPS, Ordering::Relaxed);
-        }
-        spun
-    }
-
-    /// The 504 of a request whose deadline passed, counted and logged.
-    fn timed_out(&self, request: &Received) -> Reply {
-        self.metrics.count(Event::Timeout);
-        say!(
-            "request {} ({} {}) timed out after {:.3}s: answered 504",
-            request.id().as_str(),
-            request.head.method,
-            request.head.uri.path(),
-            request.received.elapsed().as_secs_f64()
-        );
-        Reply::text(504, "request timed out\n")
-    }
-
-    /// Reads the whole body within the limits; see the module docs.
-    async fn read_body(
-        &self,
-        body: &mut Incoming,
-        deadline: Option<Instant>,
-    ) -> Result<Bytes, BodyFault> {
-        let limit = self.limits.max_body;
-        let hint = body.size_hint();
-        let declared = hint.exact();
-        if hint.lower() > limit {
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        read += data.len() as u64;
+        if read > limit {
             return Err(BodyFault::TooLarge(limit));
         }
-        if declared == Some(0) {
-            return Ok(Bytes::new());
-        }
-        let mut first: Option<Bytes> = None;
-        let mut rest = BytesMut::new();
-        let mut read: u64 = 0;
-        loop {
-            let idle = Instant::now() + self.limits.body_idle;
-            let until = deadline.map_or(idle, |d| d.min(idle));
-            let frame = match tokio::time::timeout_at(until.into(), body.frame()).await {
-                Ok(Some(Ok(frame))) => frame,
-                Ok(None) => break,
-                Ok(Some(Err(e))) => return Err(BodyFault::Broken { read, declared, e }),
-                Err(_) if deadline.is_some_and(|d| until >= d) => return Err(BodyFault::Late),
-                Err(_) => return Err(BodyFault::Stalled(self.limits.body_idle)),
-            };
-            let Ok(data) = frame.into_data() else {
-                continue; // trailers
-            };
-            read += data.len() as u64;
-            if read > limit {
-                return Err(BodyFault::TooLarge(limit));
-            }
-            match &first {
-                None if rest.is_empty() => first = Some(data),
-                _ => {
-                    if let Some(first) = first.take() {
-                        let room = declared.unwrap_or(read).min(limit) as usize;
-                        rest.reserve(room.max(first.len() + data.len()));
-                        rest.extend_from_slice(&first);
-                    }
-                    rest.extend_from_slice(&data);
+        match &first {
+            None if rest.is_empty() => first = Some(data),
+            _ => {
+                if let Some(first) = first.take() {
+                    let room = declared.unwrap_or(read).min(limit) as usize;
+                    rest.reserve(room.max(first.len() + data.len()));
+                    rest.extend_from_slice(&first);
                 }
+                rest.extend_from_slice(&data);
             }
         }
-        Ok(first.unwrap_or_else(|| rest.freeze()))
     }
+    Ok(first.unwrap_or_else(|| rest.freeze()))
+}
 
-    /// Sends an answer on its way: CORS, `Connection: close`, and (unless the pool did)
-    /// the metrics, the access line and the request's ID.
-    fn deliver(
-        &self,
-        head: &Head,
-        peer: SocketAddr,
-        received: Instant,
-        reply: Reply,
-        cors: Option<HeaderValue>,
-    ) -> Answer {
-        let Reply {
-            mut answer,
-            ends,
-            by_pool,
-        } = reply;
-        let headers = answer.headers_mut();
-        if let Some(origin) = cors {
-            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-            headers.append(VARY, HeaderValue::from_static("Origin"));
-        }
-        if let Some(reason) = ends {
-            self.metrics.count(Event::Closed(reason));
-        }
-        if ends.is_some() || self.phase() != Phase::Serving {
-            headers.insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        if !by_pool {
-            let id = head.id();
-            id.stamp(headers);
-            let (status, bytes) = (answer.status().as_u16(), bridge::body_len(&answer));
-            self.ledger
-                .record(head.parts(), peer, status, bytes, received.elapsed(), &id);
-        }
-        answer
+/// Sends an answer on its way: CORS, `Connection: close`, and (unless the pool did)
+/// the metrics, the access line and the request's ID.
+fn deliver(
+    context: &Context,
+    head: &Head,
+    peer: SocketAddr,
+    received: Instant,
+    reply: Reply,
+    cors: Option<HeaderValue>,
+) -> Answer {
+    let Reply {
+        mut answer,
+        ends,
+        by_pool,
+    } = reply;
+    let headers = answer.headers_mut();
+    if let Some(origin) = cors {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.append(VARY, HeaderValue::from_static("Origin"));
     }
+    if let Some(reason) = ends {
+        context.metrics.count(Event::Closed(reason));
+    }
+    if ends.is_some() || context.phase() != Phase::Serving {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    if !by_pool {
+        let id = head.id();
+        id.stamp(headers);
+        let (status, bytes) = (answer.status().as_u16(), answer::body_len(&answer));
+        context
+            .ledger
+            .record(head.parts(), peer, status, bytes, received.elapsed(), &id);
+    }
+    answer
 }
 
 /// Why a body was not read.
@@ -528,7 +412,7 @@ impl BodyFault {
             408 => Closed::BodyTimeout,
             _ => Closed::Answered,
         };
-        Reply::new(bridge::text(status, &text), Some(reason))
+        Reply::new(answer::text(status, &text), Some(reason))
     }
 }
 
@@ -557,22 +441,6 @@ fn spin_for_answer(reply: &mut oneshot::Receiver<Answer>) -> Option<Result<Answe
             Err(oneshot::error::TryRecvError::Empty) if Instant::now() >= until => return None,
             Err(oneshot::error::TryRecvError::Empty) => std::hint::spin_loop(),
         }
-    }
-}
-
-/// Counts a request in flight for as long as it lives.
-struct InFlight<'a>(&'a AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn enter(count: &'a AtomicUsize) -> InFlight<'a> {
-        count.fetch_add(1, Ordering::Relaxed);
-        InFlight(count)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -15,7 +15,7 @@
 //!   hyper's 400; the connection then closes. hyper reads the socket for the client's
 //!   going away while a request is served and drops the request's future then.
 //! * An `accept()` that fails for lack of resources (out of file descriptors) is retried
-//!   every [`ACCEPT_RETRY`]; while it keeps failing, [`Accepting`] makes `/healthz` and
+//!   every [`ACCEPT_RETRY`]; while it keeps failing, the [`Health`] check makes `/healthz` and
 //!   the watchdog's probes fail with the reason, so the supervisor replaces the worker.
 //! * Retiring (drain, reload, SIGHUP, watchdog): the phase changes; the accept task stops
 //!   and closes this process's copy of the listening socket (other workers and the
@@ -27,25 +27,23 @@
 //!   is answered 503 ([`Front::abandon`]).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
-use super::exchange::{Context, Phase};
+use super::exchange;
+use super::health::{Health, ACCEPT_RETRY};
+use super::shared::{Context, Phase};
 use crate::config::Settings;
 use crate::metrics::{Closed, Event};
 use crate::say;
 
-/// How long to wait before accepting again after `accept()` failed for lack of resources.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-/// How long accepting must have failed without a success before `/healthz` fails.
-const ACCEPT_FAILING_AFTER: Duration = Duration::from_secs(1);
 /// hyper's read buffer may grow to this; a head is limited by `max_header_bytes` anyway.
 const MAX_BUFFER: usize = 64 * 1024;
 
@@ -54,57 +52,13 @@ pub struct Front {
     context: Arc<Context>,
 }
 
-/// The connections a worker holds: a permit each, of `max_connections`.
-pub struct Connections {
-    permits: Arc<Semaphore>,
-    max: u32,
-    /// Connections open now (the accept task holds a permit too, for the next one).
-    open: AtomicUsize,
-}
-
-impl Connections {
-    pub fn new(max: u32) -> Connections {
-        Connections {
-            permits: Arc::new(Semaphore::new(max as usize)),
-            max,
-            open: AtomicUsize::new(0),
-        }
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// A permit for one more connection; waits (and counts the pause) at the cap.
-    async fn admit(&self, metrics: &crate::metrics::Recorder) -> OwnedSemaphorePermit {
-        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            return permit;
-        }
-        metrics.count(Event::AcceptPaused);
-        match self.permits.clone().acquire_owned().await {
-            Ok(permit) => permit,
-            // The semaphore is never closed.
-            Err(_) => std::future::pending().await,
-        }
-    }
-
-    /// Waits until every permit is back: the accept task has stopped (it drops the permit
-    /// it holds for its next connection) and every connection has ended.
-    async fn all_closed(&self, deadline: Instant) -> bool {
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let all = self.permits.acquire_many(self.max);
-        tokio::time::timeout_at(deadline, all).await.is_ok()
-    }
-}
-
 impl Front {
     /// Starts accepting on `listener` (non-blocking, from the supervisor); must run inside
     /// the runtime.
     pub fn start(
         listener: std::net::TcpListener,
         context: Arc<Context>,
-        accepting: Arc<Accepting>,
+        health: Arc<Health>,
         settings: &Settings,
     ) -> std::io::Result<Front> {
         let listener = TcpListener::from_std(listener)?;
@@ -118,7 +72,7 @@ impl Front {
         let acceptor = Acceptor {
             context: context.clone(),
             http,
-            accepting,
+            health,
         };
         tokio::spawn(acceptor.run(listener));
         Ok(Front { context })
@@ -166,7 +120,7 @@ impl Front {
 struct Acceptor {
     context: Arc<Context>,
     http: http1::Builder,
-    accepting: Arc<Accepting>,
+    health: Arc<Health>,
 }
 
 impl Acceptor {
@@ -185,11 +139,8 @@ impl Acceptor {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    self.accepting.succeeded();
-                    self.context
-                        .connections
-                        .open
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.health.accepting.succeeded();
+                    self.context.connections.opened();
                     let connection = Connection {
                         context: self.context.clone(),
                         _permit: permit,
@@ -204,7 +155,7 @@ impl Acceptor {
                     }
                     AcceptError::Resources => {
                         self.context.metrics.count(Event::AcceptError);
-                        self.accepting.failed(&e);
+                        self.health.accepting.failed(&e);
                         tokio::select! {
                             () = Context::retiring(&mut phase) => break,
                             _ = tokio::time::sleep(ACCEPT_RETRY) => {}
@@ -234,7 +185,7 @@ impl Connection {
                 begun.store(true, Ordering::Relaxed);
                 // hyper keeps a place for the request's future in every connection, idle
                 // or not; boxed, that place is a pointer instead of the future's 1.7 KB.
-                Box::pin(super::exchange::handle(context.clone(), peer, request))
+                Box::pin(exchange::handle(context.clone(), peer, request))
             })
         };
         let connection = http.serve_connection(TokioIo::new(stream), service);
@@ -266,10 +217,7 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.context
-            .connections
-            .open
-            .fetch_sub(1, Ordering::Relaxed);
+        self.context.connections.closed();
     }
 }
 
@@ -305,62 +253,5 @@ impl AcceptError {
             Some(libc::EINVAL) => AcceptError::NotListening,
             _ => AcceptError::Resources,
         }
-    }
-}
-
-/// Whether accepting works: failures without a success since, for the health check.
-pub struct Accepting {
-    epoch: Instant,
-    /// Nanoseconds since `epoch` of the first failure of the present streak; 0: none.
-    failing_since: AtomicU64,
-    reason: Mutex<String>,
-}
-
-impl Default for Accepting {
-    fn default() -> Accepting {
-        Accepting {
-            epoch: Instant::now(),
-            failing_since: AtomicU64::new(0),
-            reason: Mutex::new(String::new()),
-        }
-    }
-}
-
-impl Accepting {
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos().max(1) as u64
-    }
-
-    fn succeeded(&self) {
-        if self.failing_since.load(Ordering::Relaxed) != 0 {
-            self.failing_since.store(0, Ordering::Relaxed);
-            say!("accepting connections works again");
-        }
-    }
-
-    fn failed(&self, error: &std::io::Error) {
-        if self.failing_since.load(Ordering::Relaxed) == 0 {
-            say!("accepting a connection failed: {error}; retrying every {ACCEPT_RETRY:?}");
-            *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = error.to_string();
-            self.failing_since.store(self.now(), Ordering::Relaxed);
-        }
-    }
-
-    /// `Err` with the reason while accepting has failed for longer than
-    /// [`ACCEPT_FAILING_AFTER`].
-    pub fn health(&self) -> Result<(), String> {
-        let since = self.failing_since.load(Ordering::Relaxed);
-        if since == 0 {
-            return Ok(());
-        }
-        let failing = Duration::from_nanos(self.now().saturating_sub(since));
-        if failing < ACCEPT_FAILING_AFTER {
-            return Ok(());
-        }
-        let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner());
-        Err(format!(
-            "accepting connections has failed for {:.1} s: {reason}",
-            failing.as_secs_f64()
-        ))
     }
 }

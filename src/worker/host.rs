@@ -12,7 +12,8 @@ use microservice_rust::abi::{self, MsrBytes, MsrHostApi};
 use microservice_rust::metrics::MAX_LABELS;
 
 use super::access::{Lines, Output};
-use super::stream;
+use super::call;
+use super::fault::{guarded, Faults};
 use crate::app_metrics::Declaration;
 use crate::log::{self, Format, Level};
 use crate::metrics::Recorder;
@@ -24,12 +25,17 @@ const MESSAGE_BYTES: usize = 16 * 1024;
 struct Host {
     lines: Arc<Lines>,
     metrics: Recorder,
+    faults: Faults,
 }
 
 /// The table the app gets, and the state it points at. Both live as long as the process:
 /// a worker loads one app once, and the app may log from its own threads until the end.
-pub fn table(lines: Arc<Lines>, metrics: Recorder) -> &'static MsrHostApi {
-    let host: &'static Host = Box::leak(Box::new(Host { lines, metrics }));
+pub fn table(lines: Arc<Lines>, metrics: Recorder, faults: Faults) -> &'static MsrHostApi {
+    let host: &'static Host = Box::leak(Box::new(Host {
+        lines,
+        metrics,
+        faults,
+    }));
     Box::leak(Box::new(MsrHostApi {
         size: std::mem::size_of::<MsrHostApi>(),
         host: (host as *const Host).cast_mut().cast(),
@@ -63,6 +69,36 @@ unsafe extern "C" fn metric_declare(
     bound_count: usize,
     error: *mut u8,
     error_cap: usize,
+) -> i64 {
+    guarded("metric_declare", -1, || {
+        // SAFETY: the app's arguments, as the ABI has it pass them (see `declare`).
+        unsafe {
+            declare(
+                host,
+                kind,
+                name,
+                help,
+                (label_names, label_count),
+                (bounds, bound_count),
+                (error, error_cap),
+            )
+        }
+    })
+}
+
+/// `metric_declare`'s work.
+///
+/// # Safety
+/// `host` is NULL or `table`'s; each pointer and count is a valid run or array of that
+/// many items for the call, as the ABI says.
+unsafe fn declare(
+    host: *mut c_void,
+    kind: u32,
+    name: MsrBytes,
+    help: MsrBytes,
+    (label_names, label_count): (*const MsrBytes, usize),
+    (bounds, bound_count): (*const f64, usize),
+    (error, error_cap): (*mut u8, usize),
 ) -> i64 {
     // SAFETY: as in `app_log`; the ABI has the app pass valid runs and arrays of the counts
     // it gives, for the call.
@@ -110,6 +146,23 @@ unsafe extern "C" fn metric_update(
     op: u32,
     label_values: *const MsrBytes,
     label_count: usize,
+    value: f64,
+) -> i32 {
+    guarded("metric_update", -1, || {
+        // SAFETY: the app's arguments, as the ABI has it pass them (see `update`).
+        unsafe { update(host, id, op, (label_values, label_count), value) }
+    })
+}
+
+/// `metric_update`'s work.
+///
+/// # Safety
+/// As for [`declare`].
+unsafe fn update(
+    host: *mut c_void,
+    id: i64,
+    op: u32,
+    (label_values, label_count): (*const MsrBytes, usize),
     value: f64,
 ) -> i32 {
     let (Ok(id), false) = (usize::try_from(id), host.is_null()) else {
@@ -160,6 +213,24 @@ unsafe extern "C" fn app_log(
     message: *const u8,
     len: usize,
 ) {
+    guarded("log", (), || {
+        // SAFETY: the app's arguments, as the ABI has it pass them (see `log_line`).
+        unsafe { log_line(host, request_ctx, number, message, len) }
+    })
+}
+
+/// `log`'s work.
+///
+/// # Safety
+/// `host` is NULL or `table`'s; `message` is valid for `len` bytes; `request_ctx` is NULL
+/// or the `host_ctx` of a request whose `handle` runs on this thread.
+unsafe fn log_line(
+    host: *mut c_void,
+    request_ctx: *mut c_void,
+    number: u32,
+    message: *const u8,
+    len: usize,
+) {
     let level = level(number);
     if host.is_null() || !log::enabled(level) {
         return;
@@ -168,9 +239,10 @@ unsafe extern "C" fn app_log(
     // pass a message of `len` bytes, and a `host_ctx` only during its request's `handle`,
     // on its thread.
     let host = unsafe { &*(host as *const Host) };
+    host.faults.point("host-log");
     let message = unsafe { MsrBytes { ptr: message, len }.as_slice() };
     let message = String::from_utf8_lossy(&message[..message.len().min(MESSAGE_BYTES)]);
-    let request = (!request_ctx.is_null()).then(|| unsafe { stream::request_of(request_ctx) });
+    let request = (!request_ctx.is_null()).then(|| unsafe { call::request_of(request_ctx) });
     let id = request.as_ref().map(|(_, id)| id.as_str());
     let about = request.as_ref().zip(id).map(|((received, _), id)| About {
         id,

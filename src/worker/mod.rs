@@ -2,22 +2,32 @@
 //! listening socket on fd [`LISTEN_FD`], reads its resolved config as the first line of
 //! stdin, loads the app and serves until told to stop.
 //!
-//! A request's whole path, in reading order:
+//! A request's whole path, in reading order (each module uses only those after it):
 //!
 //! * [`front`]: the tokio runtime's I/O threads accept connections (at most
 //!   `max_connections`) and hyper serves HTTP/1.1 on each; every limit on a connection
 //!   (idle time, head time and size) is hyper's own.
-//! * [`exchange`]: one request on the I/O side: a seed for its ID ([`request_id`]), `/readyz` and
-//!   `/metrics` answered there, the head checked ([`screen`]), the body read in full within
-//!   its limits, the request handed to the pool (or shed past `max_queue`), and its answer
-//!   awaited with a timer at its deadline (504).
+//! * [`exchange`]: one request on the I/O side: `/readyz` and `/metrics` answered there,
+//!   the head checked ([`screen`]), the body read in full within its limits, the request
+//!   handed to the pool (or shed past `max_queue`), and its answer awaited with a timer at
+//!   its deadline (504).
+//! * [`shared`]: what every request of the worker shares: the pool, the connection count,
+//!   the limits, the records, the worker's phase.
 //! * [`pool`]: the fixed pool of OS threads on which the app runs (never an I/O thread);
-//!   threads stuck past a deadline are written off and replaced.
-//! * [`bridge`]: the app's C view of a request, and its response as an HTTP answer.
-//! * [`stream`]: an answer the app streams, and the host functions (cancellation too).
-//! * [`access`]: the access log, and the writer of the worker's buffered lines.
-//! * [`host`]: what the app may call for the life of the process: its own log lines and
-//!   metrics.
+//!   threads stuck past a deadline are written off and replaced; [`batch`] when
+//!   `batching` is on.
+//! * [`bridge`]: the app's C view of a request, and its response as an answer; [`call`]:
+//!   what the app may call during a request (cancellation, streaming).
+//! * [`health`]: what `/healthz` and the watchdog's probes ask.
+//! * [`answer`]: every answer the worker sends, streamed bodies too.
+//! * [`request`]: a request read in full and its state, shared by the I/O side and the
+//!   pool; [`request_id`]: its ID.
+//! * [`access`]: the access log, and the writer of the worker's buffered lines; [`text`]:
+//!   numbers and addresses written without `fmt`.
+//!
+//! Beside the path: [`loader`] loads the app, [`host`] is what the app may call for the
+//! life of the process (its own log lines and metrics), [`status`] the pipe to the
+//! supervisor, [`fault`] the fault points of debug builds.
 //!
 //! The supervisor controls the worker with lines on stdin (see [`crate::control`]); the
 //! worker answers on the status pipe. SIGTERM and SIGINT mean `stop`, SIGUSR1 `report`. It
@@ -25,16 +35,23 @@
 //! supervisor can tell a worker that never came up from one that crashed.
 
 mod access;
+mod answer;
+mod batch;
 mod bridge;
+mod call;
 mod exchange;
+mod fault;
 mod front;
+mod health;
 mod host;
 mod loader;
 mod pool;
+mod request;
 mod request_id;
 mod screen;
+mod shared;
 mod status;
-mod stream;
+mod text;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -49,18 +66,20 @@ use signal_hook::iterator::Signals;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::config::{redact, App, Settings};
-use crate::control::{Command, LISTEN_FD, READY, STATUS_FD, SUPERVISOR_PID_VAR};
+use crate::control::{Command, Status, LISTEN_FD, STATUS_FD, SUPERVISOR_PID_VAR};
 use crate::error::Error;
 use crate::exit;
 use crate::log;
 use crate::metrics::Recorder;
 use crate::say;
 use access::{Ledger, Lines};
-use exchange::Context;
+use fault::Faults;
 use front::Front;
+use health::{Health, SlowRequests};
 use loader::LoadedApp;
-use pool::{Pool, PoolSettings};
+use pool::{Batching, Pool, PoolSettings};
 use screen::Screen;
+use shared::Context;
 use status::StatusPipe;
 
 /// How often the gauges in the metrics are brought up to date.
@@ -111,8 +130,9 @@ pub fn run() -> Result<i32, Error> {
     // SAFETY: the supervisor placed the status pipe on this fd before exec.
     let status = Arc::new(unsafe { StatusPipe::from_fd(STATUS_FD) });
 
+    let faults = Faults::from_env();
     // The app gets the config without its secrets (the API key is checked before the app).
-    let host = host::table(lines.clone(), metrics);
+    let host = host::table(lines.clone(), metrics, faults.clone());
     let app = Arc::new(LoadedApp::load(
         &App::parse(&app_path),
         &redact(config).to_string(),
@@ -120,7 +140,10 @@ pub fn run() -> Result<i32, Error> {
     )?);
     let threads = settings.pool_threads();
     let batching = match (&settings.batching, app.batches()) {
-        (Some(b), true) => Some((b.max_size, Duration::from_secs_f64(b.timeout_s))),
+        (Some(b), true) => Some(Batching {
+            most: b.max_size,
+            wait: Duration::from_secs_f64(b.timeout_s),
+        }),
         (Some(_), false) => {
             say!(
                 "`batching` is set, but {} has no batch handler (msr_handle_batch): requests \
@@ -131,7 +154,12 @@ pub fn run() -> Result<i32, Error> {
         }
         (None, _) => None,
     };
-    let accepting = Arc::new(front::Accepting::default());
+    let health = Arc::new(Health::new(settings.watchdog.request_threshold_s.map(
+        |t| SlowRequests {
+            threshold: Duration::from_secs_f64(t),
+            count: settings.watchdog.request_average as usize,
+        },
+    )));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(settings.io_threads)
         .max_blocking_threads(1)
@@ -146,17 +174,12 @@ pub fn run() -> Result<i32, Error> {
             threads,
             max_queue: usize::try_from(settings.max_queue).unwrap_or(usize::MAX),
             batching,
-            slow: settings.watchdog.request_threshold_s.map(|t| {
-                (
-                    Duration::from_secs_f64(t),
-                    settings.watchdog.request_average as usize,
-                )
-            }),
         },
         status.clone(),
-        accepting.clone(),
+        health.clone(),
         ledger.clone(),
         runtime.handle().clone(),
+        faults,
     )
     .map_err(|e| Error::boot("cannot start the pool's threads", e))?;
     let (commands, received) = unbounded_channel();
@@ -174,14 +197,14 @@ pub fn run() -> Result<i32, Error> {
     let mode = settings.mode.name();
     let stop_timeout = settings.stop_timeout();
     let served = runtime.block_on(async move {
-        let front = Front::start(listener, context, accepting, &settings)
+        let front = Front::start(listener, context, health, &settings)
             .map_err(|e| Error::boot("cannot start accepting connections", e))?;
         say!(
             "serving {} ({mode} mode, {threads} thread(s), {} I/O thread(s), up to {max_connections} connections)",
             app.path().display(),
             settings.io_threads
         );
-        status.send(READY);
+        status.send(&Status::Ready);
         let worker = Worker {
             front,
             stop_timeout,

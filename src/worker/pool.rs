@@ -4,12 +4,10 @@
 //! Theory of operation:
 //!
 //! * A request reaches the pool read in full (see `exchange`), as a [`Received`] shared by
-//!   the I/O task that waits for its answer and the pool thread that serves it. Its
-//!   `state` says where it is: queued, inside the app, answered, given up by the I/O
-//!   side (deadline, client gone), or given up by the worker (answered 503 by
-//!   [`Pool::abandon`]). The I/O side keeps the request's deadline with a timer of its own, so a 504
-//!   goes out at the deadline whether the request is queued or inside the app, however
-//!   many threads are stuck.
+//!   the I/O task that waits for its answer and the pool thread that serves it; its state
+//!   (see `request`) says where it is. The I/O side keeps the request's deadline with a
+//!   timer of its own, so a 504 goes out at the deadline whether the request is queued or
+//!   inside the app, however many threads are stuck.
 //! * A pool thread takes a request from the queue only if it is still queued (compare and
 //!   swap): a request whose deadline passed, or whose client left, while it waited never
 //!   reaches the app. Inside the app, the same events *cancel* it: the app can see that
@@ -27,185 +25,53 @@
 //! * The watchdog's probes are jobs in the same queue, answered by a pool thread that asks
 //!   the app's health hook: a probe gets through exactly when a request would. `/healthz`
 //!   is an HTTP request of [`Kind::Health`], answered the same way.
+//! * With `batching`, one thread at a time gathers the queue's requests into a batch for
+//!   the app's batch handler (see `batch`).
+//! * A pool thread that panics (a fault of the worker's, not the app's: the SDK catches
+//!   those) answers what it held 500, is logged and is replaced.
 //! * Stopping: once the pool is stopped nothing more enters the app; the app's shutdown
 //!   hook runs when no thread is inside it (the `gate`).
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::request_id::{IdSeed, RequestId};
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
-use http::request::Parts;
-use microservice_rust::abi::MsrRequest;
 use tokio::sync::oneshot;
 
 use super::access::Ledger;
-use super::bridge::{self, Answer, RequestView};
-use super::front::Accepting;
+use super::answer::{self, Answer};
+use super::bridge::{self, RequestView};
+use super::call::Call;
+use super::fault::{panic_message, Faults};
+use super::health::{self, Health};
 use super::loader::LoadedApp;
+use super::request::{Cancel, Kind, Received, State};
+use super::request_id::RequestId;
 use super::status::StatusPipe;
-use super::stream::Call;
-use crate::control;
+use crate::control::Status;
 use crate::metrics::{Event, Gauges};
 use crate::say;
-
-/// How long a thread gathering a batch waits at a time before it looks whether the worker
-/// stopped.
-const GATHER_SLICE: Duration = Duration::from_millis(20);
 
 /// The access log's status for a request whose client left before its answer (nginx's).
 const CLIENT_CLOSED: u16 = 499;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct PoolSettings {
     pub threads: usize,
     /// App requests that may wait for a thread; one more is shed (`max_queue`).
     pub max_queue: usize,
-    /// The request-duration watchdog: (threshold, how many recent requests to average).
-    pub slow: Option<(Duration, usize)>,
-    /// Dynamic batching (`batching`, with an app that has a batch handler): at most this
-    /// many requests at once, waiting at most this long after the first.
-    pub batching: Option<(usize, Duration)>,
+    /// Dynamic batching (`batching`, with an app that has a batch handler).
+    pub batching: Option<Batching>,
 }
 
-/// What a request asks of the pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// The app's `handle`.
-    App,
-    /// `/healthz`: the app's health hook and the worker's own.
-    Health,
-}
-
-/// Where a request is; see the module docs.
-mod state {
-    pub const QUEUED: u8 = 0;
-    pub const IN_APP: u8 = 1;
-    pub const ANSWERED: u8 = 2;
-    /// Its deadline passed; the I/O side answered 504.
-    pub const LATE: u8 = 3;
-    /// Its deadline passed inside the app and its thread was written off.
-    pub const WRITTEN_OFF: u8 = 4;
-    /// The I/O side stopped waiting (the client left).
-    pub const GONE: u8 = 5;
-    /// The worker gave up on it (it is being replaced or its stop deadline passed): 503.
-    pub const ABANDONED: u8 = 6;
-    /// Inside the app, which started streaming the answer (the I/O side has it).
-    pub const STREAMING: u8 = 7;
-    /// Its deadline passed inside an app with a deadline grace; the I/O side answered 504,
-    /// and the thread is written off if still inside when the grace is over.
-    pub const OVERDUE: u8 = 8;
-}
-
-/// Why a request was cancelled (see [`Received::is_cancelled`]).
-mod cancel {
-    pub const NOT: u8 = 0;
-    /// Its client left.
-    pub const CLIENT_LEFT: u8 = 1;
-    /// Its deadline passed.
-    pub const LATE: u8 = 2;
-    /// The worker gave up on it.
-    pub const ABANDONED: u8 = 3;
-}
-
-/// A request read in full, shared by the I/O task waiting for it and the pool thread
-/// serving it.
-pub struct Received {
-    pub head: Parts,
-    pub body: Bytes,
-    pub peer: SocketAddr,
-    /// When the worker had read its head: deadlines and durations count from here.
-    pub received: Instant,
-    pub deadline: Option<Instant>,
-    /// What the request's ID is made from (see `request_id`).
-    pub seed: IdSeed,
-    kind: Kind,
-    state: AtomicU8,
-    cancelled: AtomicU8,
-}
-
-impl Received {
-    pub fn new(
-        head: Parts,
-        body: Bytes,
-        peer: SocketAddr,
-        (received, deadline): (Instant, Option<Instant>),
-        seed: IdSeed,
-        kind: Kind,
-    ) -> Received {
-        Received {
-            head,
-            body,
-            peer,
-            received,
-            deadline,
-            seed,
-            kind,
-            state: AtomicU8::new(state::QUEUED),
-            cancelled: AtomicU8::new(cancel::NOT),
-        }
-    }
-
-    /// Whether the app should stop: the client left, the deadline passed, or the worker
-    /// gave up on the request.
-    pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire) != cancel::NOT
-            || self.deadline.is_some_and(|at| Instant::now() >= at)
-    }
-
-    /// The client left (or its answer could not be delivered).
-    pub fn cancel(&self) {
-        self.cancel_for(cancel::CLIENT_LEFT);
-    }
-
-    fn cancel_for(&self, why: u8) {
-        let _ =
-            self.cancelled
-                .compare_exchange(cancel::NOT, why, Ordering::AcqRel, Ordering::Acquire);
-    }
-
-    fn client_left(&self) -> bool {
-        self.cancelled.load(Ordering::Acquire) == cancel::CLIENT_LEFT
-    }
-
-    /// The app returned: the request's state until then, and from now on answered. One
-    /// whose deadline has passed is late instead, whatever the app answered, and its
-    /// answer is not sent: the I/O side answers it 504 (on a busy machine its timer can fire
-    /// after the app has seen the deadline and returned).
-    pub fn is_late(&self) -> bool {
-        self.state.load(Ordering::Acquire) == state::LATE
-    }
-
-    /// See [`Received::is_late`].
-    fn leaves_app(&self) -> u8 {
-        let late = self.deadline.is_some_and(|at| Instant::now() >= at);
-        if late && self.moves(state::IN_APP, state::LATE) {
-            return state::LATE;
-        }
-        self.state.swap(state::ANSWERED, Ordering::AcqRel)
-    }
-
-    /// The app starts streaming its answer: `false` when the request is no longer its to
-    /// answer (late, written off, abandoned).
-    pub fn starts_streaming(&self) -> bool {
-        self.moves(state::IN_APP, state::STREAMING)
-    }
-
-    /// The request's ID (made each time: on the request path the pool makes it once).
-    pub fn id(&self) -> RequestId {
-        self.seed.id(&self.head)
-    }
-
-    fn moves(&self, from: u8, to: u8) -> bool {
-        self.state
-            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-    }
+/// Batches of at most `most` requests, gathered for at most `wait` after the first was
+/// read.
+#[derive(Clone, Copy, Debug)]
+pub struct Batching {
+    pub most: usize,
+    pub wait: Duration,
 }
 
 /// What [`Pool::submit`] did with a request.
@@ -219,7 +85,7 @@ pub enum Submitted {
 }
 
 /// What waits in the pool's queue.
-enum Job {
+pub(super) enum Job {
     Http {
         request: Arc<Received>,
         reply: oneshot::Sender<Answer>,
@@ -227,25 +93,34 @@ enum Job {
     /// A watchdog probe: ask the app's health hook, answer on the status pipe.
     Probe(u64),
     /// One thread too many: the one that takes this ends (a batch stuck past its deadline
-    /// had a replacement started for each of its requests; see `serve_batch`).
+    /// had a replacement started for each of its requests; see `batch`).
     Retire,
 }
 
-/// A request taken from the queue, and where its answer goes.
-type Taken = (Arc<Received>, oneshot::Sender<Answer>);
+/// What a pool thread does after a job.
+pub(super) enum After {
+    /// Takes the next job.
+    Next,
+    /// Ends: a `Retire` came, or the queue closed.
+    End,
+    /// Ends: it was written off while serving this many requests (one, or several of a
+    /// batch), and a replacement was started for each.
+    WrittenOff(usize),
+}
 
 /// The pool's handle.
 pub struct Pool {
-    shared: Arc<Shared>,
+    threads: Arc<Threads>,
 }
 
-struct Shared {
-    app: Arc<LoadedApp>,
-    queue: Receiver<Job>,
-    sender: Sender<Job>,
-    settings: PoolSettings,
+/// The pool's threads and what they share.
+pub(super) struct Threads {
+    pub(super) app: Arc<LoadedApp>,
+    pub(super) queue: Receiver<Job>,
+    pub(super) sender: Sender<Job>,
+    pub(super) settings: PoolSettings,
     status: Arc<StatusPipe>,
-    accepting: Arc<Accepting>,
+    pub(super) health: Arc<Health>,
     ledger: Arc<Ledger>,
     /// One per live thread (written-off ones included), for the report and the gauges.
     slots: Mutex<Vec<Arc<Slot>>>,
@@ -253,40 +128,38 @@ struct Shared {
     /// App requests queued and not yet taken or given up (`max_queue` bounds it).
     waiting: AtomicUsize,
     /// Nothing more enters the app.
-    stopped: AtomicBool,
+    pub(super) stopped: AtomicBool,
     /// Held for reading by every call into the app; taken for writing to shut it down.
-    gate: RwLock<()>,
-    /// The durations of the latest app requests, when `settings.slow` is set.
-    recent: Mutex<VecDeque<Duration>>,
+    pub(super) gate: RwLock<()>,
     /// Held by the one thread gathering a batch (with `settings.batching`), so that
     /// batches fill instead of every idle thread taking a request or two.
-    gather: Mutex<()>,
+    pub(super) gather: Mutex<()>,
     /// The I/O runtime, on which a streaming app's write waits for room.
-    runtime: tokio::runtime::Handle,
+    pub(super) runtime: tokio::runtime::Handle,
+    faults: Faults,
 }
 
 /// The requests one pool thread is serving (one, or a batch), and where their answers go:
 /// for the report, and for answering them 503 when the worker gives up on them while the
 /// app still runs.
 #[derive(Default)]
-struct Slot {
+pub(super) struct Slot {
     serving: Mutex<Vec<Serving>>,
 }
 
-struct Serving {
-    request: Arc<Received>,
-    reply: Option<oneshot::Sender<Answer>>,
+pub(super) struct Serving {
+    pub(super) request: Arc<Received>,
+    pub(super) reply: Option<oneshot::Sender<Answer>>,
 }
 
 impl Slot {
-    fn serving(&self) -> MutexGuard<'_, Vec<Serving>> {
-        // It guards a plain value; a panic while it was held leaves nothing half done.
-        self.serving.lock().unwrap_or_else(|p| p.into_inner())
+    pub(super) fn serving(&self) -> MutexGuard<'_, Vec<Serving>> {
+        lock(&self.serving)
     }
 }
 
 /// Locks a mutex whose data stays valid whatever a panicking holder did.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -295,50 +168,51 @@ impl Pool {
         app: Arc<LoadedApp>,
         settings: PoolSettings,
         status: Arc<StatusPipe>,
-        accepting: Arc<Accepting>,
+        health: Arc<Health>,
         ledger: Arc<Ledger>,
         runtime: tokio::runtime::Handle,
+        faults: Faults,
     ) -> std::io::Result<Pool> {
         let (sender, queue) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared {
+        let threads = Arc::new(Threads {
             app,
             queue,
             sender,
+            settings,
             status,
-            accepting,
+            health,
             ledger,
             slots: Mutex::new(Vec::new()),
             written_off: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
             gate: RwLock::new(()),
-            recent: Mutex::new(VecDeque::with_capacity(settings.slow.map_or(0, |s| s.1))),
             gather: Mutex::new(()),
-            settings,
             runtime,
+            faults,
         });
-        for _ in 0..shared.settings.threads {
-            shared.spawn_thread()?;
+        for _ in 0..settings.threads {
+            threads.spawn_thread()?;
         }
-        Ok(Pool { shared })
+        Ok(Pool { threads })
     }
 
     /// Queues a request, unless `max_queue` app requests wait already (health checks are
     /// never shed: they must see what a request would).
     pub fn submit(&self, request: Arc<Received>) -> Submitted {
-        let shared = &self.shared;
-        if shared.stopped.load(Ordering::Acquire) {
+        let threads = &self.threads;
+        if threads.stopped.load(Ordering::Acquire) {
             return Submitted::Stopped;
         }
         let counted = request.kind == Kind::App;
-        if counted && shared.waiting.fetch_add(1, Ordering::AcqRel) >= shared.settings.max_queue {
-            shared.waiting.fetch_sub(1, Ordering::AcqRel);
+        if counted && threads.waiting.fetch_add(1, Ordering::AcqRel) >= threads.settings.max_queue {
+            threads.waiting.fetch_sub(1, Ordering::AcqRel);
             return Submitted::Shed;
         }
         let (reply, answer) = oneshot::channel();
-        if shared.sender.send(Job::Http { request, reply }).is_err() {
+        if threads.sender.send(Job::Http { request, reply }).is_err() {
             if counted {
-                shared.waiting.fetch_sub(1, Ordering::AcqRel);
+                threads.waiting.fetch_sub(1, Ordering::AcqRel);
             }
             return Submitted::Stopped;
         }
@@ -349,66 +223,55 @@ impl Pool {
     /// thread of one inside it is written off and replaced, up to the cap. `false` when the
     /// pool had answered it already (its answer is on its way).
     pub fn expire(&self, request: &Arc<Received>) -> bool {
-        request.cancel_for(cancel::LATE);
-        let shared = &self.shared;
-        if shared.leaves_queue(request, state::LATE) {
+        request.cancel(Cancel::Late);
+        let threads = &self.threads;
+        if threads.leaves_queue(request, State::Late) {
             return true;
         }
-        let grace = shared.app.deadline_grace();
+        let grace = threads.app.deadline_grace();
         if !grace.is_zero() {
             // The app gives its thread back on its own: overdue now, and written off only
             // if still inside the app when the grace is over.
-            if request.moves(state::IN_APP, state::OVERDUE) {
-                let (shared, request) = (shared.clone(), request.clone());
-                self.shared.runtime.spawn(async move {
+            if request.state.moves(State::InApp, State::Overdue) {
+                let (threads, request) = (threads.clone(), request.clone());
+                self.threads.runtime.spawn(async move {
                     tokio::time::sleep(grace).await;
-                    shared.write_off(&request);
+                    threads.write_off(&request);
                 });
                 return true;
             }
-            let state = request.state.load(Ordering::Acquire);
-            return state != state::ANSWERED && state != state::STREAMING;
+            return !request.is_answered();
         }
-        if !shared.write_off(request) {
+        if !threads.write_off(request) {
             // Late now, or made late by its pool thread as the app returned.
-            return request.moves(state::IN_APP, state::LATE)
-                || request.state.load(Ordering::Acquire) == state::LATE;
+            return request.state.moves(State::InApp, State::Late) || request.is_late();
         }
-        let state = request.state.load(Ordering::Acquire);
-        state != state::ANSWERED && state != state::STREAMING
+        !request.is_answered()
     }
 
     /// Answers 503 to every request queued or inside the app, at once, and lets nothing more
     /// into the app: the worker gives up on them. Returns how many were answered.
     pub fn abandon(&self) -> u64 {
-        let shared = &self.shared;
-        shared.stopped.store(true, Ordering::Release);
-        let gone = || bridge::text(503, "worker replaced\n");
+        let threads = &self.threads;
+        threads.stopped.store(true, Ordering::Release);
+        let gone = || answer::text(503, "worker replaced\n");
         let mut answered = 0;
-        while let Ok(job) = shared.queue.try_recv() {
+        while let Ok(job) = threads.queue.try_recv() {
             if let Job::Http { request, reply } = job {
-                request.cancel_for(cancel::ABANDONED);
-                if shared.leaves_queue(&request, state::ABANDONED) {
-                    shared.send(reply, gone(), &request, &request.id());
+                request.cancel(Cancel::Abandoned);
+                if threads.leaves_queue(&request, State::Abandoned) {
+                    threads.send(reply, gone(), &request, &request.id());
                     answered += 1;
                 }
             }
         }
-        let slots = lock(&shared.slots).clone();
-        for slot in slots {
-            let taken: Vec<_> = slot
-                .serving()
-                .iter_mut()
-                .map(|s| (s.request.clone(), s.reply.take()))
-                .collect();
-            for (request, reply) in taken {
-                // A stream in progress is cut off at its next write.
-                request.cancel_for(cancel::ABANDONED);
-                if let Some(reply) = reply {
-                    if request.moves(state::IN_APP, state::ABANDONED) {
-                        shared.send(reply, gone(), &request, &request.id());
-                        answered += 1;
-                    }
+        for (request, reply) in threads.held() {
+            // A stream in progress is cut off at its next write.
+            request.cancel(Cancel::Abandoned);
+            if let Some(reply) = reply {
+                if request.state.moves(State::InApp, State::Abandoned) {
+                    threads.send(reply, gone(), &request, &request.id());
+                    answered += 1;
                 }
             }
         }
@@ -419,42 +282,39 @@ impl Pool {
     /// never enters the app; still inside the app without an answer, it is cancelled. (An
     /// answered or streaming request is left alone: its answer is on its way.)
     pub fn forget(&self, request: &Received) {
-        if !self.shared.leaves_queue(request, state::GONE)
-            && request.state.load(Ordering::Acquire) == state::IN_APP
+        if !self.threads.leaves_queue(request, State::Gone) && request.state.load() == State::InApp
         {
-            request.cancel();
+            request.cancel(Cancel::ClientLeft);
         }
     }
 
     /// Queues a watchdog probe; a pool thread answers it on the status pipe.
     pub fn probe(&self, id: u64) {
-        let _ = self.shared.sender.send(Job::Probe(id));
+        let _ = self.threads.sender.send(Job::Probe(id));
     }
 
     /// Puts the pool's present figures into the metrics.
     pub fn sample(&self, gauges: &Gauges) {
-        let shared = &self.shared;
-        let (threads, busy) = {
-            let slots = lock(&shared.slots);
+        let threads = &self.threads;
+        let (live, busy) = {
+            let slots = lock(&threads.slots);
             let busy = slots.iter().filter(|s| !s.serving().is_empty()).count();
             (slots.len(), busy)
         };
-        let written_off = shared.written_off.load(Ordering::Acquire);
-        let set = |gauge: &std::sync::atomic::AtomicU64, value: usize| {
-            gauge.store(value as u64, Ordering::Relaxed)
-        };
-        set(&gauges.queued, shared.queue.len());
+        let written_off = threads.written_off.load(Ordering::Acquire);
+        let set = |gauge: &AtomicU64, value: usize| gauge.store(value as u64, Ordering::Relaxed);
+        set(&gauges.queued, threads.queue.len());
         set(&gauges.threads_busy, busy.saturating_sub(written_off));
-        set(&gauges.threads, threads.saturating_sub(written_off));
+        set(&gauges.threads, live.saturating_sub(written_off));
         set(&gauges.threads_written_off, written_off);
     }
 
     /// Logs every request inside the app with its path and age, and the queue's length.
     pub fn report(&self) {
         let now = Instant::now();
-        let slots = lock(&self.shared.slots).clone();
-        let mut inside = 0;
-        let serving: Vec<Arc<Received>> = slots
+        let serving: Vec<Arc<Received>> = self
+            .threads
+            .slots()
             .iter()
             .flat_map(|slot| {
                 slot.serving()
@@ -463,12 +323,11 @@ impl Pool {
                     .collect::<Vec<_>>()
             })
             .collect();
-        for request in serving {
-            inside += 1;
+        for request in &serving {
             let age = now.duration_since(request.received).as_secs_f64();
-            let late = match request.state.load(Ordering::Acquire) {
-                state::IN_APP => "",
-                state::STREAMING => " (streaming)",
+            let late = match request.state.load() {
+                State::InApp => "",
+                State::Streaming => " (streaming)",
                 _ => " (answered 504, still inside the app)",
             };
             say!(
@@ -479,9 +338,10 @@ impl Pool {
             );
         }
         say!(
-            "{inside} request(s) inside the app, {} queued, {} thread(s) written off",
-            self.shared.queue.len(),
-            self.shared.written_off.load(Ordering::Relaxed)
+            "{} request(s) inside the app, {} queued, {} thread(s) written off",
+            serving.len(),
+            self.threads.queue.len(),
+            self.threads.written_off.load(Ordering::Relaxed)
         );
     }
 
@@ -489,12 +349,12 @@ impl Pool {
     /// waiting at most `grace`. Returns `false` when requests were still inside the app
     /// then: the hook is skipped rather than run under them.
     pub fn shut_down_app(&self, grace: Duration) -> bool {
-        let shared = &self.shared;
-        shared.stopped.store(true, Ordering::Release);
+        let threads = &self.threads;
+        threads.stopped.store(true, Ordering::Release);
         let deadline = Instant::now() + grace;
         loop {
-            if let Ok(_exclusive) = shared.gate.try_write() {
-                shared.app.shutdown();
+            if let Ok(_exclusive) = threads.gate.try_write() {
+                threads.app.shutdown();
                 return true;
             }
             if Instant::now() >= deadline {
@@ -505,15 +365,32 @@ impl Pool {
     }
 }
 
-impl Shared {
+impl Threads {
     /// Moves a queued request on to `to`; `false` when it was not queued any more. Every
     /// way out of the queue goes through here, so `waiting` counts what still waits.
-    fn leaves_queue(&self, request: &Received, to: u8) -> bool {
-        let moved = request.moves(state::QUEUED, to);
+    pub(super) fn leaves_queue(&self, request: &Received, to: State) -> bool {
+        let moved = request.state.moves(State::Queued, to);
         if moved && request.kind == Kind::App {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
         }
         moved
+    }
+
+    fn slots(&self) -> Vec<Arc<Slot>> {
+        lock(&self.slots).clone()
+    }
+
+    /// Every request a thread holds, with its answer's channel (taken: the caller answers).
+    fn held(&self) -> Vec<(Arc<Received>, Option<oneshot::Sender<Answer>>)> {
+        self.slots()
+            .iter()
+            .flat_map(|slot| {
+                slot.serving()
+                    .iter_mut()
+                    .map(|s| (s.request.clone(), s.reply.take()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Writes off the thread of `request`, still inside the app past its deadline (inside
@@ -530,8 +407,8 @@ impl Shared {
         if !under_cap {
             return false;
         }
-        if !request.moves(state::IN_APP, state::WRITTEN_OFF)
-            && !request.moves(state::OVERDUE, state::WRITTEN_OFF)
+        if !request.state.moves(State::InApp, State::WrittenOff)
+            && !request.state.moves(State::Overdue, State::WrittenOff)
         {
             // It left the app meanwhile: nothing to write off.
             self.written_off.fetch_sub(1, Ordering::AcqRel);
@@ -547,44 +424,15 @@ impl Shared {
     fn spawn_thread(self: &Arc<Self>) -> std::io::Result<()> {
         let slot = Arc::new(Slot::default());
         lock(&self.slots).push(slot.clone());
-        let shared = self.clone();
+        let threads = self.clone();
         let spawned = thread::Builder::new().name("pool".into()).spawn(move || {
-            let mut views = vec![RequestView::default()];
-            loop {
-                let (written_off, retire) = match shared.settings.batching {
-                    Some((most, timeout)) => {
-                        let Some((batch, retire)) = shared.gather(most, timeout) else {
-                            break;
-                        };
-                        (shared.serve_batch(batch, &slot, &mut views), retire)
-                    }
-                    None => match shared.queue.recv() {
-                        Err(_) => break,
-                        Ok(Job::Http { request, reply }) => {
-                            let off = shared.serve(request, reply, &slot, &mut views[0]);
-                            (usize::from(off), false)
-                        }
-                        Ok(Job::Probe(id)) => {
-                            shared.answer_probe(id);
-                            (0, false)
-                        }
-                        Ok(Job::Retire) => (0, true),
-                    },
-                };
-                if written_off > 0 {
-                    // Each written-off request had a replacement started: this thread ends,
-                    // and so do as many others as were started beyond the one it needs.
-                    shared.written_off.fetch_sub(written_off, Ordering::AcqRel);
-                    for _ in 1..written_off {
-                        let _ = shared.sender.send(Job::Retire);
-                    }
-                    break;
-                }
-                if retire {
-                    break;
-                }
+            let worked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                threads.work(&slot);
+            }));
+            if let Err(panic) = worked {
+                threads.after_panic(&slot, panic_message(&*panic));
             }
-            lock(&shared.slots).retain(|s| !Arc::ptr_eq(s, &slot));
+            lock(&threads.slots).retain(|s| !Arc::ptr_eq(s, &slot));
         });
         if let Err(e) = spawned {
             lock(&self.slots).pop();
@@ -593,35 +441,99 @@ impl Shared {
         Ok(())
     }
 
-    /// Serves one request; `true` when this thread was written off meanwhile and must end.
-    fn serve(
+    /// A pool thread's life: jobs until it is told to end or is written off.
+    fn work(self: &Arc<Self>, slot: &Slot) {
+        let mut views = vec![RequestView::default()];
+        loop {
+            let after = match self.settings.batching {
+                Some(batching) => self.next_batch(batching, slot, &mut views),
+                None => match self.queue.recv() {
+                    Err(_) => After::End,
+                    Ok(Job::Http { request, reply }) => {
+                        self.serve(request, reply, slot, &mut views[0])
+                    }
+                    Ok(Job::Probe(id)) => {
+                        self.answer_probe(id);
+                        After::Next
+                    }
+                    Ok(Job::Retire) => After::End,
+                },
+            };
+            match after {
+                After::Next => {}
+                After::End => return,
+                After::WrittenOff(requests) => {
+                    // A replacement was started for each written-off request: this thread
+                    // ends, and so do as many others as were started beyond the one needed.
+                    self.written_off.fetch_sub(requests, Ordering::AcqRel);
+                    for _ in 1..requests {
+                        let _ = self.sender.send(Job::Retire);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A pool thread panicked: what it held is answered 500 (what it was written off for
+    /// was answered 504 already, and has its replacement), and a thread takes its place.
+    fn after_panic(self: &Arc<Self>, slot: &Slot, message: &str) {
+        let held = std::mem::take(&mut *slot.serving());
+        say!(
+            "a pool thread panicked ({message}) while serving {} request(s): they are \
+             answered 500 and the thread is replaced",
+            held.len()
+        );
+        let mut written_off = 0;
+        for Serving { request, reply } in held {
+            match (request.state.load(), reply) {
+                (State::WrittenOff, _) => written_off += 1,
+                (_, Some(reply)) if request.state.moves(State::InApp, State::Answered) => {
+                    let id = request.id();
+                    self.send(reply, answer::text(500, "internal error\n"), &request, &id);
+                }
+                _ => {}
+            }
+        }
+        if written_off > 0 {
+            // Replaced already, once per written-off request.
+            self.written_off.fetch_sub(written_off, Ordering::AcqRel);
+            for _ in 1..written_off {
+                let _ = self.sender.send(Job::Retire);
+            }
+        } else if let Err(e) = self.spawn_thread() {
+            say!("cannot start a thread to replace the one that panicked: {e}");
+        }
+    }
+
+    /// Serves one request.
+    pub(super) fn serve(
         &self,
         request: Arc<Received>,
         reply: oneshot::Sender<Answer>,
         slot: &Slot,
         view: &mut RequestView,
-    ) -> bool {
-        if !self.leaves_queue(&request, state::IN_APP) {
-            return false; // late, gone, or abandoned
+    ) -> After {
+        if !self.leaves_queue(&request, State::InApp) {
+            return After::Next; // late, gone, or abandoned
         }
         let id = request.id();
         let _inside = self.gate.read().unwrap_or_else(|p| p.into_inner());
         if self.stopped.load(Ordering::Acquire) {
-            // Written off meanwhile (its deadline passed while the gate was shut): its
-            // 504 went out, and this thread ends as a written-off one does.
-            return !self.stopped_answer(request, reply, &id);
+            return self.stopped_answer(request, reply, &id);
         }
         slot.serving().push(Serving {
             request: request.clone(),
             reply: Some(reply),
         });
-        // A streaming app takes the answer's channel from the slot (see `stream`).
+        // A streaming app takes the answer's channel from the slot (see `call`).
         let take_reply = || slot.serving().first_mut().and_then(|s| s.reply.take());
         let (answer, streamed) = match request.kind {
-            Kind::Health => (Some(health_answer(self.health())), None),
+            Kind::Health => (Some(health::answer(self.health())), None),
             Kind::App => {
                 let mut call = Call::new(&request, &id, &self.runtime, &take_reply);
                 let response = self.app.handle(&view.of(&request, &id, call.context()));
+                self.faults.for_request("pool", &request.head);
                 match call.finish() {
                     Some(streamed) => (None, Some(streamed)),
                     None => (Some(bridge::app_answer(&response)), None),
@@ -631,162 +543,59 @@ impl Shared {
         let reply = slot.serving().pop().and_then(|s| s.reply);
         self.remember(&request);
         match request.leaves_app() {
-            state::IN_APP => {
+            State::InApp => {
                 if let (Some(reply), Some(answer)) = (reply, answer) {
                     self.send(reply, answer, &request, &id);
                 }
-                false
+                After::Next
             }
-            state::STREAMING => {
+            State::Streaming => {
                 if let Some((status, bytes)) = streamed {
-                    let status = if request.client_left() {
-                        CLIENT_CLOSED
-                    } else {
-                        status
+                    let status = match request.client_left() {
+                        true => CLIENT_CLOSED,
+                        false => status,
                     };
                     self.record(&request, &id, status, bytes);
                 }
-                false
+                After::Next
             }
-            state::WRITTEN_OFF => true,
-            _ => false, // late (its 504 went out at the deadline) or abandoned (503)
+            State::WrittenOff => After::WrittenOff(1),
+            _ => After::Next, // late (its 504 went out at the deadline) or abandoned (503)
         }
     }
 
-    /// Answers 503 to a request taken from the queue when the app is stopped; `false` when
-    /// the request was written off meanwhile instead (nothing is sent then).
-    fn stopped_answer(
+    /// Answers 503 to a request taken from the queue when the app is stopped; when the
+    /// request was written off meanwhile instead (its deadline passed while the gate was
+    /// shut: its 504 went out), nothing is sent and this thread ends as a written-off one
+    /// does.
+    pub(super) fn stopped_answer(
         &self,
         request: Arc<Received>,
         reply: oneshot::Sender<Answer>,
         id: &RequestId,
-    ) -> bool {
-        if request.moves(state::IN_APP, state::ANSWERED) {
-            self.send(reply, bridge::text(503, "shutting down\n"), &request, id);
-            return true;
+    ) -> After {
+        if request.state.moves(State::InApp, State::Answered) {
+            self.send(reply, answer::text(503, "shutting down\n"), &request, id);
+            return After::Next;
         }
-        request.state.load(Ordering::Acquire) != state::WRITTEN_OFF
-    }
-
-    /// Keeps an app request's duration for the request-duration watchdog, when it is on.
-    fn remember(&self, request: &Received) {
-        if let (Some((_, count)), Kind::App) = (self.settings.slow, request.kind) {
-            let mut recent = lock(&self.recent);
-            if recent.len() == count {
-                recent.pop_front();
-            }
-            recent.push_back(request.received.elapsed());
+        match request.state.load() {
+            State::WrittenOff => After::WrittenOff(1),
+            _ => After::Next,
         }
     }
 
-    /// Takes the next batch from the queue, one thread at a time: the first job waited for,
-    /// then more until `most` requests are in or `timeout` has passed since the first was
-    /// read (a request that waited in the queue that long already waits no more). Probes
-    /// are answered on the way. `None` once the queue is closed; with the batch, whether a
-    /// `Retire` came.
-    fn gather(&self, most: usize, timeout: Duration) -> Option<(Vec<Taken>, bool)> {
-        let _gathering = lock(&self.gather);
-        let mut batch = Vec::with_capacity(most);
-        let mut until = None;
-        while batch.len() < most {
-            let job = match until {
-                None => self.queue.recv().ok()?,
-                // In slices, so that a worker giving up on its requests (`abandon`) finds
-                // the batch in hand served (503) at once, not after the wait.
-                Some(at) if Instant::now() < at && !self.stopped.load(Ordering::Acquire) => {
-                    let slice = at.min(Instant::now() + GATHER_SLICE);
-                    match self.queue.recv_deadline(slice) {
-                        Ok(job) => job,
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
-                        Err(_) => break,
-                    }
-                }
-                Some(_) => break,
-            };
-            match job {
-                Job::Http { request, reply } => {
-                    until.get_or_insert(request.received + timeout);
-                    batch.push((request, reply));
-                }
-                Job::Probe(id) => self.answer_probe(id),
-                Job::Retire => return Some((batch, true)),
-            }
+    /// Keeps an app request's duration for the request-duration watchdog.
+    pub(super) fn remember(&self, request: &Received) {
+        if request.kind == Kind::App {
+            self.health.remember(request.received.elapsed());
         }
-        Some((batch, false))
-    }
-
-    /// Serves a batch: health checks alone, then the app requests still queued in one call
-    /// of the app's batch handler, each answered, recorded and stamped on its own. Returns
-    /// how many of them were written off (their deadline passed inside the app).
-    fn serve_batch(&self, batch: Vec<Taken>, slot: &Slot, views: &mut Vec<RequestView>) -> usize {
-        let mut written_off = 0;
-        let mut taken = Vec::with_capacity(batch.len());
-        for (request, reply) in batch {
-            if request.kind == Kind::Health {
-                written_off += usize::from(self.serve(request, reply, slot, &mut views[0]));
-            } else if self.leaves_queue(&request, state::IN_APP) {
-                taken.push((request, reply));
-            }
-        }
-        if taken.is_empty() {
-            return written_off;
-        }
-        let ids: Vec<RequestId> = taken.iter().map(|(request, _)| request.id()).collect();
-        let _inside = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        if self.stopped.load(Ordering::Acquire) {
-            for ((request, reply), id) in taken.into_iter().zip(&ids) {
-                written_off += usize::from(!self.stopped_answer(request, reply, id));
-            }
-            return written_off;
-        }
-        let requests: Vec<Arc<Received>> = taken.iter().map(|(r, _)| r.clone()).collect();
-        slot.serving()
-            .extend(taken.into_iter().map(|(request, reply)| Serving {
-                request,
-                reply: Some(reply),
-            }));
-        // Each request's calls: cancellation of its own; no streaming in a batch.
-        let no_reply = || None;
-        let mut calls: Vec<Call> = requests
-            .iter()
-            .zip(&ids)
-            .map(|(request, id)| Call::new(request, id, &self.runtime, &no_reply).in_batch())
-            .collect();
-        if views.len() < requests.len() {
-            views.resize_with(requests.len(), RequestView::default);
-        }
-        let raw: Vec<MsrRequest> = requests
-            .iter()
-            .zip(&ids)
-            .zip(views.iter_mut())
-            .zip(calls.iter_mut())
-            .map(|(((request, id), view), call)| view.of(request, id, call.context()))
-            .collect();
-        let responses = self.app.handle_batch(&raw);
-        drop(raw);
-        drop(calls);
-        let servings = std::mem::take(&mut *slot.serving());
-        for ((serving, id), response) in servings.into_iter().zip(&ids).zip(&responses) {
-            let request = serving.request;
-            self.remember(&request);
-            match request.leaves_app() {
-                state::IN_APP => {
-                    if let Some(reply) = serving.reply {
-                        self.send(reply, bridge::app_answer(response), &request, id);
-                    }
-                }
-                state::WRITTEN_OFF => written_off += 1,
-                _ => {} // late (answered 504) or abandoned (503)
-            }
-        }
-        written_off
     }
 
     /// Sends the I/O side an answer of the pool's for `request`, stamped with its ID, and
     /// records it (metrics, access line; 499 when the client left meanwhile). The pool
     /// stamps and records what it sends, the I/O side what it makes itself: that keeps
     /// the work of most answers off the I/O thread, which bounds the throughput.
-    fn send(
+    pub(super) fn send(
         &self,
         reply: oneshot::Sender<Answer>,
         mut answer: Answer,
@@ -794,7 +603,7 @@ impl Shared {
         id: &RequestId,
     ) {
         id.stamp(answer.headers_mut());
-        let (status, bytes) = (answer.status().as_u16(), bridge::body_len(&answer));
+        let (status, bytes) = (answer.status().as_u16(), answer::body_len(&answer));
         match reply.send(answer) {
             Ok(()) => self.record(request, id, status, bytes),
             Err(_) => self.record(request, id, CLIENT_CLOSED, 0),
@@ -807,44 +616,19 @@ impl Shared {
             .record(&request.head, request.peer, status, bytes, took, id);
     }
 
-    /// The app's health, the worker's ability to accept connections, and the
-    /// request-duration watchdog's verdict when it is on.
+    /// The worker's health (see `health`); a stopping pool is unhealthy.
     fn health(&self) -> Result<(), String> {
         if self.stopped.load(Ordering::Acquire) {
             return Err("stopping".into());
         }
-        self.app.health()?;
-        self.accepting.health()?;
-        let Some((threshold, count)) = self.settings.slow else {
-            return Ok(());
-        };
-        let recent = lock(&self.recent);
-        if recent.len() < count {
-            return Ok(());
-        }
-        let mean = recent.iter().sum::<Duration>() / count as u32;
-        match mean > threshold {
-            true => Err(format!(
-                "the last {count} requests took {:.3} s on average, over the threshold of {:.3} s",
-                mean.as_secs_f64(),
-                threshold.as_secs_f64()
-            )),
-            false => Ok(()),
-        }
+        self.health.check(&self.app)
     }
 
-    fn answer_probe(&self, id: u64) {
+    pub(super) fn answer_probe(&self, id: u64) {
         let health = {
             let _inside = self.gate.read().unwrap_or_else(|p| p.into_inner());
             self.health()
         };
-        self.status.send(&control::probe_answer(id, &health));
-    }
-}
-
-fn health_answer(health: Result<(), String>) -> Answer {
-    match health {
-        Ok(()) => bridge::text(200, "ok\n"),
-        Err(reason) => bridge::text(503, &format!("unhealthy: {reason}\n")),
+        self.status.send(&Status::Probe { id, health });
     }
 }

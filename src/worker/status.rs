@@ -1,10 +1,11 @@
-//! The worker's status pipe to the supervisor: one line per message (`ready`,
-//! `probe 7 ok`, `probe 8 fail <reason>`, `stopped`).
+//! The worker's status pipe to the supervisor: one [`Status`] line per message.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
 use std::sync::Mutex;
+
+use crate::control::Status;
 
 pub struct StatusPipe {
     file: Mutex<File>,
@@ -19,9 +20,11 @@ impl StatusPipe {
         }
     }
 
-    /// Sends one line. A supervisor that stopped reading is not this worker's problem.
-    pub fn send(&self, line: &str) {
+    /// Sends one status line. A supervisor that stopped reading is not this worker's
+    /// problem.
+    pub fn send(&self, status: &Status) {
+        let line = format!("{}\n", status.line());
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = file.write_all(format!("{line}\n").as_bytes());
+        let _ = file.write_all(line.as_bytes());
     }
 }

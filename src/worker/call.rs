@@ -1,31 +1,25 @@
-//! A streamed answer: the app's host functions ([`HOST`], ABI 2) on the pool thread, and
-//! the body hyper reads on the I/O side.
+//! What the app may call during one request, through the `host` and `host_ctx` of its view
+//! (ABI 2): whether the request is cancelled, and a streamed answer.
 //!
 //! `stream_start` sends the status and headers to the waiting I/O task at once, with a
-//! body fed by a channel of at most [`QUEUED_PIECES`] pieces of at most [`PIECE`] bytes:
-//! beyond what the socket holds, at most 64 KiB of a stream waits in the worker, and the
-//! app's `stream_write` blocks until the client has read enough. A write fails once the
-//! request is cancelled: its client left (hyper dropped the body), its deadline passed, or
-//! the worker gave up on it. A stream that did not end with `handle` returning is cut off
-//! (the connection is closed without the last chunk), so a client never takes a cut body
-//! for a whole one; at the deadline the body cuts itself off even while the app is silent.
+//! body ([`Streamed`]) fed by a channel of at most [`QUEUED_PIECES`] pieces of at most
+//! [`PIECE`] bytes: beyond what the socket holds, at most 64 KiB of a stream waits in the
+//! worker, and the app's `stream_write` blocks until the client has read enough. A write
+//! fails once the request is cancelled: its client left (hyper dropped the body), its
+//! deadline passed, or the worker gave up on it. A stream ends whole only when `handle`
+//! returns without having cut it off (`stream_cut`).
 
 use std::ffi::c_void;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
 use microservice_rust::abi::{MsrHeader, MsrHost};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Sleep;
 
-use super::bridge::{self, Answer};
-use super::exchange;
-use super::pool::Received;
+use super::answer::{self, Answer, AnswerBody, Streamed};
+use super::fault::guarded;
+use super::request::{until, Cancel, Received};
 use super::request_id::RequestId;
 
 /// The largest piece a write is cut into.
@@ -123,35 +117,26 @@ impl<'c> Call<'c> {
         };
         let (sender, receiver) = mpsc::channel(QUEUED_PIECES);
         let ended = Arc::new(AtomicBool::new(false));
-        // The deadline's timer belongs to the I/O runtime, which polls the body.
-        let _runtime = self.runtime.enter();
-        let body = Streamed {
-            receiver,
-            ended: ended.clone(),
-            deadline: self
-                .request
-                .deadline
-                .map(|at| Box::pin(tokio::time::sleep_until(at.into()))),
+        let body = {
+            // The deadline's timer belongs to the I/O runtime, which polls the body.
+            let _runtime = self.runtime.enter();
+            Streamed::new(receiver, ended.clone(), self.request.deadline)
         };
-        let status = bridge::app_status(status);
-        let mut answer = hyper::Response::new(bridge::AnswerBody::Streamed(Box::new(body)));
-        *answer.status_mut() = status;
-        bridge::app_headers(
-            answer.headers_mut(),
-            headers.iter().map(|h| {
-                // SAFETY: the app's headers live through `stream_start`.
-                unsafe { (h.name.as_slice(), h.value.as_slice()) }
-            }),
-        );
+        let headers = headers.iter().map(|h| {
+            // SAFETY: the app's headers live through `stream_start`.
+            unsafe { (h.name.as_slice(), h.value.as_slice()) }
+        });
+        let mut answer = answer::from_app(status, headers, AnswerBody::Streamed(Box::new(body)));
         self.id.stamp(answer.headers_mut());
+        let status = answer.status().as_u16();
         if reply.send(answer).is_err() {
-            self.request.cancel();
+            self.request.cancel(Cancel::ClientLeft);
             return -1;
         }
         self.feed = Some(Feed {
             sender,
             ended,
-            status: status.as_u16(),
+            status,
             bytes: 0,
             cut: false,
         });
@@ -187,14 +172,14 @@ impl<'c> Call<'c> {
                     self.runtime.block_on(async move {
                         tokio::select! {
                             sent = sender.send(piece) => sent.is_ok(),
-                            () = exchange::until(deadline) => false,
+                            () = until(deadline) => false,
                         }
                     })
                 }
             };
             if !sent {
                 // The client left (hyper dropped the body) or the deadline passed.
-                self.request.cancel();
+                self.request.cancel(Cancel::ClientLeft);
                 return -1;
             }
             feed.bytes += length;
@@ -203,16 +188,12 @@ impl<'c> Call<'c> {
     }
 }
 
-/// Runs a host function; a panic in it (a bug of ours) must not unwind into the app: it
-/// fails the call instead.
-fn guarded(f: impl FnOnce() -> i32) -> i32 {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(-1)
-}
-
 unsafe extern "C" fn is_cancelled(ctx: *mut c_void) -> i32 {
     // SAFETY: `ctx` is the `Call` the pool passed with this request, alive during `handle`.
     let call = unsafe { &*(ctx as *const Call) };
-    guarded(|| i32::from(call.request.is_cancelled()))
+    guarded("is_cancelled", -1, || {
+        i32::from(call.request.is_cancelled())
+    })
 }
 
 unsafe extern "C" fn stream_start(
@@ -227,7 +208,7 @@ unsafe extern "C" fn stream_start(
         (_, 0) | (true, _) => &[][..],
         _ => unsafe { std::slice::from_raw_parts(headers, header_count) },
     };
-    guarded(|| call.start(status, headers))
+    guarded("stream_start", -1, || call.start(status, headers))
 }
 
 unsafe extern "C" fn stream_write(ctx: *mut c_void, bytes: *const u8, len: usize) -> i32 {
@@ -237,57 +218,11 @@ unsafe extern "C" fn stream_write(ctx: *mut c_void, bytes: *const u8, len: usize
         (_, 0) | (true, _) => &[][..],
         _ => unsafe { std::slice::from_raw_parts(bytes, len) },
     };
-    guarded(|| call.write(bytes))
+    guarded("stream_write", -1, || call.write(bytes))
 }
 
 unsafe extern "C" fn stream_cut(ctx: *mut c_void) -> i32 {
     // SAFETY: as above.
     let call = unsafe { &mut *(ctx as *mut Call) };
-    guarded(|| call.cut())
-}
-
-/// The body of a streamed answer, as hyper reads it.
-pub struct Streamed {
-    receiver: mpsc::Receiver<Bytes>,
-    /// Set when `handle` returned without the stream being cut off.
-    ended: Arc<AtomicBool>,
-    deadline: Option<Pin<Box<Sleep>>>,
-}
-
-/// A stream cut off: hyper closes the connection without ending the body.
-#[derive(Debug)]
-pub struct Cut;
-
-impl std::fmt::Display for Cut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the streamed answer was cut off")
-    }
-}
-
-impl std::error::Error for Cut {}
-
-impl Body for Streamed {
-    type Data = Bytes;
-    type Error = Cut;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Cut>>> {
-        if let Some(deadline) = self.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Some(Err(Cut)));
-            }
-        }
-        match self.receiver.poll_recv(cx) {
-            Poll::Ready(Some(piece)) => Poll::Ready(Some(Ok(Frame::data(piece)))),
-            Poll::Ready(None) if self.ended.load(Ordering::Acquire) => Poll::Ready(None),
-            Poll::Ready(None) => Poll::Ready(Some(Err(Cut))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
+    guarded("stream_cut", -1, || call.cut())
 }
