@@ -3,9 +3,13 @@
 //!
 //! Signal handlers, the readers of the workers' status pipes and the file watcher only send
 //! events; the loop reaps, logs, probes, replaces, drains and decides. Each worker's life is
-//! an explicit [`WorkerState`]; the service's is a [`Phase`]. The listening socket stays
-//! open in the supervisor for its whole life, so no restart, reload or replacement ever
-//! refuses a connection: connections queue on the socket until some worker accepts them.
+//! an explicit [`Life`]; the service's is a [`Phase`]; dev reload's a [`Reload`]. The
+//! listening socket stays open in the supervisor for its whole life, so no restart, reload
+//! or replacement ever refuses a connection: connections queue on the socket until some
+//! worker accepts them.
+//!
+//! Beside the loop: [`spawn`] starts a worker process, [`watchdog`] probes the ready ones,
+//! [`reload`] watches the app in dev, [`signals`] and [`listen`] are the process's own.
 //!
 //! A *replacement* (watchdog, dev reload, SIGHUP) starts the new worker first; only once it
 //! says `ready` is the old one told to stop: `stop` (drain: finish what it has, with
@@ -13,13 +17,10 @@
 //! has read with 503 at once). SIGKILL follows if it is still there at its deadline.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{ChildStdin, Stdio};
-use std::thread;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::ChildStdin;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -28,23 +29,24 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGKILL, SIGTERM, SIGUSR1};
 mod listen;
 mod reload;
 mod signals;
+mod spawn;
+mod watchdog;
 
 pub use listen::address_file;
 
 use crate::config::{App, Loaded, Mode, Settings};
-use crate::control::{self, Command, Status, LISTEN_FD, STATUS_FD, SUPERVISOR_PID_VAR};
+use crate::control::{self, Command, Status};
 use crate::error::Error;
 use crate::exit;
 use crate::log;
-use crate::metrics::{self, Restart, METRICS_FD};
+use crate::metrics::{self, Restart};
 use crate::{say, warn};
 use listen::AddressFile;
-use reload::{Changed, Identity};
+use reload::{Changed, Identity, Reload};
+use watchdog::{Probes, Watch};
 
 /// The loop looks at its clocks (probes, deadlines, restarts) at least this often.
 const TICK: Duration = Duration::from_millis(50);
-/// File changes closer together than this are one change.
-const RELOAD_DEBOUNCE: Duration = Duration::from_millis(150);
 /// Crash restarts wait 100 ms, doubling per crash in a row, up to this.
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
 /// A worker that served this long before crashing resets the back-off.
@@ -67,14 +69,20 @@ pub enum Event {
     Built,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerState {
-    /// Started; loading the app.
-    Starting,
+/// A worker's life; each state holds what is true only in it.
+#[derive(Debug)]
+enum Life {
+    /// Started; loading the app. It takes over from `replaces` once ready.
+    Starting { replaces: Option<(i32, Reason)> },
     /// Accepting connections and answering probes.
-    Ready,
-    /// Told to stop or abandon; SIGKILL at its deadline.
-    Stopping,
+    Ready {
+        since: Instant,
+        probes: Probes,
+        /// The worker starting to take its place: this one is no longer probed.
+        successor: Option<i32>,
+    },
+    /// Told to stop or abandon; SIGKILL at `kill_at` (`None` once sent).
+    Stopping { kill_at: Option<Instant> },
 }
 
 /// Why a worker is being replaced.
@@ -128,29 +136,46 @@ enum Phase {
     Stopping,
 }
 
-/// The watchdog's view of one worker.
-struct Probes {
-    next_id: u64,
-    outstanding: Option<(u64, Instant)>,
-    misses: u32,
-    next_at: Instant,
-    last_answer: Instant,
-}
-
 struct Worker {
     pid: i32,
-    state: WorkerState,
     started: Instant,
-    ready_at: Option<Instant>,
     control: Option<ChildStdin>,
-    /// The worker this one takes over from once ready, and why.
-    replaces: Option<(i32, Reason)>,
-    /// A replacement for this worker is on its way: no more probes.
-    replaced: bool,
     /// Requests after which it is recycled (`max_requests` plus its share of the jitter).
     request_limit: Option<u64>,
-    probes: Probes,
-    kill_at: Option<Instant>,
+    life: Life,
+}
+
+impl Worker {
+    fn is_stopping(&self) -> bool {
+        matches!(self.life, Life::Stopping { .. })
+    }
+
+    fn is_ready(&self) -> bool {
+        matches!(self.life, Life::Ready { .. })
+    }
+
+    /// Ready, and no successor is on its way.
+    fn is_ready_alone(&self) -> bool {
+        matches!(
+            self.life,
+            Life::Ready {
+                successor: None,
+                ..
+            }
+        )
+    }
+
+    /// Starting or ready, and no successor is on its way.
+    fn is_staying(&self) -> bool {
+        matches!(
+            self.life,
+            Life::Starting { .. }
+                | Life::Ready {
+                    successor: None,
+                    ..
+                }
+        )
+    }
 }
 
 /// Re-reads the config for SIGHUP (with the same command line).
@@ -168,10 +193,9 @@ pub struct Supervisor {
     crash_streak: u32,
     restarts_due: Vec<Instant>,
     rolling: VecDeque<i32>,
-    reload_due: Option<(Instant, Changed)>,
+    /// Dev: a reload to do, or a build under way.
+    reload: Reload,
     library: Identity,
-    /// Dev: `dev.build_command` is running; changes meanwhile wait for it.
-    building: bool,
     /// Some worker has been ready since start: a later start-up failure may be passing.
     ever_ready: bool,
     exit_code: Option<i32>,
@@ -233,7 +257,6 @@ impl Supervisor {
             listener,
             handoff: control::handoff(&loaded.source_name(), &loaded.effective()),
             library: reload::identity(&app),
-            building: false,
             ever_ready: false,
             loaded,
             resolve,
@@ -244,7 +267,7 @@ impl Supervisor {
             crash_streak: 0,
             restarts_due: Vec::new(),
             rolling: VecDeque::new(),
-            reload_due: None,
+            reload: Reload::Idle,
             exit_code: None,
             _watcher: watcher,
         };
@@ -284,22 +307,17 @@ impl Supervisor {
             Event::Signal(SIGHUP) => self.reread_config(),
             Event::Signal(SIGUSR1) => {
                 say!("SIGUSR1: asking the workers for their requests in flight");
-                for pid in self.pids(|w| w.state != WorkerState::Stopping) {
+                for pid in self.pids(|w| !w.is_stopping()) {
                     self.tell(pid, Command::Report);
                 }
             }
             Event::Signal(signal) => say!("ignoring {}", exit::signal_name(signal)),
             Event::Status { pid, line } => self.status(pid, &line),
-            Event::Changed(changed) if self.phase == Phase::Serving => {
-                // A change of the app outranks a source change in the same burst.
-                let kind = match self.reload_due {
-                    Some((_, app @ (Changed::Library | Changed::Python))) => app,
-                    _ => changed,
-                };
-                self.reload_due = Some((Instant::now() + RELOAD_DEBOUNCE, kind));
+            Event::Changed(changed) if self.is_serving() => {
+                self.reload = self.reload.changed(changed, Instant::now());
             }
-            Event::Built => self.building = false,
             Event::Changed(_) => {}
+            Event::Built => self.reload = self.reload.built(),
         }
     }
 
@@ -314,7 +332,7 @@ impl Supervisor {
                 self.phase = Phase::Stopping;
                 say!("drain time over: refusing new connections, stopping the workers");
                 listen::stop_listening(&self.listener);
-                for pid in self.pids(|w| w.state != WorkerState::Stopping) {
+                for pid in self.pids(|w| !w.is_stopping()) {
                     self.stop(pid, Stop::Drain);
                 }
             }
@@ -322,87 +340,54 @@ impl Supervisor {
         self.kill_overdue(now);
     }
 
+    fn is_serving(&self) -> bool {
+        self.phase == Phase::Serving
+    }
+
+    /// Whether a worker is starting to take another's place (watchdog, reload, SIGHUP,
+    /// recycling): such handovers go one at a time.
+    fn replacement_under_way(&self) -> bool {
+        self.workers
+            .iter()
+            .any(|w| matches!(w.life, Life::Starting { replaces: Some(_) }))
+    }
+
     /// Starts one worker on the listening socket; `replaces` is the worker it takes over
     /// from once ready.
     fn spawn_worker(&mut self, replaces: Option<(i32, Reason)>) -> Result<i32, Error> {
-        let exe = std::env::current_exe()
-            .map_err(|e| Error::io("cannot find this program to start a worker", e))?;
-        let (status_read, status_write) = pipe()?;
-        let listen_fd = self.listener.as_raw_fd();
-        let status_fd = status_write.as_raw_fd();
-        let metrics_fd = self.metrics_fd.as_raw_fd();
         let slot = self.slots.take();
         if slot.is_none() {
             say!("no free metrics slot: the new worker's figures stay out of /metrics");
         }
-        let mut command = std::process::Command::new(exe);
-        command
-            .arg(control::WORKER_COMMAND)
-            .env(SUPERVISOR_PID_VAR, std::process::id().to_string())
-            // The app's panic lines (written by the SDK inside the app) follow the log format.
-            .env(
-                microservice_rust::LOG_FORMAT_VAR,
-                self.loaded.settings.log_format.name(),
-            )
-            .env(
-                metrics::SLOT_VAR,
-                slot.map(|s| s.to_string()).unwrap_or_default(),
-            )
-            .stdin(Stdio::piped())
-            // Terminal signals go to the supervisor, which decides what the workers get.
-            .process_group(0);
-        // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                place_fds(&[
-                    (listen_fd, LISTEN_FD),
-                    (status_fd, STATUS_FD),
-                    (metrics_fd, METRICS_FD),
-                ])
-            });
-        }
-        let spawned = command.spawn();
-        let mut child = match spawned {
-            Ok(child) => child,
+        let start = spawn::Start {
+            listener: self.listener.as_raw_fd(),
+            metrics: self.metrics_fd.as_raw_fd(),
+            slot,
+            log_format: self.loaded.settings.log_format,
+            handoff: &self.handoff,
+        };
+        let spawned = match spawn::spawn(start, self.sender.clone()) {
+            Ok(spawned) => spawned,
             Err(e) => {
                 if let Some(slot) = slot {
                     self.slots.release(slot);
                 }
-                return Err(Error::io("cannot start a worker", e));
+                return Err(e);
             }
         };
-        drop(status_write);
-        let pid = child.id() as i32;
+        let pid = spawned.pid;
         if let Some(slot) = slot {
             self.slots.started(slot, pid);
         }
         if let Some((_, reason)) = replaces {
             self.slots.restarted(reason.restart());
         }
-        let mut control = child.stdin.take();
-        if let Some(stdin) = control.as_mut() {
-            // A worker that died at once closes the pipe; its exit status tells why.
-            let _ = stdin.write_all(self.handoff.as_bytes());
-        }
-        watch_status(pid, status_read, self.sender.clone());
-        let now = Instant::now();
         self.workers.push(Worker {
             pid,
-            state: WorkerState::Starting,
-            started: now,
-            ready_at: None,
-            control,
-            replaces,
-            replaced: false,
+            started: Instant::now(),
+            control: spawned.control,
             request_limit: request_limit(&self.loaded.settings, pid),
-            probes: Probes {
-                next_id: 1,
-                outstanding: None,
-                misses: 0,
-                next_at: now,
-                last_answer: now,
-            },
-            kill_at: None,
+            life: Life::Starting { replaces },
         });
         match replaces {
             Some((old, reason)) => {
@@ -441,26 +426,26 @@ impl Supervisor {
     fn status(&mut self, pid: i32, line: &str) {
         match Status::parse(line) {
             Some(Status::Ready) => self.mark_ready(pid),
-            Some(Status::Probe { id, health }) => self.probe_answered(pid, id, health.err()),
+            Some(Status::Probe { id, health }) => self.probe_answered(pid, id, health),
             None => say!("worker {pid} said something unexpected: {line:?}"),
         }
     }
 
     fn mark_ready(&mut self, pid: i32) {
-        let interval = self.loaded.settings.watchdog.interval();
-        let serving = self.phase == Phase::Serving;
+        let watch = Watch::of(&self.loaded.settings);
+        let serving = self.is_serving();
         let Some(worker) = self.worker(pid) else {
             return;
         };
-        if worker.state != WorkerState::Starting {
+        let Life::Starting { replaces } = worker.life else {
             return;
-        }
+        };
         let now = Instant::now();
-        worker.state = WorkerState::Ready;
-        worker.ready_at = Some(now);
-        worker.probes.next_at = now + interval;
-        worker.probes.last_answer = now;
-        let replaces = worker.replaces.take();
+        worker.life = Life::Ready {
+            since: now,
+            probes: Probes::new(now, watch),
+            successor: None,
+        };
         say!(
             "worker {pid} ready after {} ms",
             worker.started.elapsed().as_millis()
@@ -471,10 +456,7 @@ impl Supervisor {
             return;
         }
         if let Some((old, reason)) = replaces {
-            if self
-                .worker(old)
-                .is_some_and(|w| w.state != WorkerState::Stopping)
-            {
+            if self.worker(old).is_some_and(|w| !w.is_stopping()) {
                 let how = match reason {
                     Reason::Watchdog => Stop::Abandon,
                     Reason::Reload | Reason::Config | Reason::Recycle => Stop::Drain,
@@ -499,8 +481,9 @@ impl Supervisor {
         let Some(worker) = self.worker(pid) else {
             return;
         };
-        worker.state = WorkerState::Stopping;
-        worker.kill_at = Some(Instant::now() + grace);
+        worker.life = Life::Stopping {
+            kill_at: Some(Instant::now() + grace),
+        };
         if !delivered {
             // SAFETY: kill on a child not yet reaped, so the PID is still ours.
             unsafe { libc::kill(pid, SIGTERM) };
@@ -509,11 +492,13 @@ impl Supervisor {
 
     fn kill_overdue(&mut self, now: Instant) {
         for worker in &mut self.workers {
-            if worker.kill_at.is_some_and(|at| now >= at) {
-                say!("worker {} did not stop in time: SIGKILL", worker.pid);
-                // SAFETY: as in `stop`.
-                unsafe { libc::kill(worker.pid, SIGKILL) };
-                worker.kill_at = None;
+            if let Life::Stopping { kill_at } = &mut worker.life {
+                if kill_at.is_some_and(|at| now >= at) {
+                    say!("worker {} did not stop in time: SIGKILL", worker.pid);
+                    // SAFETY: as in `stop`.
+                    unsafe { libc::kill(worker.pid, SIGKILL) };
+                    *kill_at = None;
+                }
             }
         }
     }
@@ -536,8 +521,8 @@ impl Supervisor {
                 self.exit_code = Some(0);
                 self.restarts_due.clear();
                 self.rolling.clear();
-                self.reload_due = None;
-                for pid in self.pids(|w| w.state != WorkerState::Stopping) {
+                self.reload = Reload::Idle;
+                for pid in self.pids(|w| !w.is_stopping()) {
                     self.tell(pid, Command::Unready);
                 }
             }
@@ -550,7 +535,9 @@ impl Supervisor {
             Phase::Stopping => {
                 say!("{name} again: killing the workers");
                 for worker in &mut self.workers {
-                    worker.kill_at = Some(Instant::now());
+                    worker.life = Life::Stopping {
+                        kill_at: Some(Instant::now()),
+                    };
                 }
             }
         }
@@ -559,7 +546,7 @@ impl Supervisor {
     /// SIGHUP: re-reads the config; a bad one is refused and the running one stays. A good
     /// one replaces the workers one by one.
     fn reread_config(&mut self) {
-        if self.phase != Phase::Serving {
+        if !self.is_serving() {
             return;
         }
         let mut loaded = match (self.resolve)() {
@@ -582,9 +569,7 @@ impl Supervisor {
         }
         self.handoff = control::handoff(&loaded.source_name(), &loaded.effective());
         self.loaded = loaded;
-        self.rolling = self
-            .pids(|w| w.state != WorkerState::Stopping && !w.replaced)
-            .into();
+        self.rolling = self.pids(Worker::is_staying).into();
         say!(
             "SIGHUP: config re-read from {}; replacing {} worker(s) one by one",
             self.loaded.source_name(),
@@ -595,20 +580,17 @@ impl Supervisor {
     /// Replaces the next worker of a rolling restart once no replacement is under way; after
     /// the last one, brings the number of workers to `workers` (it may have changed).
     fn roll_on(&mut self) {
-        if self.phase != Phase::Serving || self.workers.iter().any(|w| w.replaces.is_some()) {
+        if !self.is_serving() || self.replacement_under_way() {
             return;
         }
         while let Some(old) = self.rolling.pop_front() {
-            if self
-                .worker(old)
-                .is_some_and(|w| w.state == WorkerState::Ready)
-            {
+            if self.worker(old).is_some_and(|w| w.is_ready()) {
                 self.replace(old, Reason::Config);
                 return;
             }
         }
         let wanted = self.loaded.settings.workers;
-        let serving = self.pids(|w| w.state != WorkerState::Stopping);
+        let serving = self.pids(|w| !w.is_stopping());
         let planned = serving.len() + self.restarts_due.len();
         if planned < wanted {
             say!(
@@ -638,18 +620,15 @@ impl Supervisor {
     fn recycle_if_due(&mut self) {
         let settings = &self.loaded.settings;
         let memory_limit = settings.max_worker_memory_mb;
-        if self.phase != Phase::Serving
+        if !self.is_serving()
             || !self.rolling.is_empty()
-            || self
-                .workers
-                .iter()
-                .any(|w| w.replaces.is_some() || w.replaced)
+            || self.replacement_under_way()
             || (settings.max_requests == 0 && memory_limit.is_none())
         {
             return;
         }
         let due = self.workers.iter().find_map(|worker| {
-            if worker.state != WorkerState::Ready {
+            if !worker.is_ready() {
                 return None;
             }
             let pid = worker.pid;
@@ -674,119 +653,32 @@ impl Supervisor {
         }
     }
 
+    /// Starts the successor of the ready worker `old`, which stops once it is ready.
     fn replace(&mut self, old: i32, reason: Reason) {
-        if let Some(worker) = self.worker(old) {
-            worker.replaced = true;
-        }
-        if let Err(e) = self.spawn_worker(Some((old, reason))) {
-            say!("{e}; worker {old} keeps serving");
-            if let Some(worker) = self.worker(old) {
-                worker.replaced = false;
-            }
-        }
-    }
-
-    /// Probes every ready worker's `/healthz` through its own queue (see the watchdog keys).
-    fn watch_health(&mut self, now: Instant) {
-        let settings = &self.loaded.settings;
-        if !settings.watchdog_enabled() || self.phase != Phase::Serving {
-            return;
-        }
-        let interval = settings.watchdog.interval();
-        let timeout = settings.watchdog.timeout();
-        let failures = settings.watchdog.failures;
-        let mut probe = Vec::new();
-        let mut replace = Vec::new();
-        for worker in &mut self.workers {
-            if worker.state != WorkerState::Ready || worker.replaced {
-                continue;
-            }
-            let probes = &mut worker.probes;
-            if let Some((id, sent)) = probes.outstanding {
-                if now.duration_since(sent) < timeout {
-                    continue;
+        match self.spawn_worker(Some((old, reason))) {
+            Ok(new) => {
+                if let Some(Life::Ready { successor, .. }) = self.worker(old).map(|w| &mut w.life) {
+                    *successor = Some(new);
                 }
-                probes.outstanding = None;
-                probes.misses += 1;
-                probes.next_at = now;
-                say!(
-                    "worker {}: /healthz probe {id} got no answer within {}s ({}/{failures})",
-                    worker.pid,
-                    timeout.as_secs_f64(),
-                    probes.misses
-                );
             }
-            if probes.misses >= failures {
-                say!(
-                    "watchdog: worker {} missed {failures} probe(s) in a row, last answer {:.1}s \
-                     ago (interval {}s, timeout {}s); replacing it",
-                    worker.pid,
-                    now.duration_since(probes.last_answer).as_secs_f64(),
-                    interval.as_secs_f64(),
-                    timeout.as_secs_f64()
-                );
-                replace.push(worker.pid);
-            } else if now >= probes.next_at {
-                let id = probes.next_id;
-                probes.next_id += 1;
-                probes.outstanding = Some((id, now));
-                probe.push((worker.pid, id));
-            }
-        }
-        for (pid, id) in probe {
-            self.tell(pid, Command::Probe(id));
-        }
-        for pid in replace {
-            self.replace(pid, Reason::Watchdog);
-        }
-    }
-
-    fn probe_answered(&mut self, pid: i32, id: u64, failure: Option<String>) {
-        let settings = &self.loaded.settings;
-        let interval = settings.watchdog.interval();
-        let timeout = settings.watchdog.timeout();
-        let failures = settings.watchdog.failures;
-        let Some(worker) = self.worker(pid) else {
-            return;
-        };
-        let probes = &mut worker.probes;
-        if probes.outstanding.map(|(o, _)| o) != Some(id) {
-            return; // a late answer to a probe already counted as missed
-        }
-        let now = Instant::now();
-        probes.outstanding = None;
-        probes.last_answer = now;
-        match failure {
-            None => {
-                probes.misses = 0;
-                probes.next_at = now + interval;
-            }
-            Some(reason) => {
-                probes.misses += 1;
-                probes.next_at = now + timeout;
-                say!(
-                    "worker {pid}: /healthz probe {id} failed: {reason} ({}/{failures})",
-                    probes.misses
-                );
-            }
+            Err(e) => say!("{e}; worker {old} keeps serving"),
         }
     }
 
     /// Dev: after a debounced change, rebuilds (a source change with `dev.build_command`)
     /// or replaces the workers (the library changed).
     fn reload_if_due(&mut self, now: Instant) {
-        let Some((due, changed)) = self.reload_due else {
+        let Some(changed) = self.reload.due(now) else {
             return;
         };
-        let replacing = self.workers.iter().any(|w| w.replaces.is_some());
-        if now < due || replacing || self.building {
+        if self.replacement_under_way() {
             return;
         }
-        self.reload_due = None;
+        self.reload = Reload::Idle;
         let settings = &self.loaded.settings;
         if let (Changed::Source, Some(command)) = (changed, &settings.dev.build_command) {
             reload::build(command, self.sender.clone());
-            self.building = true;
+            self.reload = Reload::Building { then: None };
             return;
         }
         let app = settings
@@ -802,13 +694,13 @@ impl Supervisor {
             Changed::Python => say!("the Python code of {} changed: reloading", app.display()),
             _ => say!("{} changed: reloading", app.display()),
         }
-        for pid in self.pids(|w| w.state == WorkerState::Ready && !w.replaced) {
+        for pid in self.pids(Worker::is_ready_alone) {
             self.replace(pid, Reason::Reload);
         }
     }
 
     fn restart_if_due(&mut self, now: Instant) {
-        if self.phase != Phase::Serving {
+        if !self.is_serving() {
             return;
         }
         let due = self.restarts_due.iter().filter(|at| now >= **at).count();
@@ -852,36 +744,30 @@ impl Supervisor {
             }
             let how = exit::describe_wait_status(status);
             let code = exit::from_wait_status(status);
-            match worker.state {
-                WorkerState::Stopping => say!("worker {pid} stopped ({how})"),
-                WorkerState::Starting => self.failed_to_start(worker, &how, code),
-                WorkerState::Ready => {
-                    if self.phase != Phase::Serving {
-                        say!("worker {pid} {how}");
-                    } else if self
-                        .workers
-                        .iter()
-                        .any(|w| w.replaces.map(|r| r.0) == Some(pid))
-                    {
-                        say!("worker {pid} {how}; its replacement is on its way");
-                    } else {
-                        let served = worker.ready_at.map(|at| at.elapsed());
-                        let delay = self.schedule_restart(served);
-                        say!(
-                            "worker {pid} {how}; restarting it in {} ms",
-                            delay.as_millis()
-                        );
-                    }
+            match worker.life {
+                Life::Stopping { .. } => say!("worker {pid} stopped ({how})"),
+                Life::Starting { replaces } => self.failed_to_start(pid, replaces, &how, code),
+                Life::Ready { .. } if !self.is_serving() => say!("worker {pid} {how}"),
+                Life::Ready {
+                    successor: Some(_), ..
+                } => say!("worker {pid} {how}; its replacement is on its way"),
+                Life::Ready { since, .. } => {
+                    let delay = self.schedule_restart(Some(since.elapsed()));
+                    say!(
+                        "worker {pid} {how}; restarting it in {} ms",
+                        delay.as_millis()
+                    );
                 }
             }
         }
     }
 
-    fn failed_to_start(&mut self, worker: Worker, how: &str, code: i32) {
-        let pid = worker.pid;
-        if let Some((old, reason)) = worker.replaces {
+    fn failed_to_start(&mut self, pid: i32, replaces: Option<(i32, Reason)>, how: &str, code: i32) {
+        if let Some((old, reason)) = replaces {
             if let Some(previous) = self.worker(old) {
-                previous.replaced = false;
+                if let Life::Ready { successor, .. } = &mut previous.life {
+                    *successor = None;
+                }
                 say!("the new worker {pid} could not start ({how}); worker {old} keeps serving");
                 if reason == Reason::Config {
                     self.rolling.clear();
@@ -892,14 +778,14 @@ impl Supervisor {
         // A reserved code means it will fail again; so will a crash before any worker
         // was ever ready (the app cannot start at all). Either way: stop, don't loop.
         let boot_failure = [exit::APP_LOAD, exit::BOOT, exit::CONFIG].contains(&code);
-        let none_ready = !self.workers.iter().any(|w| w.state == WorkerState::Ready);
-        if self.phase != Phase::Serving {
+        let none_ready = !self.workers.iter().any(Worker::is_ready);
+        if !self.is_serving() {
             say!("worker {pid} {how}");
         } else if none_ready && (boot_failure || !self.ever_ready) {
             say!("worker {pid} {how}: the worker could not start; stopping");
             self.exit_code = Some(code);
             self.phase = Phase::Stopping;
-            for pid in self.pids(|w| w.state != WorkerState::Stopping) {
+            for pid in self.pids(|w| !w.is_stopping()) {
                 self.stop(pid, Stop::Drain);
             }
         } else {
@@ -931,52 +817,6 @@ fn reap_children() -> Vec<(i32, i32)> {
 fn become_subreaper() {
     // SAFETY: prctl with these arguments only sets a flag on this process.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-}
-
-/// Reads a worker's status pipe; its lines become events.
-fn watch_status(pid: i32, pipe: OwnedFd, sender: Sender<Event>) {
-    let spawned = thread::Builder::new().name("status".into()).spawn(move || {
-        for line in BufReader::new(File::from(pipe)).lines() {
-            let Ok(line) = line else { return };
-            if sender.send(Event::Status { pid, line }).is_err() {
-                return;
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        say!("cannot watch worker {pid}'s status: {e}");
-    }
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: pipe2 fills both fds on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(Error::io(
-            "cannot create a pipe",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// In the child between fork and exec: puts each `from` fd on its `to` number, inheritable.
-/// Goes through fresh numbers first so that one move cannot overwrite another's source.
-fn place_fds(moves: &[(RawFd, RawFd); 3]) -> std::io::Result<()> {
-    let check = |rc: i32| match rc {
-        -1 => Err(std::io::Error::last_os_error()),
-        rc => Ok(rc),
-    };
-    let mut temporary = [0 as RawFd; 3];
-    for (i, &(from, _)) in moves.iter().enumerate() {
-        temporary[i] = check(unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 10) })?;
-    }
-    for (i, &(_, to)) in moves.iter().enumerate() {
-        // dup2 leaves the new fd without FD_CLOEXEC, so the worker inherits it.
-        check(unsafe { libc::dup2(temporary[i], to) })?;
-    }
-    Ok(())
 }
 
 /// The requests after which the worker `pid` is recycled: `max_requests` plus a share of

@@ -15,6 +15,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
@@ -32,6 +33,66 @@ pub enum Changed {
     Source,
     /// A Python app's code.
     Python,
+}
+
+/// File changes closer together than this are one change.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Where dev reload stands, in the supervisor's loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// Nothing to do.
+    Idle,
+    /// A change to act on from `at` (once no replacement is under way).
+    Due { at: Instant, changed: Changed },
+    /// `dev.build_command` runs; a change seen meanwhile waits for it in `then`.
+    Building { then: Option<(Instant, Changed)> },
+}
+
+impl Reload {
+    /// A change seen at `now`: due after the debounce. A change of the app outranks a
+    /// source change in the same burst.
+    pub fn changed(self, changed: Changed, now: Instant) -> Reload {
+        let merge = |waiting: Option<(Instant, Changed)>| {
+            let kind = match waiting {
+                Some((_, app @ (Changed::Library | Changed::Python))) => app,
+                _ => changed,
+            };
+            (now + DEBOUNCE, kind)
+        };
+        match self {
+            Reload::Idle => {
+                let (at, changed) = merge(None);
+                Reload::Due { at, changed }
+            }
+            Reload::Due { at, changed: was } => {
+                let (at, changed) = merge(Some((at, was)));
+                Reload::Due { at, changed }
+            }
+            Reload::Building { then } => Reload::Building {
+                then: Some(merge(then)),
+            },
+        }
+    }
+
+    /// The build finished: what came meanwhile is due.
+    pub fn built(self) -> Reload {
+        match self {
+            Reload::Building {
+                then: Some((at, changed)),
+            } => Reload::Due { at, changed },
+            Reload::Building { then: None } => Reload::Idle,
+            other => other,
+        }
+    }
+
+    /// The change due by `now`, if one is.
+    pub fn due(self, now: Instant) -> Option<Changed> {
+        match self {
+            Reload::Due { at, changed } if now >= at => Some(changed),
+            _ => None,
+        }
+    }
 }
 
 /// The file's identity: it changes whenever a build replaces or rewrites it.
@@ -163,8 +224,28 @@ pub fn build(command: &str, sender: Sender<Event>) {
 
 #[cfg(test)]
 mod tests {
-    use super::is_python_code;
-    use std::path::Path;
+    use super::*;
+
+    #[test]
+    fn changes_in_a_burst_are_one_and_the_app_outranks_sources() {
+        let now = Instant::now();
+        let reload = Reload::Idle.changed(Changed::Library, now);
+        assert_eq!(reload.due(now), None, "debounced");
+        let later = now + DEBOUNCE / 2;
+        let reload = reload.changed(Changed::Source, later);
+        assert_eq!(reload.due(later + DEBOUNCE / 2), None, "the burst goes on");
+        assert_eq!(reload.due(later + DEBOUNCE), Some(Changed::Library));
+    }
+
+    #[test]
+    fn a_change_during_a_build_waits_for_it() {
+        let now = Instant::now();
+        let building = Reload::Building { then: None };
+        assert_eq!(building.built(), Reload::Idle);
+        let building = building.changed(Changed::Library, now);
+        assert_eq!(building.due(now + DEBOUNCE), None, "not while building");
+        assert_eq!(building.built().due(now + DEBOUNCE), Some(Changed::Library));
+    }
 
     #[test]
     fn python_code_is_py_files_outside_caches_and_hidden_directories() {
