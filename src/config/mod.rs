@@ -51,18 +51,51 @@ impl Mode {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Watchdog {
-    /// `None`: on in production, off in dev.
+    /// Default `None`: on in production, off in dev (a developer's breakpoint is not a
+    /// hang).
     pub enabled: Option<bool>,
+    /// Seconds between probes of a worker. Default 5: a hung worker is found within about
+    /// 10 s, as Docker's health check would, at a probe's cost every 5 s.
     pub interval_s: f64,
+    /// Seconds a probe may take. Default 2: a probe is a request through the queue; a
+    /// pool busy for 2 s is as good as stuck to its clients.
     pub timeout_s: f64,
+    /// Probes missed in a row that replace a worker. Default 3: one slow moment is not a
+    /// hang.
     pub failures: u32,
     /// Request-duration watchdog: `/healthz` fails while the mean duration of the last
-    /// `request_average` requests is over this. `None`: off.
+    /// `request_average` requests is over this. Default `None`: off, since what is slow
+    /// depends on the app.
     pub request_threshold_s: Option<f64>,
+    /// Default 10: a few slow requests are noise, ten in a row a trend.
     pub request_average: u32,
 }
 
+impl Default for Watchdog {
+    fn default() -> Watchdog {
+        Watchdog {
+            enabled: None,
+            interval_s: 5.0,
+            timeout_s: 2.0,
+            failures: 3,
+            request_threshold_s: None,
+            request_average: 10,
+        }
+    }
+}
+
 impl Watchdog {
+    fn to_json(&self, enabled: Option<bool>) -> Value {
+        json!({
+            "enabled": enabled,
+            "interval_s": self.interval_s,
+            "timeout_s": self.timeout_s,
+            "failures": self.failures,
+            "request_threshold_s": self.request_threshold_s,
+            "request_average": self.request_average,
+        })
+    }
+
     pub fn interval(&self) -> Duration {
         Duration::from_secs_f64(self.interval_s)
     }
@@ -86,61 +119,223 @@ pub const MAX_BATCH: u64 = 1024;
 /// What a Python app imports (see the Python host).
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct PythonSettings {
-    /// The virtualenv whose packages the app imports when `VIRTUAL_ENV` names none;
-    /// `None`: the interpreter's own site-packages.
+    /// The virtualenv whose packages the app imports when `VIRTUAL_ENV` names none.
+    /// Default `None`: the interpreter's own site-packages.
     pub virtualenv: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct DevSettings {
+    /// Paths watched beside the app. Default none.
     pub watch: Vec<String>,
+    /// Run (`sh -c`) when a watched path changes. Default none: the app's own build
+    /// replaces the library.
     pub build_command: Option<String>,
 }
 
-/// The supervisor's keys, typed.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
-    /// The mode in force.
-    pub mode: Mode,
-    /// The key that set the mode (`mode` or `use_apache`); `None`: the environment chose
-    /// it (see `Loaded`).
-    pub mode_key: Option<&'static str>,
-    pub threads: usize,
-    pub workers: usize,
-    /// tokio threads per worker for connection I/O.
-    pub io_threads: usize,
-    /// Connections a worker holds at once; `None`: from its file descriptor limit.
-    pub max_connections: Option<u64>,
-    /// Requests one worker lets wait for a pool thread; one more is shed with 503.
-    pub max_queue: u64,
+/// One server key: its name in the config, how a present (non-null) value is read into the
+/// settings, and how the settings write it out (`resolved`: the values in force instead of
+/// the mode-dependent `null`s).
+struct Key {
+    name: &'static str,
+    read: fn(&Reader<'_>, &Value, &mut Settings) -> Result<(), Error>,
+    write: fn(&Settings, bool) -> Value,
+}
+
+/// Declares every server key once: its field (with its doc, which says the default and
+/// why), its default, how it is read and how it is written. From that come [`Settings`],
+/// its `Default`, and [`KEYS`], which `from_json`, `to_json` and the list of server keys
+/// go through, so none of them can leave a key out. `mode` is apart: the environment or
+/// the Flask image's `use_apache` may set it too.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident: $ty:ty = $default:expr,
+        read |$r:ident, $v:ident| $read:expr,
+        write |$s:ident, $resolved:ident| $write:expr;
+    )*) => {
+        /// The server's keys, typed (see [`settings!`]).
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct Settings {
+            /// The mode in force: `mode`, else the Flask image's `use_apache: true`, else
+            /// the environment's (see `Loaded`). Default dev: a developer's first run.
+            pub mode: Mode,
+            /// The key that set the mode (`mode` or `use_apache`); `None`: the
+            /// environment chose it.
+            pub mode_key: Option<&'static str>,
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        impl Default for Settings {
+            fn default() -> Settings {
+                Settings {
+                    mode: Mode::Dev,
+                    mode_key: None,
+                    $( $field: $default, )*
+                }
+            }
+        }
+
+        /// Every server key but `mode`, in the order of `config.json`.
+        const KEYS: &[Key] = &[$(
+            Key {
+                name: stringify!($field),
+                read: |$r, $v, settings| {
+                    settings.$field = $read;
+                    Ok(())
+                },
+                write: |$s, $resolved| $write,
+            },
+        )*];
+    };
+}
+
+settings! {
+    /// Pool threads per worker in production (dev has one). Default 17: the mod_wsgi daemon
+    /// of Armada's Flask image ran 17 threads, and its apps were sized for it.
+    threads: usize = 17,
+        read |r, v| r.whole("threads", v, 1, MAX_THREADS)? as usize,
+        write |s, _resolved| json!(s.threads);
+    /// Worker processes sharing the socket. Default 1: one process holds the app once; a
+    /// crash of the app is contained either way, and more are for more cores.
+    workers: usize = 1,
+        read |r, v| r.whole("workers", v, 1, MAX_WORKERS)? as usize,
+        write |s, _resolved| json!(s.workers);
+    /// tokio threads per worker for connection I/O. Default 1: measured in docs/DESIGN.md,
+    /// one I/O thread with the app's pool beside it served the most per CPU on 2 cores.
+    io_threads: usize = DEFAULT_IO_THREADS,
+        read |r, v| r.whole("io_threads", v, 1, MAX_IO_THREADS)? as usize,
+        write |s, _resolved| json!(s.io_threads);
+    /// Connections a worker holds at once. Default `None`: 90% of its file descriptor
+    /// limit, one fd a connection, the rest left to the app.
+    max_connections: Option<u64> = None,
+        read |r, v| Some(r.whole("max_connections", v, 1, MAX_CONNECTIONS)?),
+        write |s, resolved| match resolved {
+            true => json!(s.max_connections()),
+            false => json!(s.max_connections),
+        };
+    /// App requests one worker lets wait for a pool thread; one more is shed with 503.
+    /// Default 1024: a client is better told at once than after its whole deadline, and
+    /// 1,024 waiting requests are 0.6 s of work for 17 threads answering in 10 ms.
+    max_queue: u64 = DEFAULT_MAX_QUEUE,
+        read |r, v| r.whole("max_queue", v, 1, MAX_QUEUE)?,
+        write |s, _resolved| json!(s.max_queue);
     /// A worker that has answered this many requests (plus up to `max_requests_jitter`) is
-    /// replaced; 0: never.
-    pub max_requests: u64,
-    pub max_requests_jitter: u64,
-    /// A worker whose resident memory passes this many MiB is replaced; `None`: never.
-    pub max_worker_memory_mb: Option<u64>,
-    pub host: IpAddr,
-    pub port: u16,
-    pub app: Option<PathBuf>,
-    /// `None`: 60 s in production, off in dev. `Some(0.0)`: off.
-    pub request_timeout_s: Option<f64>,
-    pub keep_alive_timeout_s: f64,
-    pub max_body_bytes: u64,
-    pub watchdog: Watchdog,
-    pub drain_time_s: f64,
-    pub stop_timeout_s: f64,
-    pub dev: DevSettings,
-    pub log_level: Level,
-    pub log_format: Format,
-    /// The request line and headers together; a larger head gets 431.
-    pub max_header_bytes: u64,
+    /// replaced. Default 0, never: recycling is for apps that leak.
+    max_requests: u64 = 0,
+        read |r, v| r.whole("max_requests", v, 0, MAX_REQUESTS)?,
+        write |s, _resolved| json!(s.max_requests);
+    /// Up to this many requests more for each worker's `max_requests`, drawn when it
+    /// starts. Default 0.
+    max_requests_jitter: u64 = 0,
+        read |r, v| r.whole("max_requests_jitter", v, 0, MAX_REQUESTS)?,
+        write |s, _resolved| json!(s.max_requests_jitter);
+    /// A worker whose resident memory passes this many MiB is replaced. Default `None`,
+    /// never: recycling is for apps that leak.
+    max_worker_memory_mb: Option<u64> = None,
+        read |r, v| Some(r.whole("max_worker_memory_mb", v, 1, MAX_WORKER_MEMORY_MB)?),
+        write |s, _resolved| json!(s.max_worker_memory_mb);
+    /// The address to listen on. Default all IPv4 addresses: in a container the network
+    /// is the container's own.
+    host: IpAddr = IpAddr::from([0, 0, 0, 0]),
+        read |r, v| v
+            .as_str()
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(|| r.fail("host", "an IP address such as \"0.0.0.0\"", v))?,
+        write |s, _resolved| json!(s.host.to_string());
+    /// The port. Default 80, the Flask image's; 0 picks a free one.
+    port: u16 = 80,
+        read |r, v| r.whole("port", v, 0, u16::MAX as u64)? as u16,
+        write |s, _resolved| json!(s.port);
+    /// The app: a library, or a Python app (see `app`). Default `None`: found in the
+    /// image's conventional places.
+    app: Option<PathBuf> = None,
+        read |r, v| Some(PathBuf::from(r.string("app", v)?)),
+        write |s, _resolved| json!(s.app.as_ref().map(|p| p.display().to_string()));
+    /// Seconds from reading a request to its 504. Default `None`: 60 s in production (a
+    /// hung request must end), off in dev (a developer may sit in a debugger); `Some(0)`:
+    /// off.
+    request_timeout_s: Option<f64> = None,
+        read |r, v| Some(r.seconds("request_timeout_s", v, false)?),
+        write |s, resolved| match resolved {
+            true => json!(s.request_timeout().map_or(0.0, |d| d.as_secs_f64())),
+            false => json!(s.request_timeout_s),
+        };
+    /// An idle connection, or a head or body that stops arriving, is closed after this many
+    /// seconds. Default 5: nginx's and gunicorn's keep-alive are of that order, and a
+    /// slowloris client is cut off within it.
+    keep_alive_timeout_s: f64 = 5.0,
+        read |r, v| r.seconds("keep_alive_timeout_s", v, true)?,
+        write |s, _resolved| json!(s.keep_alive_timeout_s);
+    /// A larger request body gets 413. Default 10 MiB: nginx allows 1 MiB, the Flask
+    /// image's apps took uploads of a few MiB.
+    max_body_bytes: u64 = 10 * 1024 * 1024,
+        read |r, v| r.whole("max_body_bytes", v, 0, 1 << 40)?,
+        write |s, _resolved| json!(s.max_body_bytes);
+    /// The watchdog (see `Watchdog`'s fields for their defaults).
+    watchdog: Watchdog = Watchdog::default(),
+        read |r, v| watchdog(r, v)?,
+        write |s, resolved| s.watchdog.to_json(match resolved {
+            true => Some(s.watchdog_enabled()),
+            false => s.watchdog.enabled,
+        });
+    /// Seconds a SIGTERM'd service goes on serving while `/readyz` says 503. Default 0:
+    /// without a load balancer to tell, there is nothing to wait for.
+    drain_time_s: f64 = 0.0,
+        read |r, v| r.seconds("drain_time_s", v, false)?,
+        write |s, _resolved| json!(s.drain_time_s);
+    /// Seconds the requests read may take to finish once a worker stops. Default 8: under
+    /// Docker's stop grace of 10 s, with 2 s for SIGKILL's margin.
+    stop_timeout_s: f64 = 8.0,
+        read |r, v| r.seconds("stop_timeout_s", v, false)?,
+        write |s, _resolved| json!(s.stop_timeout_s);
+    /// Dev reload (see `DevSettings`). Default: the app alone watched, no build command.
+    dev: DevSettings = DevSettings::default(),
+        read |r, v| dev(r, v)?,
+        write |s, _resolved| json!({
+            "watch": s.dev.watch,
+            "build_command": s.dev.build_command,
+        });
+    /// Lines below this level are not written. Default info: the access log is info.
+    log_level: Level = Level::Info,
+        read |r, v| v
+            .as_str()
+            .and_then(Level::parse)
+            .ok_or_else(|| r.fail("log_level", Level::NAMES, v))?,
+        write |s, _resolved| json!(s.log_level.name());
+    /// Default text: the combined log format people read; `json` for collectors.
+    log_format: Format = Format::Text,
+        read |r, v| v
+            .as_str()
+            .and_then(Format::parse)
+            .ok_or_else(|| r.fail("log_format", "\"text\" or \"json\"", v))?,
+        write |s, _resolved| json!(s.log_format.name());
+    /// The request line and headers together; a larger head gets 431. Default 32 KiB:
+    /// Apache's limits allow about that, nginx's 32 KiB too.
+    max_header_bytes: u64 = 32 * 1024,
+        read |r, v| r.whole("max_header_bytes", v, 1024, 1 << 20)?,
+        write |s, _resolved| json!(s.max_header_bytes);
     /// App routes (and `/metrics`) need this key; `API_KEY` in the environment sets it too.
-    pub api_key: Option<Secret>,
-    /// Origins (the whole `Origin` value) that get CORS answers.
-    pub cors_allow_origin_regex: Option<String>,
-    /// `None`: every request is handed to the app alone.
-    pub batching: Option<Batching>,
-    pub python: PythonSettings,
+    /// Default `None`: open, as the Flask image's services were behind their network.
+    api_key: Option<Secret> = None,
+        read |r, v| Some(api_key(r, v)?),
+        write |s, _resolved| json!(s.api_key.as_ref().map(Secret::expose));
+    /// Origins (the whole `Origin` value) that get CORS answers. Default `None`: no CORS.
+    cors_allow_origin_regex: Option<String> = None,
+        read |r, v| Some(cors(r, v)?),
+        write |s, _resolved| json!(s.cors_allow_origin_regex);
+    /// Dynamic batching. Default `None`: every request goes to the app alone, as most apps
+    /// want.
+    batching: Option<Batching> = None,
+        read |r, v| Some(batching(r, v)?),
+        write |s, _resolved| json!(s.batching.as_ref().map(|b| json!({
+            "max_size": b.max_size,
+            "timeout_s": b.timeout_s,
+        })));
+    /// What a Python app imports (see `PythonSettings`).
+    python: PythonSettings = PythonSettings::default(),
+        read |r, v| python(r, v)?,
+        write |s, _resolved| json!({ "virtualenv": s.python.virtualenv });
 }
 
 /// A value that never shows: `{:?}` prints `***`, and [`redact`] hides it in JSON.
@@ -201,50 +396,6 @@ const MAX_REQUESTS: u64 = 1 << 53;
 const MAX_WORKER_MEMORY_MB: u64 = 1 << 24;
 const PRODUCTION_REQUEST_TIMEOUT_S: f64 = 60.0;
 
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
-            mode: Mode::Dev,
-            mode_key: None,
-            threads: 17,
-            workers: 1,
-            io_threads: DEFAULT_IO_THREADS,
-            max_connections: None,
-            max_queue: DEFAULT_MAX_QUEUE,
-            max_requests: 0,
-            max_requests_jitter: 0,
-            max_worker_memory_mb: None,
-            host: IpAddr::from([0, 0, 0, 0]),
-            port: 80,
-            app: None,
-            request_timeout_s: None,
-            keep_alive_timeout_s: 5.0,
-            max_body_bytes: 10 * 1024 * 1024,
-            watchdog: Watchdog {
-                enabled: None,
-                interval_s: 5.0,
-                timeout_s: 2.0,
-                failures: 3,
-                request_threshold_s: None,
-                request_average: 10,
-            },
-            drain_time_s: 0.0,
-            stop_timeout_s: 8.0,
-            dev: DevSettings {
-                watch: Vec::new(),
-                build_command: None,
-            },
-            log_level: Level::Info,
-            log_format: Format::Text,
-            max_header_bytes: 32 * 1024,
-            api_key: None,
-            cors_allow_origin_regex: None,
-            batching: None,
-            python: PythonSettings::default(),
-        }
-    }
-}
-
 impl Settings {
     /// The request deadline, counted from the moment the worker read the request.
     pub fn request_timeout(&self) -> Option<Duration> {
@@ -286,68 +437,19 @@ impl Settings {
         Duration::from_secs_f64(self.keep_alive_timeout_s)
     }
 
-    /// Every supervisor key as JSON. `resolved` replaces the mode-dependent `null`s with the
+    /// Every server key as JSON. `resolved` replaces the mode-dependent `null`s with the
     /// values in force.
     pub fn to_json(&self, resolved: bool) -> Value {
-        let request_timeout = match (resolved, self.request_timeout_s) {
-            (true, _) => json!(self.request_timeout().map_or(0.0, |d| d.as_secs_f64())),
-            (false, t) => json!(t),
-        };
-        let watchdog_enabled = match resolved {
-            true => json!(self.watchdog_enabled()),
-            false => json!(self.watchdog.enabled),
-        };
-        let max_connections = match resolved {
-            true => json!(self.max_connections()),
-            false => json!(self.max_connections),
-        };
         let mode = match (resolved, self.mode_key) {
             (false, None) => Value::Null,
             _ => json!(self.mode.name()),
         };
-        json!({
-            "mode": mode,
-            "threads": self.threads,
-            "workers": self.workers,
-            "io_threads": self.io_threads,
-            "max_connections": max_connections,
-            "max_queue": self.max_queue,
-            "max_requests": self.max_requests,
-            "max_requests_jitter": self.max_requests_jitter,
-            "max_worker_memory_mb": self.max_worker_memory_mb,
-            "host": self.host.to_string(),
-            "port": self.port,
-            "app": self.app.as_ref().map(|p| p.display().to_string()),
-            "request_timeout_s": request_timeout,
-            "keep_alive_timeout_s": self.keep_alive_timeout_s,
-            "max_body_bytes": self.max_body_bytes,
-            "watchdog": {
-                "enabled": watchdog_enabled,
-                "interval_s": self.watchdog.interval_s,
-                "timeout_s": self.watchdog.timeout_s,
-                "failures": self.watchdog.failures,
-                "request_threshold_s": self.watchdog.request_threshold_s,
-                "request_average": self.watchdog.request_average,
-            },
-            "drain_time_s": self.drain_time_s,
-            "stop_timeout_s": self.stop_timeout_s,
-            "dev": {
-                "watch": self.dev.watch,
-                "build_command": self.dev.build_command,
-            },
-            "log_level": self.log_level.name(),
-            "log_format": self.log_format.name(),
-            "max_header_bytes": self.max_header_bytes,
-            "api_key": self.api_key.as_ref().map(Secret::expose),
-            "cors_allow_origin_regex": self.cors_allow_origin_regex,
-            "batching": self.batching.as_ref().map(|b| json!({
-                "max_size": b.max_size,
-                "timeout_s": b.timeout_s,
-            })),
-            "python": {
-                "virtualenv": self.python.virtualenv,
-            },
-        })
+        let mut keys = Map::new();
+        keys.insert("mode".into(), mode);
+        for key in KEYS {
+            keys.insert(key.name.into(), (key.write)(self, resolved));
+        }
+        Value::Object(keys)
     }
 }
 
@@ -472,17 +574,19 @@ impl Settings {
             (None, _) => {}
         }
 
-        let threads_expected = (1, MAX_THREADS);
-        if let Some(v) = present(top, "threads") {
-            s.threads = r.whole("threads", v, threads_expected.0, threads_expected.1)? as usize;
+        for key in KEYS {
+            if let Some(v) = present(top, key.name) {
+                (key.read)(&r, v, &mut s)?;
+            }
         }
+        // The Flask image's name for `threads`.
         if let Some(apache) = present(top, "apache_config") {
             let map = apache
                 .as_object()
                 .ok_or_else(|| r.fail("apache_config", "an object", apache))?;
             let key = "apache_config.wsgi_worker_threads_count";
             if let Some(v) = present(map, "wsgi_worker_threads_count") {
-                let n = r.whole(key, v, threads_expected.0, threads_expected.1)? as usize;
+                let n = r.whole(key, v, 1, MAX_THREADS)? as usize;
                 if present(top, "threads").is_some() && n != s.threads {
                     return Err(Error::config(
                         source,
@@ -491,98 +595,6 @@ impl Settings {
                 }
                 s.threads = n;
             }
-        }
-        if let Some(v) = present(top, "workers") {
-            s.workers = r.whole("workers", v, 1, MAX_WORKERS)? as usize;
-        }
-        if let Some(v) = present(top, "io_threads") {
-            s.io_threads = r.whole("io_threads", v, 1, MAX_IO_THREADS)? as usize;
-        }
-        if let Some(v) = present(top, "max_connections") {
-            s.max_connections = Some(r.whole("max_connections", v, 1, MAX_CONNECTIONS)?);
-        }
-        if let Some(v) = present(top, "max_queue") {
-            s.max_queue = r.whole("max_queue", v, 1, MAX_QUEUE)?;
-        }
-        if let Some(v) = present(top, "max_requests") {
-            s.max_requests = r.whole("max_requests", v, 0, MAX_REQUESTS)?;
-        }
-        if let Some(v) = present(top, "max_requests_jitter") {
-            s.max_requests_jitter = r.whole("max_requests_jitter", v, 0, MAX_REQUESTS)?;
-        }
-        if let Some(v) = present(top, "max_worker_memory_mb") {
-            s.max_worker_memory_mb =
-                Some(r.whole("max_worker_memory_mb", v, 1, MAX_WORKER_MEMORY_MB)?);
-        }
-        if let Some(v) = present(top, "host") {
-            s.host = v
-                .as_str()
-                .and_then(|h| h.parse().ok())
-                .ok_or_else(|| r.fail("host", "an IP address such as \"0.0.0.0\"", v))?;
-        }
-        if let Some(v) = present(top, "port") {
-            s.port = r.whole("port", v, 0, u16::MAX as u64)? as u16;
-        }
-        if let Some(v) = present(top, "app") {
-            s.app = Some(PathBuf::from(r.string("app", v)?));
-        }
-        if let Some(v) = present(top, "request_timeout_s") {
-            s.request_timeout_s = Some(r.seconds("request_timeout_s", v, false)?);
-        }
-        if let Some(v) = present(top, "keep_alive_timeout_s") {
-            s.keep_alive_timeout_s = r.seconds("keep_alive_timeout_s", v, true)?;
-        }
-        if let Some(v) = present(top, "max_body_bytes") {
-            s.max_body_bytes = r.whole("max_body_bytes", v, 0, 1 << 40)?;
-        }
-        if let Some(v) = present(top, "watchdog") {
-            s.watchdog = watchdog(&r, v)?;
-        }
-        if let Some(v) = present(top, "drain_time_s") {
-            s.drain_time_s = r.seconds("drain_time_s", v, false)?;
-        }
-        if let Some(v) = present(top, "stop_timeout_s") {
-            s.stop_timeout_s = r.seconds("stop_timeout_s", v, false)?;
-        }
-        if let Some(v) = present(top, "dev") {
-            s.dev = dev(&r, v)?;
-        }
-        if let Some(v) = present(top, "batching") {
-            s.batching = Some(batching(&r, v)?);
-        }
-        if let Some(v) = present(top, "python") {
-            let map = r.object("python", v, &["virtualenv"])?;
-            if let Some(v) = present(map, "virtualenv") {
-                s.python.virtualenv = Some(r.string("python.virtualenv", v)?.to_string());
-            }
-        }
-        if let Some(v) = present(top, "log_level") {
-            s.log_level = v
-                .as_str()
-                .and_then(Level::parse)
-                .ok_or_else(|| r.fail("log_level", Level::NAMES, v))?;
-        }
-        if let Some(v) = present(top, "log_format") {
-            s.log_format = v
-                .as_str()
-                .and_then(Format::parse)
-                .ok_or_else(|| r.fail("log_format", "\"text\" or \"json\"", v))?;
-        }
-        if let Some(v) = present(top, "max_header_bytes") {
-            s.max_header_bytes = r.whole("max_header_bytes", v, 1024, 1 << 20)?;
-        }
-        if let Some(v) = present(top, "api_key") {
-            s.api_key = Some(api_key(&r, v)?);
-        }
-        if let Some(v) = present(top, "cors_allow_origin_regex") {
-            let pattern = r.string("cors_allow_origin_regex", v)?;
-            if let Err(e) = origin_regex(pattern) {
-                return Err(Error::config(
-                    source,
-                    format!("key `cors_allow_origin_regex`: not a regular expression: {e}"),
-                ));
-            }
-            s.cors_allow_origin_regex = Some(pattern.to_string());
         }
         Ok(s)
     }
@@ -596,48 +608,25 @@ pub fn near_misses(value: &Value) -> Vec<(String, &'static str)> {
         return Vec::new();
     };
     top.keys()
-        .filter(|key| !SERVER_KEYS.contains(&key.as_str()))
+        .filter(|key| !server_keys().any(|known| known == key.as_str()))
         .filter_map(|key| {
-            let (distance, like) = SERVER_KEYS
-                .iter()
-                .map(|known| (edit_distance(key, known), *known))
+            let (distance, like) = server_keys()
+                .map(|known| (edit_distance(key, known), known))
                 .min()?;
             (distance <= 2).then(|| (key.clone(), like))
         })
         .collect()
 }
 
-/// Every top-level server key: those `to_json` writes, and the Flask image's two.
-const SERVER_KEYS: [&str; 28] = [
-    "mode",
-    "threads",
-    "workers",
-    "io_threads",
-    "max_connections",
-    "max_queue",
-    "max_requests",
-    "max_requests_jitter",
-    "max_worker_memory_mb",
-    "host",
-    "port",
-    "app",
-    "request_timeout_s",
-    "keep_alive_timeout_s",
-    "max_body_bytes",
-    "watchdog",
-    "drain_time_s",
-    "stop_timeout_s",
-    "dev",
-    "log_level",
-    "log_format",
-    "max_header_bytes",
-    "api_key",
-    "cors_allow_origin_regex",
-    "batching",
-    "python",
-    "use_apache",
-    "apache_config",
-];
+/// The Flask image's keys the server reads too.
+const FLASK_KEYS: [&str; 2] = ["use_apache", "apache_config"];
+
+/// Every top-level server key: `mode`, [`KEYS`], and the Flask image's two.
+fn server_keys() -> impl Iterator<Item = &'static str> {
+    std::iter::once("mode")
+        .chain(KEYS.iter().map(|key| key.name))
+        .chain(FLASK_KEYS)
+}
 
 /// The Levenshtein distance between two keys (they are short).
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -674,7 +663,7 @@ fn api_key(r: &Reader, value: &Value) -> Result<Secret, Error> {
 }
 
 fn watchdog(r: &Reader, value: &Value) -> Result<Watchdog, Error> {
-    let mut w = Settings::default().watchdog;
+    let mut w = Watchdog::default();
     if let Some(on) = value.as_bool() {
         w.enabled = Some(on);
         return Ok(w);
@@ -712,6 +701,25 @@ fn watchdog(r: &Reader, value: &Value) -> Result<Watchdog, Error> {
     Ok(w)
 }
 
+fn cors(r: &Reader, value: &Value) -> Result<String, Error> {
+    let pattern = r.string("cors_allow_origin_regex", value)?;
+    match origin_regex(pattern) {
+        Ok(_) => Ok(pattern.to_string()),
+        Err(e) => Err(Error::config(
+            r.source,
+            format!("key `cors_allow_origin_regex`: not a regular expression: {e}"),
+        )),
+    }
+}
+
+fn python(r: &Reader, value: &Value) -> Result<PythonSettings, Error> {
+    let map = r.object("python", value, &["virtualenv"])?;
+    let virtualenv = present(map, "virtualenv")
+        .map(|v| r.string("python.virtualenv", v).map(String::from))
+        .transpose()?;
+    Ok(PythonSettings { virtualenv })
+}
+
 fn batching(r: &Reader, value: &Value) -> Result<Batching, Error> {
     let map = r.object("batching", value, &["max_size", "timeout_s"])?;
     let (Some(size), Some(timeout)) = (present(map, "max_size"), present(map, "timeout_s")) else {
@@ -728,7 +736,7 @@ fn batching(r: &Reader, value: &Value) -> Result<Batching, Error> {
 }
 
 fn dev(r: &Reader, value: &Value) -> Result<DevSettings, Error> {
-    let mut d = Settings::default().dev;
+    let mut d = DevSettings::default();
     let map = r.object("dev", value, &["watch", "build_command"])?;
     if let Some(v) = present(map, "watch") {
         let list = v
@@ -920,11 +928,11 @@ mod tests {
             .collect();
         for key in &written {
             assert!(
-                SERVER_KEYS.contains(&key.as_str()),
-                "{key} is not in SERVER_KEYS"
+                server_keys().any(|known| known == key),
+                "{key} is not a server key"
             );
         }
-        assert_eq!(written.len() + 2, SERVER_KEYS.len());
+        assert_eq!(written.len() + FLASK_KEYS.len(), server_keys().count());
         let config = json!({
             "thread": 4, "request_timeout": 5, "threads": 2, "rums_limit": 3,
             "greeting": "hi", "modes": 1, "log_formats": "json"
