@@ -5,11 +5,10 @@
 //! a small tokio runtime in front, the app on a fixed pool of threads behind). Beside them
 //! what both use: `cli` (the command line, which starts one or the other), `config`
 //! (lookup, keys, validation), `control` (the channel between the two processes),
-//! `metrics` (the shared memory behind `/metrics`, with `app_metrics`, the app's own),
+//! `metrics` (the shared memory behind `/metrics`, the app's own metrics too),
 //! `log`, `error` and `exit`. The app SDK
 //! is the crate's library, in `sdk/`; `scaffold` writes it, and new apps, for app authors.
 
-mod app_metrics;
 mod cli;
 mod config;
 mod control;

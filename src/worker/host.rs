@@ -1,7 +1,7 @@
 //! What the worker gives an app for the life of the process (`msr_attach_host`): the app
 //! writes its own log lines through the worker, in the worker's format and level, tagged
 //! with the worker and the request, and never blocked by a slow stderr; and it declares and
-//! updates its own metrics, kept beside the server's (see `app_metrics`).
+//! updates its own metrics, kept beside the server's (see `metrics`).
 
 use std::ffi::c_void;
 use std::io::Write;
@@ -14,9 +14,8 @@ use microservice_rust::metrics::MAX_LABELS;
 use super::access::{Lines, Output};
 use super::call;
 use super::fault::{guarded, Faults};
-use crate::app_metrics::Declaration;
 use crate::log::{self, Format, Level};
-use crate::metrics::Recorder;
+use crate::metrics::{Declaration, Recorder};
 
 /// The longest message kept; the rest is cut.
 const MESSAGE_BYTES: usize = 16 * 1024;

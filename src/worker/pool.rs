@@ -32,7 +32,7 @@
 //! * Stopping: once the pool is stopped nothing more enters the app; the app's shutdown
 //!   hook runs when no thread is inside it (the `gate`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -51,7 +51,7 @@ use super::request::{Cancel, Kind, Received, State};
 use super::request_id::RequestId;
 use super::status::StatusPipe;
 use crate::control::Status;
-use crate::metrics::{Event, Gauges};
+use crate::metrics::{Event, Gauge, Gauges};
 use crate::say;
 
 /// The access log's status for a request whose client left before its answer (nginx's).
@@ -302,11 +302,11 @@ impl Pool {
             (slots.len(), busy)
         };
         let written_off = threads.written_off.load(Ordering::Acquire);
-        let set = |gauge: &AtomicU64, value: usize| gauge.store(value as u64, Ordering::Relaxed);
-        set(&gauges.queued, threads.queue.len());
-        set(&gauges.threads_busy, busy.saturating_sub(written_off));
-        set(&gauges.threads, live.saturating_sub(written_off));
-        set(&gauges.threads_written_off, written_off);
+        let set = |gauge: Gauge, value: usize| gauges.set(gauge, value as u64);
+        set(Gauge::Queued, threads.queue.len());
+        set(Gauge::ThreadsBusy, busy.saturating_sub(written_off));
+        set(Gauge::Threads, live.saturating_sub(written_off));
+        set(Gauge::ThreadsWrittenOff, written_off);
     }
 
     /// Logs every request inside the app with its path and age, and the queue's length.

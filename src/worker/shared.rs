@@ -13,7 +13,7 @@ use super::pool::Pool;
 use super::request_id::RequestIds;
 use super::screen::Screen;
 use crate::config::Settings;
-use crate::metrics::{Event, Recorder};
+use crate::metrics::{Event, Gauge, Recorder};
 
 /// How long an exiting worker waits for its access lines to be written.
 const LOG_FLUSH: Duration = Duration::from_secs(1);
@@ -127,12 +127,8 @@ impl Context {
     /// Puts the present figures into the metrics.
     pub fn sample(&self) {
         let gauges = self.metrics.gauges();
-        gauges
-            .connections
-            .store(self.connections.open() as u64, Ordering::Relaxed);
-        gauges
-            .in_flight
-            .store(self.in_flight() as u64, Ordering::Relaxed);
+        gauges.set(Gauge::Connections, self.connections.open() as u64);
+        gauges.set(Gauge::InFlight, self.in_flight() as u64);
         self.pool.sample(gauges);
     }
 }

@@ -1,5 +1,5 @@
-//! The app's own metrics in the shared metrics region (see `metrics`): declared by every
-//! worker's copy of the app, counted by all of them into one place, and shown by `/metrics`.
+//! The app's own metrics in the shared metrics region: declared by every worker's copy of
+//! the app, counted by all of them into one place, and shown by `/metrics`.
 //!
 //! Theory of operation:
 //!
@@ -27,7 +27,7 @@ use microservice_rust::metrics::{
     MAX_BOUNDS, MAX_HELP, MAX_LABELS, MAX_NAME, MAX_SERIES, MAX_VALUES,
 };
 
-use crate::metrics::SLOTS;
+use super::exposition::{label, Exposition};
 
 /// Families the region holds.
 pub const FAMILIES: usize = 64;
@@ -44,12 +44,12 @@ const WRITING_WAITS: usize = 200;
 
 /// Text written once into shared memory, before its entry is published.
 #[repr(C)]
-struct Text<const N: usize> {
+struct Stored<const N: usize> {
     len: AtomicU64,
     bytes: [AtomicU8; N],
 }
 
-impl<const N: usize> Text<N> {
+impl<const N: usize> Stored<N> {
     fn store(&self, text: &[u8]) {
         let len = text.len().min(N);
         for (cell, byte) in self.bytes.iter().zip(&text[..len]) {
@@ -113,9 +113,9 @@ struct Family {
     series: AtomicU64,
     /// Updates dropped for a new label set past `MAX_SERIES` (or a full table).
     dropped: AtomicU64,
-    name: Text<MAX_NAME>,
-    help: Text<MAX_HELP>,
-    labels: Text<{ MAX_LABELS * (MAX_NAME + 1) }>,
+    name: Stored<MAX_NAME>,
+    help: Stored<MAX_HELP>,
+    labels: Stored<{ MAX_LABELS * (MAX_NAME + 1) }>,
 }
 
 /// Cells of a series: a counter's count in the first; a histogram's bucket counts (the
@@ -125,12 +125,13 @@ const CELLS: usize = MAX_BOUNDS + 3;
 #[repr(C)]
 struct Series {
     family: AtomicU64,
-    values: Text<KEY_BYTES>,
+    values: Stored<KEY_BYTES>,
     cells: [AtomicU64; CELLS],
 }
 
+/// The app's metrics, for `SLOTS` worker slots.
 #[repr(C)]
-pub struct Area {
+pub struct Area<const SLOTS: usize> {
     families: [Family; FAMILIES],
     /// Each series' state, apart from the series: `/metrics` scans these 32 KiB, and
     /// touches only the series in use (shared memory is allocated as it is touched).
@@ -161,7 +162,7 @@ pub struct Declaration<'a> {
     pub bounds: Vec<f64>,
 }
 
-impl Area {
+impl<const SLOTS: usize> Area<SLOTS> {
     /// The family's number: found by name, or claimed. The caller has checked the names.
     pub fn declare(&self, declaration: &Declaration<'_>) -> Result<usize, String> {
         let name = String::from_utf8_lossy(declaration.name);
@@ -358,10 +359,9 @@ impl Area {
         }
     }
 
-    /// The families and their series in the Prometheus text format; `live` are the slots
-    /// of the live workers (whose gauges are summed).
-    pub fn render(&self, out: &mut String, live: &[usize]) {
-        let dropped_name = "microservice_app_series_dropped_total";
+    /// The families and their series; `live` are the slots of the live workers (whose
+    /// gauges are summed).
+    pub fn render(&self, out: &mut Exposition, live: &[usize]) {
         let mut dropped = Vec::new();
         for (id, family) in self.families.iter().enumerate() {
             if family.state.load(Ordering::Acquire) != READY {
@@ -375,10 +375,7 @@ impl Area {
                 METRIC_GAUGE => "gauge",
                 _ => "histogram",
             };
-            out.push_str(&format!(
-                "# HELP {name} {}\n# TYPE {name} {type_name}\n",
-                escape_help(&help)
-            ));
+            out.family(&name, type_name, &help);
             let label_names: Vec<String> = split(&family.labels.load())
                 .into_iter()
                 .map(|l| String::from_utf8_lossy(l).into_owned())
@@ -398,25 +395,20 @@ impl Area {
                 let labels: Vec<String> = label_names
                     .iter()
                     .zip(split(&values))
-                    .map(|(name, value)| {
-                        format!(
-                            "{name}=\"{}\"",
-                            escape_value(&String::from_utf8_lossy(value))
-                        )
-                    })
+                    .map(|(name, value)| label(name, &String::from_utf8_lossy(value)))
                     .collect();
                 let labels = labels.join(",");
                 let cells = &series.cells;
                 let load = |i: usize| cells[i].load(Ordering::Relaxed);
                 match kind {
-                    METRIC_COUNTER => sample(out, &name, &labels, load(0)),
+                    METRIC_COUNTER => out.sample(&name, &labels, load(0)),
                     METRIC_GAUGE => {
                         let sum: f64 = live
                             .iter()
                             .filter_map(|slot| self.gauges.get(*slot))
                             .map(|row| f64::from_bits(row[index].load(Ordering::Relaxed)))
                             .sum();
-                        sample(out, &name, &labels, sum)
+                        out.sample(&name, &labels, sum)
                     }
                     _ => {
                         let mut cumulative = 0;
@@ -424,38 +416,33 @@ impl Area {
                             true => format!("le=\"{le}\""),
                             false => format!("{labels},le=\"{le}\""),
                         };
+                        let bucket = format!("{name}_bucket");
                         for (i, bound) in bounds.iter().enumerate() {
                             cumulative += load(i);
-                            sample(
-                                out,
-                                &format!("{name}_bucket"),
-                                &with(&bound.to_string()),
-                                cumulative,
-                            );
+                            out.sample(&bucket, &with(&bound.to_string()), cumulative);
                         }
                         cumulative += load(bounds.len());
-                        sample(out, &format!("{name}_bucket"), &with("+Inf"), cumulative);
+                        out.sample(&bucket, &with("+Inf"), cumulative);
                         let sum = f64::from_bits(load(MAX_BOUNDS + 1));
-                        sample(out, &format!("{name}_sum"), &labels, sum);
-                        sample(out, &format!("{name}_count"), &labels, load(MAX_BOUNDS + 2));
+                        out.sample(&format!("{name}_sum"), &labels, sum);
+                        out.sample(&format!("{name}_count"), &labels, load(MAX_BOUNDS + 2));
                     }
                 }
             }
             dropped.push((name, family.dropped.load(Ordering::Relaxed)));
         }
-        out.push_str(&format!(
-            "# HELP {dropped_name} Updates of an app metric dropped because it held {MAX_SERIES} label sets already.\n# TYPE {dropped_name} counter\n"
-        ));
+        let dropped_name = "microservice_app_series_dropped_total";
+        out.family(
+            dropped_name,
+            "counter",
+            &format!(
+                "Updates of an app metric dropped because it held {MAX_SERIES} label sets \
+                 already."
+            ),
+        );
         for (name, count) in dropped {
-            sample(out, dropped_name, &format!("metric=\"{name}\""), count);
+            out.sample(dropped_name, &label("metric", &name), count);
         }
-    }
-}
-
-fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
-    match labels.is_empty() {
-        true => out.push_str(&format!("{name} {value}\n")),
-        false => out.push_str(&format!("{name}{{{labels}}} {value}\n")),
     }
 }
 
@@ -476,15 +463,106 @@ fn hash(id: usize, key: &[u8]) -> u64 {
     hash
 }
 
-/// A label value in the text format: `\`, `"` and line ends escaped.
-fn escape_value(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+#[cfg(test)]
+mod tests {
+    use super::super::region::private;
+    use super::*;
 
-/// A help text in the text format: `\` and line ends escaped.
-fn escape_help(help: &str) -> String {
-    help.replace('\\', "\\\\").replace('\n', "\\n")
+    type Test = Area<2>;
+
+    fn counter(name: &str) -> Declaration<'_> {
+        Declaration {
+            kind: METRIC_COUNTER,
+            name: name.as_bytes(),
+            help: b"Things.",
+            labels: vec![b"user"],
+            bounds: Vec::new(),
+        }
+    }
+
+    fn rendered(area: &Test, live: &[usize]) -> String {
+        let mut out = Exposition::new();
+        area.render(&mut out, live);
+        out.finish()
+    }
+
+    #[test]
+    fn a_family_declared_again_alike_is_the_same_and_otherwise_refused() {
+        let area: &Test = private().expect("memory");
+        let id = area.declare(&counter("things_total")).expect("declared");
+        assert_eq!(area.declare(&counter("things_total")), Ok(id));
+        let other = area.declare(&counter("others_total")).expect("declared");
+        assert_ne!(other, id);
+        let mut gauge = counter("things_total");
+        gauge.kind = METRIC_GAUGE;
+        let refused = area.declare(&gauge).expect_err("another kind");
+        assert!(refused.contains("declared already"), "{refused}");
+    }
+
+    /// Workers declaring the same metric at the same moment all end on one family, and
+    /// counting the same new label set at once, on one series.
+    #[test]
+    fn claims_race_to_one_family_and_one_series() {
+        let area: &'static Test = private().expect("memory");
+        let ids: Vec<usize> = std::thread::scope(|scope| {
+            let declaring: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| area.declare(&counter("raced_total"))))
+                .collect();
+            declaring
+                .into_iter()
+                .map(|t| t.join().expect("no panic").expect("declared"))
+                .collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        let id = ids[0];
+        std::thread::scope(|scope| {
+            for slot in 0..2 {
+                scope.spawn(move || {
+                    for _ in 0..1000 {
+                        assert!(area.update(slot, id, METRIC_ADD, &[b"ann"], 1.0));
+                    }
+                });
+            }
+        });
+        let text = rendered(area, &[0, 1]);
+        assert_eq!(
+            text.matches("raced_total{user=\"ann\"}").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("raced_total{user=\"ann\"} 2000\n"), "{text}");
+    }
+
+    #[test]
+    fn past_the_most_label_sets_an_update_is_dropped_and_counted() {
+        let area: &Test = private().expect("memory");
+        let id = area.declare(&counter("users_total")).expect("declared");
+        for user in 0..MAX_SERIES {
+            let user = user.to_string();
+            assert!(area.update(0, id, METRIC_ADD, &[user.as_bytes()], 1.0));
+        }
+        assert!(!area.update(0, id, METRIC_ADD, &[b"one more"], 1.0));
+        assert!(
+            area.update(0, id, METRIC_ADD, &[b"7"], 1.0),
+            "a known set still counts"
+        );
+        let text = rendered(area, &[0]);
+        assert!(
+            text.contains("microservice_app_series_dropped_total{metric=\"users_total\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_gauge_is_each_workers_own_and_goes_with_it() {
+        let area: &Test = private().expect("memory");
+        let mut declaration = counter("busy");
+        declaration.kind = METRIC_GAUGE;
+        let id = area.declare(&declaration).expect("declared");
+        assert!(area.update(0, id, METRIC_SET, &[b"a"], 2.5));
+        assert!(area.update(1, id, METRIC_SET, &[b"a"], 1.0));
+        assert!(rendered(area, &[0, 1]).contains("busy{user=\"a\"} 3.5\n"));
+        area.release(1);
+        assert!(rendered(area, &[0]).contains("busy{user=\"a\"} 2.5\n"));
+    }
 }
