@@ -14,8 +14,8 @@
 //! * [`shared`]: what every request of the worker shares: the pool, the connection count,
 //!   the limits, the records, the worker's phase.
 //! * [`pool`]: the fixed pool of OS threads on which the app runs (never an I/O thread);
-//!   threads stuck past a deadline are written off and replaced; [`batch`] when
-//!   `batching` is on.
+//!   threads stuck past a deadline are written off and replaced; its `batch` gathers
+//!   batches when `batching` is on.
 //! * [`bridge`]: the app's C view of a request, and its response as an answer; [`call`]:
 //!   what the app may call during a request (cancellation, streaming).
 //! * [`health`]: what `/healthz` and the watchdog's probes ask.
@@ -36,7 +36,6 @@
 
 mod access;
 mod answer;
-mod batch;
 mod bridge;
 mod call;
 mod exchange;

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use microservice_rust::abi::MsrRequest;
 use tokio::sync::oneshot;
 
-use super::answer::Answer;
-use super::bridge::{self, RequestView};
-use super::call::Call;
-use super::pool::{lock, After, Batching, Job, Serving, Slot, Threads};
-use super::request::{Kind, Received, State};
-use super::request_id::RequestId;
+use super::{lock, After, Batching, Job, Serving, Slot, Threads};
+use crate::worker::answer::Answer;
+use crate::worker::bridge::{self, RequestView};
+use crate::worker::call::Call;
+use crate::worker::request::{Kind, Received, State};
+use crate::worker::request_id::RequestId;
 
 /// How long a thread gathering a batch waits at a time before it looks whether the worker
 /// stopped.

@@ -26,7 +26,7 @@
 //!   the app's health hook: a probe gets through exactly when a request would. `/healthz`
 //!   is an HTTP request of [`Kind::Health`], answered the same way.
 //! * With `batching`, one thread at a time gathers the queue's requests into a batch for
-//!   the app's batch handler (see `batch`).
+//!   the app's batch handler (see [`batch`]).
 //! * A pool thread that panics (a fault of the worker's, not the app's: the SDK catches
 //!   those) answers what it held 500, is logged and is replaced.
 //! * Stopping: once the pool is stopped nothing more enters the app; the app's shutdown
@@ -39,6 +39,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
+
+mod batch;
 
 use super::access::Ledger;
 use super::answer::{self, Answer};
