@@ -140,9 +140,14 @@ impl MsrHostApi {
     }
 }
 
-// SAFETY: the table is immutable once given, and its functions may be called from any
-// thread (`host` is the worker's, which it keeps valid for the life of the process).
+// SAFETY: the raw `host` pointer is the only field that is not `Send`. It is the worker's,
+// valid for the life of the process (see `msr_attach_host` in include/microservice_rust.h),
+// and the table's functions take it on any thread, so the table may move to any thread.
 unsafe impl Send for MsrHostApi {}
+// SAFETY: nobody writes the table once it is given, so shared references only read it; its
+// functions may be called with `host` from several threads at once (the ABI: `log` "any
+// thread, any time", `metric_update` "lock-free, any thread"; the worker's
+// `metric_declare` works on atomics too).
 unsafe impl Sync for MsrHostApi {}
 
 /// A run of bytes that someone else owns. Not NUL-terminated.
@@ -172,7 +177,11 @@ impl MsrBytes {
         if self.len == 0 || self.ptr.is_null() {
             &[]
         } else {
-            std::slice::from_raw_parts(self.ptr, self.len)
+            // SAFETY: `ptr` is not NULL (checked above) and, by this function's contract,
+            // points at `len` initialised bytes that nobody writes and that outlive `'a`; a
+            // `u8` needs no alignment, and a run that exists in memory is at most
+            // `isize::MAX` bytes long.
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
         }
     }
 }
@@ -316,6 +325,11 @@ pub unsafe fn write_message(buffer: *mut u8, cap: usize, message: &str) {
     while !message.is_char_boundary(len) {
         len -= 1;
     }
-    std::ptr::copy_nonoverlapping(message.as_ptr(), buffer, len);
-    *buffer.add(len) = 0;
+    // SAFETY: `len <= cap - 1`, and the caller guarantees `buffer` is writable for `cap`
+    // bytes; `message` is `len` or more readable bytes, and it cannot overlap `buffer`: it
+    // is borrowed shared for the call, while `buffer` is memory this call may write.
+    unsafe { std::ptr::copy_nonoverlapping(message.as_ptr(), buffer, len) };
+    // SAFETY: `len < cap` (see above), so `buffer + len` is the last byte at most of the
+    // `cap` writable bytes the caller guarantees.
+    unsafe { *buffer.add(len) = 0 };
 }

@@ -79,8 +79,13 @@ unsafe extern "C" fn create<A: App>(
     error: *mut u8,
     error_cap: usize,
 ) -> *mut c_void {
-    let json = std::str::from_utf8(MsrBytes::from_raw(config_json, config_len).as_slice())
-        .map_err(|e| format!("config is not UTF-8: {e}"));
+    // SAFETY: the ABI: the config is `config_len` bytes (then a NUL) that the worker owns
+    // and keeps valid during `create`; `as_slice` takes NULL with length 0 as empty. The
+    // text is read only during this call: `Config` is dropped before it returns, and `A`
+    // is `'static`, so it cannot keep a borrow of it.
+    let json =
+        std::str::from_utf8(unsafe { MsrBytes::from_raw(config_json, config_len).as_slice() })
+            .map_err(|e| format!("config is not UTF-8: {e}"));
     install_hook();
     let built = while_doing(Doing::Starting, || {
         catch_unwind(|| json.and_then(|json| A::new(&Config::from_json(json))))
@@ -93,7 +98,9 @@ unsafe extern "C" fn create<A: App>(
             panic_message(&*panic)
         ),
     };
-    abi::write_message(error, error_cap, &message);
+    // SAFETY: the ABI: `error` is the worker's buffer of `error_cap` writable bytes (or
+    // `error_cap` is 0), valid during `create`.
+    unsafe { abi::write_message(error, error_cap, &message) };
     std::ptr::null_mut()
 }
 
@@ -102,9 +109,19 @@ unsafe extern "C" fn handle<A: App>(
     request_raw: *const MsrRequest,
     response: *mut MsrResponse,
 ) {
-    let app = &*(app as *const A);
-    let answer = answer_one(app, &Request::from_raw(&*request_raw));
-    fill_response(answer, &mut *response);
+    // SAFETY: `app` is what `create::<A>` returned (the table pairs `create::<A>` with
+    // `handle::<A>`): a `Box<A>` let go with `Box::into_raw`, freed only by `shutdown`,
+    // which the ABI runs when no other call is under way. `A: Sync`, so the shared
+    // references of the threads that call `handle` at once may coexist.
+    let app = unsafe { &*(app as *const A) };
+    // SAFETY: the ABI: `request_raw` points at the worker's request, valid during `handle`.
+    let request_raw = unsafe { &*request_raw };
+    // SAFETY: the ABI: every byte the request points at is the worker's and valid during
+    // `handle`, which the `Request` does not outlive.
+    let request = unsafe { Request::from_raw(request_raw) };
+    let answer = answer_one(app, &request);
+    // SAFETY: the ABI: `response` is the worker's, zeroed, for this call alone to fill in.
+    fill_response(answer, unsafe { &mut *response });
 }
 
 /// `app.handle(request)`, a panic in it answered 500; the panic line and the log lines
@@ -124,6 +141,12 @@ fn answer_one<A: App>(app: &A, request: &Request<'_>) -> Response {
 }
 
 /// `msr_handle_batch` for `A` (exported by [`export_app!`](crate::export_app)).
+///
+/// # Safety
+/// As the ABI has the worker call `msr_handle_batch`: `app` is what `create` of
+/// `api::<A>()` returned and not yet shut down; `requests_raw` points at `count`
+/// requests and `responses` at `count` zeroed responses, all valid (with everything the
+/// requests point at) for the call.
 #[doc(hidden)]
 pub unsafe extern "C" fn handle_batch<A: App>(
     app: *mut c_void,
@@ -134,9 +157,17 @@ pub unsafe extern "C" fn handle_batch<A: App>(
     if count == 0 || requests_raw.is_null() || responses.is_null() {
         return;
     }
-    let app = &*(app as *const A);
-    let raw = std::slice::from_raw_parts(requests_raw, count);
-    let requests: Vec<Request<'_>> = raw.iter().map(|r| Request::from_raw(r)).collect();
+    // SAFETY: as in `handle`: `app` is the live `A` that `create::<A>` made.
+    let app = unsafe { &*(app as *const A) };
+    // SAFETY: the caller's contract (the ABI): `requests_raw` is not NULL (checked above)
+    // and points at `count` requests, valid during the call.
+    let raw = unsafe { std::slice::from_raw_parts(requests_raw, count) };
+    let requests: Vec<Request<'_>> = raw
+        .iter()
+        // SAFETY: the caller's contract: each request and what it points at are valid
+        // during the call, which the `Request`s do not outlive.
+        .map(|r| unsafe { Request::from_raw(r) })
+        .collect();
     // A panic line names the batch's first request.
     let doing = Doing::Handling {
         method: raw[0].method,
@@ -153,12 +184,15 @@ pub unsafe extern "C" fn handle_batch<A: App>(
         let answer = answers
             .next()
             .unwrap_or_else(|| Response::text(500, "Internal Server Error\n"));
-        fill_response(answer, &mut *responses.add(i));
+        // SAFETY: the caller's contract (the ABI): `responses` is not NULL (checked above)
+        // and points at `count` zeroed responses for this call alone to fill in; `i < count`.
+        fill_response(answer, unsafe { &mut *responses.add(i) });
     }
 }
 
 unsafe extern "C" fn health<A: App>(app: *mut c_void, message: *mut u8, message_cap: usize) -> i32 {
-    let app = &*(app as *const A);
+    // SAFETY: as in `handle`: `app` is the live `A` that `create::<A>` made.
+    let app = unsafe { &*(app as *const A) };
     let outcome = while_doing(Doing::CheckingHealth, || {
         catch_unwind(AssertUnwindSafe(|| app.health()))
     })
@@ -166,14 +200,19 @@ unsafe extern "C" fn health<A: App>(app: *mut c_void, message: *mut u8, message_
     match outcome {
         Ok(()) => 0,
         Err(reason) => {
-            abi::write_message(message, message_cap, &reason);
+            // SAFETY: the ABI: `message` is the worker's buffer of `message_cap` writable
+            // bytes, valid during `health`.
+            unsafe { abi::write_message(message, message_cap, &reason) };
             1
         }
     }
 }
 
 unsafe extern "C" fn shutdown<A: App>(app: *mut c_void) {
-    let app = Box::from_raw(app as *mut A);
+    // SAFETY: `app` is the `Box<A>` that `create::<A>` let go with `Box::into_raw`; the
+    // ABI calls `shutdown` once, with no other call running and none after, so the box is
+    // taken back exactly once and nobody else uses it any more.
+    let app = unsafe { Box::from_raw(app as *mut A) };
     // A panic here must not unwind into the worker; the app is dropped either way.
     while_doing(Doing::ShuttingDown, || {
         let _ = catch_unwind(AssertUnwindSafe(|| app.shutdown()));
@@ -205,9 +244,14 @@ fn fill_response(response: Response, out: &mut MsrResponse) {
 }
 
 unsafe extern "C" fn release(_app: *mut c_void, response: *mut MsrResponse) {
-    let owner = std::mem::replace(&mut (*response).owner, std::ptr::null_mut());
+    // SAFETY: the ABI: `response` is one the worker had `handle` (or the batch handler)
+    // fill in, passed to `release` by the worker alone, once its answer has been sent.
+    let owner = std::mem::replace(unsafe { &mut (*response).owner }, std::ptr::null_mut());
     if !owner.is_null() {
-        drop(Box::from_raw(owner as *mut Sent));
+        // SAFETY: a non-NULL `owner` is only ever set by `fill_response`, to a `Box<Sent>`
+        // let go with `Box::into_raw`; it is NULL from here on, so a second `release` of the
+        // same response frees nothing.
+        drop(unsafe { Box::from_raw(owner as *mut Sent) });
     }
 }
 
@@ -234,12 +278,21 @@ macro_rules! export_app {
         }
 
         /// Takes the worker's functions (the app's log lines), before the app is built.
+        ///
+        /// # Safety
+        /// `host` is NULL or points at a table that lives as long as the process, as the
+        /// worker passes it (see `msr_attach_host` in the ABI).
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn msr_attach_host(host: *const $crate::abi::MsrHostApi) {
+            // SAFETY: `attach_host`'s contract is this function's own, passed on.
             unsafe { $crate::log::attach_host(host) }
         }
 
         /// Answers a batch of requests (with `batching` in the config).
+        ///
+        /// # Safety
+        /// As for `microservice_rust::handle_batch`: the worker's live app handle, and
+        /// `count` requests and zeroed responses valid for the call.
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn msr_handle_batch(
             app: *mut ::std::ffi::c_void,
@@ -247,6 +300,8 @@ macro_rules! export_app {
             count: usize,
             responses: *mut $crate::abi::MsrResponse,
         ) {
+            // SAFETY: `handle_batch`'s contract is this function's own, passed on; `app` is
+            // what `create` of this same table (`api::<$app>`) returned.
             unsafe { $crate::handle_batch::<$app>(app, requests, count, responses) }
         }
 

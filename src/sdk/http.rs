@@ -72,17 +72,19 @@ impl<'a> Request<'a> {
     }
 
     pub fn method(&self) -> &'a str {
-        // SAFETY: `from_raw`'s contract.
+        // SAFETY: `from_raw`'s contract: the run `method` points at is valid for `'a`.
         text(unsafe { self.raw.method.as_slice() })
     }
 
     /// The path as sent, without the query string (not percent-decoded).
     pub fn path(&self) -> &'a str {
+        // SAFETY: `from_raw`'s contract: the run `path` points at is valid for `'a`.
         text(unsafe { self.raw.path.as_slice() })
     }
 
     /// The query string without its `?`; empty when there is none.
     pub fn query(&self) -> &'a str {
+        // SAFETY: `from_raw`'s contract: the run `query` points at is valid for `'a`.
         text(unsafe { self.raw.query.as_slice() })
     }
 
@@ -110,7 +112,8 @@ impl<'a> Request<'a> {
         if self.raw.header_count == 0 || self.raw.headers.is_null() {
             return &[];
         }
-        // SAFETY: `from_raw`'s contract.
+        // SAFETY: `from_raw`'s contract: `headers` (not NULL, checked above) points at
+        // `header_count` headers valid for `'a`.
         unsafe { std::slice::from_raw_parts(self.raw.headers, self.raw.header_count) }
     }
 
@@ -118,6 +121,8 @@ impl<'a> Request<'a> {
     pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         self.raw_headers()
             .iter()
+            // SAFETY: `from_raw`'s contract: each header's name and value runs are valid
+            // for `'a`.
             .map(|h| unsafe { (text(h.name.as_slice()), text(h.value.as_slice())) })
     }
 
@@ -129,22 +134,26 @@ impl<'a> Request<'a> {
     }
 
     pub fn body(&self) -> &'a [u8] {
+        // SAFETY: `from_raw`'s contract: the run `body` points at is valid for `'a`.
         unsafe { self.raw.body.as_slice() }
     }
 
     /// The client's address, `ip:port`.
     pub fn peer(&self) -> &'a str {
+        // SAFETY: `from_raw`'s contract: the run `peer` points at is valid for `'a`.
         text(unsafe { self.raw.peer.as_slice() })
     }
 
     /// The request's ID: the client's `X-Request-ID` when it is sane, else one the worker
     /// made up. It is in the response's `X-Request-ID` and in the access log too.
     pub fn id(&self) -> &'a str {
+        // SAFETY: `from_raw`'s contract: the run `id` points at is valid for `'a`.
         text(unsafe { self.raw.id.as_slice() })
     }
 
     /// The protocol of the request line: `HTTP/1.1` or `HTTP/1.0`.
     pub fn version(&self) -> &'a str {
+        // SAFETY: `from_raw`'s contract: the run `version` points at is valid for `'a`.
         text(unsafe { self.raw.version.as_slice() })
     }
 
@@ -272,11 +281,13 @@ mod tests {
         assert_eq!(unsafe { Request::from_raw(&raw) }.deadline(), None);
         raw.time_left_us = 2_000_000;
         let before = Instant::now();
+        // SAFETY: `raw` outlives the request.
         let deadline = unsafe { Request::from_raw(&raw) }
             .deadline()
             .expect("a deadline");
         assert!(deadline >= before + Duration::from_secs(2));
         assert!(deadline <= Instant::now() + Duration::from_secs(2));
+        // SAFETY: `raw` outlives the request.
         assert_eq!(unsafe { Request::from_raw(&raw) }.version(), "HTTP/1.1");
     }
 

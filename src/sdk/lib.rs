@@ -35,6 +35,9 @@
 //! Build the app with unwinding panics (the default `panic = "unwind"`): the exported entry
 //! points catch a panic and answer 500, which `panic = "abort"` makes impossible.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod abi;
 mod app;
 #[doc(hidden)]

@@ -59,6 +59,11 @@ static HOST: OnceLock<&'static MsrHostApi> = OnceLock::new();
 /// `host` is NULL or points at a table that lives as long as the process.
 #[doc(hidden)]
 pub unsafe fn attach_host(host: *const MsrHostApi) {
+    // SAFETY: this function's contract: `host` is NULL (then `as_ref` gives `None`) or
+    // points at the worker's table, which lives as long as the process and which nobody
+    // writes any more, so a `'static` shared reference is sound for a table of this SDK's
+    // size. An older worker's table may end before fields appended since: `offers` is
+    // asked before such a field is used, but the reference still spans the whole struct.
     let Some(host) = (unsafe { host.as_ref() }) else {
         return;
     };
