@@ -9,6 +9,9 @@
 //! `log`, `error` and `exit`. The app SDK
 //! is the crate's library, in `sdk/`; `scaffold` writes it, and new apps, for app authors.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod cli;
 mod config;
 mod control;

@@ -62,6 +62,9 @@ struct Feed {
 /// # Safety
 /// `ctx` must be a `host_ctx` the pool passed to a `handle` still running on this thread.
 pub unsafe fn request_of<'a>(ctx: *mut c_void) -> (&'a Received, &'a RequestId) {
+    // SAFETY: this function's contract: `ctx` is the `context()` of a `Call` whose `handle`
+    // runs on this thread now, so the `Call` lives (on the pool thread's stack) at least
+    // until that `handle` returns, and this thread is the only one that reaches it.
     let call = unsafe { &*(ctx as *const Call<'a>) };
     (call.request, call.id)
 }
@@ -189,7 +192,9 @@ impl<'c> Call<'c> {
 }
 
 unsafe extern "C" fn is_cancelled(ctx: *mut c_void) -> i32 {
-    // SAFETY: `ctx` is the `Call` the pool passed with this request, alive during `handle`.
+    // SAFETY: the ABI: the app calls this only with the `host_ctx` of its request, on the
+    // thread running that request's `handle`, while it runs; that is the `context()` of
+    // the `Call` the pool (or the batch) keeps alive until `handle` returns.
     let call = unsafe { &*(ctx as *const Call) };
     guarded("is_cancelled", -1, || {
         i32::from(call.request.is_cancelled())
@@ -202,27 +207,33 @@ unsafe extern "C" fn stream_start(
     headers: *const MsrHeader,
     header_count: usize,
 ) -> i32 {
-    // SAFETY: as above; the app's headers are valid for `header_count` entries.
+    // SAFETY: as in `is_cancelled`; the reference is unique: the pool holds no reference
+    // to the `Call` while `handle` runs (it only made the pointer), and a host function
+    // runs on the request's own thread, so no other one reaches the `Call` meanwhile.
     let call = unsafe { &mut *(ctx as *mut Call) };
     let headers = match (headers.is_null(), header_count) {
         (_, 0) | (true, _) => &[][..],
+        // SAFETY: the ABI: `headers` (not NULL) points at `header_count` headers, valid
+        // for the call; `start` copies what it keeps.
         _ => unsafe { std::slice::from_raw_parts(headers, header_count) },
     };
     guarded("stream_start", -1, || call.start(status, headers))
 }
 
 unsafe extern "C" fn stream_write(ctx: *mut c_void, bytes: *const u8, len: usize) -> i32 {
-    // SAFETY: as above; `bytes` is valid for `len` bytes.
+    // SAFETY: as in `stream_start`.
     let call = unsafe { &mut *(ctx as *mut Call) };
     let bytes = match (bytes.is_null(), len) {
         (_, 0) | (true, _) => &[][..],
+        // SAFETY: the ABI: `bytes` (not NULL) points at `len` bytes valid for the call;
+        // `write` copies them.
         _ => unsafe { std::slice::from_raw_parts(bytes, len) },
     };
     guarded("stream_write", -1, || call.write(bytes))
 }
 
 unsafe extern "C" fn stream_cut(ctx: *mut c_void) -> i32 {
-    // SAFETY: as above.
+    // SAFETY: as in `stream_start`.
     let call = unsafe { &mut *(ctx as *mut Call) };
     guarded("stream_cut", -1, || call.cut())
 }

@@ -52,6 +52,8 @@ unsafe fn slice<'a, T>(items: *const T, count: usize) -> &'a [T] {
     match count {
         0 => &[],
         _ if items.is_null() => &[],
+        // SAFETY: the caller's contract: `items` (not NULL, checked above) points at `count`
+        // items valid for the call, which `'a` (chosen by the caller) does not outlast.
         n => unsafe { std::slice::from_raw_parts(items, n) },
     }
 }
@@ -99,12 +101,15 @@ unsafe fn declare(
     (bounds, bound_count): (*const f64, usize),
     (error, error_cap): (*mut u8, usize),
 ) -> i64 {
-    // SAFETY: as in `app_log`; the ABI has the app pass valid runs and arrays of the counts
-    // it gives, for the call.
     let fail = |message: &str| {
+        // SAFETY: this function's contract (the ABI): `error` is the app's buffer of
+        // `error_cap` writable bytes, valid for the call.
         unsafe { abi::write_message(error, error_cap, message) };
         -1
     };
+    // SAFETY: this function's contract (the ABI): `name`, `help` and each label name are
+    // runs of as many bytes as they say, valid for the call, which the text does not
+    // outlast (`Declaration` is copied into the metrics memory by `app_declare`).
     let text = |run: &MsrBytes| std::str::from_utf8(unsafe { run.as_slice() }).ok();
     let Some(name) = text(&name) else {
         return fail("a metric's name must be UTF-8");
@@ -112,7 +117,11 @@ unsafe fn declare(
     if host.is_null() {
         return fail("no worker");
     }
+    // SAFETY: this function's contract: `host` (not NULL, checked above) is `table`'s, a
+    // leaked `Host` that lives as long as the process and is only read.
     let host = unsafe { &*(host as *const Host) };
+    // SAFETY: this function's contract (the ABI): `label_names` is NULL or points at
+    // `label_count` runs, valid for the call.
     let labels: Option<Vec<&str>> = unsafe { slice(label_names, label_count) }
         .iter()
         .map(text)
@@ -122,6 +131,8 @@ unsafe fn declare(
             "metric `{name}`: its help and label names must be UTF-8"
         ));
     };
+    // SAFETY: this function's contract (the ABI): `bounds` is NULL or points at
+    // `bound_count` numbers, valid for the call (`to_vec` copies them below).
     let bounds = unsafe { slice(bounds, bound_count) };
     if let Some(refusal) = microservice_rust::metrics::refusal(kind, name, help, &labels, bounds) {
         return fail(&refusal);
@@ -170,13 +181,18 @@ unsafe fn update(
     if label_count > MAX_LABELS {
         return -1;
     }
-    // SAFETY: as in `metric_declare`.
+    // SAFETY: as in `declare`: `host` (not NULL, checked above) is `table`'s leaked `Host`,
+    // alive for the process and only read.
     let host = unsafe { &*(host as *const Host) };
     let mut values: [&[u8]; MAX_LABELS] = [&[]; MAX_LABELS];
     for (slot, run) in values
         .iter_mut()
+        // SAFETY: this function's contract (the ABI): `label_values` is NULL or points at
+        // `label_count` runs, valid for the call.
         .zip(unsafe { slice(label_values, label_count) })
     {
+        // SAFETY: this function's contract (the ABI): each value is a run of as many bytes
+        // as it says, valid for the call; `values` does not outlive it.
         *slot = unsafe { run.as_slice() };
     }
     match host
@@ -234,13 +250,17 @@ unsafe fn log_line(
     if host.is_null() || !log::enabled(level) {
         return;
     }
-    // SAFETY: `host` is the pointer of `table`, alive for the process; the ABI has the app
-    // pass a message of `len` bytes, and a `host_ctx` only during its request's `handle`,
-    // on its thread.
+    // SAFETY: this function's contract: `host` (not NULL, checked above) is the pointer of
+    // `table`, a leaked `Host` alive for the process and only read.
     let host = unsafe { &*(host as *const Host) };
     host.faults.point("host-log");
+    // SAFETY: this function's contract (the ABI): `message` is `len` bytes valid for the
+    // call; the text is copied into the line (`lines.add`) before it returns.
     let message = unsafe { MsrBytes { ptr: message, len }.as_slice() };
     let message = String::from_utf8_lossy(&message[..message.len().min(MESSAGE_BYTES)]);
+    // SAFETY: this function's contract (the ABI): a non-NULL `request_ctx` is the
+    // `host_ctx` of a request whose `handle` runs on this thread now, i.e. a live `Call`;
+    // what it lends is used only until this function returns.
     let request = (!request_ctx.is_null()).then(|| unsafe { call::request_of(request_ctx) });
     let id = request.as_ref().map(|(_, id)| id.as_str());
     let about = request.as_ref().zip(id).map(|((received, _), id)| About {

@@ -32,10 +32,14 @@ pub struct LoadedApp {
     _library: Library,
 }
 
-// SAFETY: the ABI requires `handle` and `health` to be callable from any thread at once (the
-// SDK enforces `App: Send + Sync`); `app` is freed only by `shutdown`, which the pool calls
-// behind its gate, when no call is under way and none can follow.
+// SAFETY: `app` is the only field that is not `Send`. The app's handle is not tied to the
+// thread that made it: the ABI has `handle` and `health` called from any thread, and
+// `shutdown` from whichever thread stops the pool (the SDK enforces `App: Send + Sync`).
 unsafe impl Send for LoadedApp {}
+// SAFETY: through `&LoadedApp` several threads call `handle`, `handle_batch` and `health`
+// at once, which the ABI allows (include/microservice_rust.h: "Threads"); `app` is freed
+// only by `shutdown`, which runs once (`stopped`) and which the pool calls behind its gate,
+// when no call is under way and none can follow.
 unsafe impl Sync for LoadedApp {}
 
 impl LoadedApp {
@@ -76,16 +80,25 @@ impl LoadedApp {
         // same name with another type is outside what can be checked.
         let version = unsafe { library.get::<unsafe extern "C" fn() -> u32>(abi::VERSION_SYMBOL) }
             .map_err(|_| fail(missing_symbol(abi::VERSION_SYMBOL)))?;
+        // SAFETY: `msr_abi_version` takes nothing and returns a `uint32_t` (the ABI); the
+        // library is loaded (`library` is alive).
         let found = unsafe { version() };
         if !(abi::OLDEST_ABI_VERSION..=abi::ABI_VERSION).contains(&found) {
             return Err(fail(wrong_version(found)));
         }
 
+        // SAFETY: as for `VERSION_SYMBOL`: the symbol's type is fixed by the ABI.
         let entry =
             unsafe { library.get::<unsafe extern "C" fn() -> *const MsrAppApi>(abi::ENTRY_SYMBOL) }
                 .map_err(|_| fail(missing_symbol(abi::ENTRY_SYMBOL)))?;
-        // SAFETY: the ABI says the table is static data of the library, which stays loaded.
+        // SAFETY: `msr_app_entry` takes nothing and returns the table's address or NULL (the
+        // ABI); the table is static data of the library, aligned and initialised, that
+        // nobody writes. A table of ABI 1 or 2 ends before `deadline_grace_ms`, which is
+        // read only from a version 3 table (below), though the reference spans the field.
         let api: &'static MsrAppApi = match unsafe { entry().as_ref() } {
+            // SAFETY: the table lives as long as the library, which stays open as long as the
+            // `LoadedApp` that holds both (`_library`); `api` is private to it and only used
+            // through `&self`, so the `'static` written here is never relied on past that.
             Some(api) => unsafe { &*(api as *const MsrAppApi) },
             None => return Err(fail(format!("`{}` returned NULL", abi::ENTRY_SYMBOL))),
         };
@@ -104,10 +117,14 @@ impl LoadedApp {
             .ok()
             .map(|symbol| *symbol);
 
-        // SAFETY: the symbol's type is fixed by the ABI, and `host` outlives the process.
         if let Ok(attach) =
-            unsafe { library.get::<unsafe extern "C" fn(*const MsrHostApi)>(abi::ATTACH_SYMBOL) }
+            // SAFETY: the symbol's type is fixed by the ABI, and `host` outlives the process.
+            unsafe {
+                library.get::<unsafe extern "C" fn(*const MsrHostApi)>(abi::ATTACH_SYMBOL)
+            }
         {
+            // SAFETY: `msr_attach_host` takes the host table (the ABI); `host` is leaked by
+            // `host::table`, so it lives as long as the process, as the ABI promises.
             unsafe { attach(host) };
         }
 
@@ -117,6 +134,10 @@ impl LoadedApp {
         config.extend_from_slice(config_json.as_bytes());
         config.push(0);
         let mut message = [0u8; MESSAGE_CAP];
+        // SAFETY: `create` may not be NULL (the ABI; a fn pointer cannot be). `config` is
+        // `config_json.len()` bytes then a NUL, as the ABI promises, and `message` is ours,
+        // writable for its length; both outlive the call, and the app copies what it keeps.
+        // `create` runs once, before any other call into the app.
         let app = unsafe {
             (api.create)(
                 config.as_ptr(),
@@ -152,7 +173,9 @@ impl LoadedApp {
     /// Calls the app's `handle`; the response is released when the returned value drops.
     pub fn handle(&self, request: &MsrRequest) -> AppResponse<'_> {
         let mut raw = MsrResponse::empty();
-        // SAFETY: `request` and everything it points at outlive the call; `raw` is ours.
+        // SAFETY: `request` and everything it points at outlive the call; `raw` is ours;
+        // `self.app` is alive (the pool calls behind its gate, before `shutdown`), and the
+        // ABI lets `handle` run on several threads at once.
         unsafe { (self.api.handle)(self.app, request, &mut raw) };
         AppResponse { app: self, raw }
     }
@@ -177,7 +200,8 @@ impl LoadedApp {
                 .collect();
         };
         let mut raw: Vec<MsrResponse> = requests.iter().map(|_| MsrResponse::empty()).collect();
-        // SAFETY: as for `handle`, for each request; `raw` holds a response for each.
+        // SAFETY: as for `handle`, for each request; `raw` holds a zeroed response for
+        // each, as the ABI's `msr_handle_batch` takes them; the symbol's type is the ABI's.
         unsafe {
             batch(
                 self.app,
@@ -197,6 +221,9 @@ impl LoadedApp {
             return Ok(());
         };
         let mut message = [0u8; MESSAGE_CAP];
+        // SAFETY: `self.app` is alive: the pool asks health only behind its gate, before
+        // `shutdown` (see the `Sync` impl); the ABI lets `health` run on several threads at
+        // once; `message` is ours, writable for its length through the call.
         match unsafe { health(self.app, message.as_mut_ptr(), message.len()) } {
             0 => Ok(()),
             _ => Err(c_message(&message)),
@@ -210,6 +237,8 @@ impl LoadedApp {
             return;
         }
         if let Some(shutdown) = self.api.shutdown {
+            // SAFETY: runs once (`stopped`, above); the caller guarantees (the pool's gate)
+            // that no call into the app is under way and none follows, as the ABI requires.
             unsafe { shutdown(self.app) };
         }
     }
@@ -267,6 +296,8 @@ impl AppResponse<'_> {
         };
         headers
             .iter()
+            // SAFETY: the ABI: each header's runs stay valid until `release`, which runs
+            // only when `self` drops, after the borrow of `self` these slices carry.
             .map(|h| unsafe { (h.name.as_slice(), h.value.as_slice()) })
     }
 
@@ -279,6 +310,9 @@ impl AppResponse<'_> {
 impl Drop for AppResponse<'_> {
     fn drop(&mut self) {
         if let Some(release) = self.app.api.release {
+            // SAFETY: `raw` is the response the app filled in for `self.app`, passed to
+            // `release` once (this drop), after the answer was copied out of it; the app is
+            // alive, as `self` borrows the `LoadedApp` (and calls happen before `shutdown`).
             unsafe { release(self.app.app, &mut self.raw) };
         }
     }

@@ -317,6 +317,7 @@ fn die_with_parent() {
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) };
     // The supervisor may have died before the flag was set.
     let supervisor = std::env::var(SUPERVISOR_PID_VAR).ok();
+    // SAFETY: getppid has no preconditions and cannot fail.
     let parent = unsafe { libc::getppid() }.to_string();
     if supervisor.is_some_and(|pid| pid != parent) {
         std::process::exit(exit::BOOT);

@@ -16,7 +16,9 @@ impl StatusPipe {
     /// `fd` must be an open pipe owned by nobody else in this process.
     pub unsafe fn from_fd(fd: RawFd) -> StatusPipe {
         StatusPipe {
-            file: Mutex::new(File::from_raw_fd(fd)),
+            // SAFETY: this function's contract: `fd` is an open pipe that nobody else in
+            // this process owns, so the `File` may own (and at last close) it.
+            file: Mutex::new(unsafe { File::from_raw_fd(fd) }),
         }
     }
 
