@@ -102,8 +102,11 @@ pub fn start(settings: &Settings) -> Result<(), String> {
         Some(venv) => virtualenv_python(venv)?,
         None => PathBuf::from(BUILT_EXECUTABLE),
     };
-    // SAFETY: PyConfig is a plain struct that PyConfig_InitPythonConfig fills in; the strings
-    // set below are copied by CPython; the config is cleared after use.
+    // SAFETY: the interpreter does not run yet (asked above), and `create` calls this once.
+    // PyConfig is a plain struct that PyConfig_InitPythonConfig fills in before
+    // `assume_init`; the strings set below are copied by CPython (`text` outlives the calls);
+    // the config is cleared after use (not on the early return for a NUL in the path, which
+    // only leaks it); `err_msg`, when not NULL, is a NUL-terminated static string.
     unsafe {
         let mut config = std::mem::MaybeUninit::<ffi::PyConfig>::uninit();
         ffi::PyConfig_InitPythonConfig(config.as_mut_ptr());
@@ -151,8 +154,10 @@ pub fn start(settings: &Settings) -> Result<(), String> {
 /// Opens the libpython this library was linked against once more, `RTLD_GLOBAL`: see the
 /// module docs.
 fn make_libpython_global() -> Result<(), String> {
-    // SAFETY: dladdr reads the loader's tables about an address of a loaded function;
-    // dlopen with RTLD_NOLOAD only changes the flags of an object already loaded.
+    // SAFETY: `Dl_info` is plain data, valid all zeros. dladdr reads the loader's tables
+    // about an address of a loaded function, and fills `info`; `dli_fname` (checked not
+    // NULL) is the loader's NUL-terminated path of that object. dlopen with RTLD_NOLOAD only
+    // changes the flags of an object already loaded (the handle is kept on purpose).
     unsafe {
         let mut info: libc::Dl_info = std::mem::zeroed();
         let address = ffi::Py_IsInitialized as *const c_void;

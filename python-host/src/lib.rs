@@ -22,6 +22,9 @@
 //! `threading.local` data lives as long as the thread) and holds the GIL only while it runs
 //! the app's Python code; the I/O threads never touch Python.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod deadline;
 mod interpreter;
 mod module;

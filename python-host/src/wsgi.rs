@@ -348,7 +348,12 @@ impl<'r, 'a> Exchange<'r, 'a> {
 /// other thread reaches meanwhile (see [`Responder`]).
 struct Unguarded<F>(F);
 
-// SAFETY: see above: what the closure borrows is used by this thread alone.
+// SAFETY: pyo3 asks for `Send` of what runs with the GIL let go (`Python::detach`), which
+// runs it on this very thread: nothing moves to another thread. What the one closure
+// wrapped here (`Exchange::write`) borrows is this request's stream, which no other thread
+// reaches, and bytes the caller keeps alive: its own `Vec`, or the buffer of a `bytes`
+// object it holds a reference to (so it is not freed), which Python never changes. It calls
+// no Python API.
 unsafe impl<F> Send for Unguarded<F> {}
 
 impl<F: FnOnce() -> R, R> Unguarded<F> {
@@ -365,9 +370,16 @@ pub struct Responder {
     thread: std::thread::ThreadId,
 }
 
-// SAFETY: the pointer is only followed on `thread` (checked at each call), while `serve`,
-// which owns what it points at, runs there.
+// SAFETY: the pointer is only followed on `thread` (checked at each call, before it is
+// followed), while `serve`, which owns what it points at, runs there: `serve` sets it to NULL
+// before the `Exchange` goes. So whichever thread holds the Responder, only `thread` reaches
+// the `Exchange`.
 unsafe impl Send for Responder {}
+// SAFETY: as for `Send`, the pointer is followed only on `thread`. The `Cell` itself is
+// read on any thread that calls the object (`with`), and written on `thread` (`serve`
+// clears it); every such access is made attached to the interpreter (a `#[pymethods]` call,
+// or `serve` with `py`), so the GIL orders them. That holds for a CPython with a GIL, as
+// Debian's is; a free-threaded build would let the reads race with the write.
 unsafe impl Sync for Responder {}
 
 impl Responder {
@@ -383,7 +395,9 @@ impl Responder {
                 "start_response and write must be called on the thread that runs the request",
             ));
         }
-        // SAFETY: see the type's docs; `serve` holds no borrow while the app runs.
+        // SAFETY: the pointer is not NULL and this is `thread` (both checked above), so the
+        // `serve` that set it is still running below us on this thread and its `exchange`
+        // lives; only a shared reference is made, and the `RefCell` checks the borrow.
         let exchange = unsafe { &*pointer };
         let mut exchange = exchange
             .try_borrow_mut()
