@@ -2,6 +2,9 @@
 //! example's batch handler: batches fill, a lone request waits the timeout, and deadlines,
 //! the access log and write-offs stay per request.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::process::Stdio;

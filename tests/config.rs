@@ -1,6 +1,9 @@
 //! `check-config` and the config lookup, through the real binary: which file wins, what the
 //! app receives, and the exact message and exit code 78 of each bad config.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::path::Path;

@@ -8,6 +8,9 @@
 //! for) when it ends. A `curl` line's `# comment`, when the README shows what it prints,
 //! is checked against what it printed (up to a number the server draws, `rnd=…`).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::path::Path;

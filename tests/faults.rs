@@ -3,6 +3,9 @@
 //! a pool thread that panics answers 500, is logged and replaced; a function the app calls
 //! fails instead of unwinding into the app's code.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::process::Stdio;

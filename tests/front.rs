@@ -2,6 +2,9 @@
 //! counts, what is left of a connection after its client has gone, bodies read on the I/O
 //! side while clients trickle them, and a worker that cannot accept.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::io::{Read, Write};

@@ -6,6 +6,9 @@
 //! FUZZ_CASES sets the number of cases (default 2000). Cases that stop mid-head end only at
 //! hyper's head timeout (`keep_alive_timeout_s`), so it is short here.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::io::{Read, Write};

@@ -2,6 +2,9 @@
 //! goes over a raw socket, and the test reads the stream to its end, so a smuggled request
 //! that got served would show as a second answer.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::io::{Read, Write};

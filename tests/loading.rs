@@ -1,6 +1,9 @@
 //! Loading app libraries: every bad library fails with a message naming the file and what
 //! was wrong, and exit code 4; a C app built against the header serves.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::path::Path;

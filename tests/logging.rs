@@ -1,6 +1,9 @@
 //! The access log on stdout (text and JSON), log levels from the config and from
 //! `MICROSERVICE_LOG`, and a blocked stdout that costs dropped lines, not stalled requests.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::io::Read;

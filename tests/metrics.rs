@@ -1,6 +1,9 @@
 //! `/metrics` through the real binary: the output parsed as Prometheus text, the same
 //! totals whichever worker answers, counters that survive a worker's crash, live gauges.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::collections::{BTreeMap, HashMap};

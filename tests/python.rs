@@ -3,6 +3,9 @@
 //! wsgiref.validate's validator with warnings made errors, and checks that the log holds no
 //! warning. Needs Debian's python3-dev and the tests' virtualenv (`make python-env`).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::io::{Read, Write};

@@ -2,6 +2,9 @@
 //! repository uses them: write an app into a temporary directory, build it there with its
 //! own tools (cargo offline, or make and cc), and serve it in dev and in production.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::path::Path;

@@ -2,6 +2,9 @@
 //! panics, body limits, the supervisor's endpoints. Real binary, real example library,
 //! real sockets on loopback.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,9 @@
 //! that stall. hyper enforces the head limits; the worker the body's. Bounds allow a
 //! busy 2-core machine a second of slack.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::io::{Read, Write};

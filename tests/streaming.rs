@@ -1,6 +1,9 @@
 //! Streamed answers, cancellation and request IDs, through the real binary and the real
 //! example and fixture apps.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::io::{Read, Write};

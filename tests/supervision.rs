@@ -2,6 +2,9 @@
 //! crash restart, dev reload, graceful drain, SIGHUP, SIGUSR1, and PID 1.
 //! Timing bounds are stated in each test; the measured figures are printed (`--nocapture`).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod support;
 
 use std::io::ErrorKind;

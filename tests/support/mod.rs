@@ -349,6 +349,8 @@ impl Service {
     }
 
     pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2), declared below with its C types (pid_t and int are i32 on
+        // Linux); it touches none of this process's memory.
         unsafe { libc_kill(self.pid(), signal) };
     }
 
