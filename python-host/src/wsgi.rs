@@ -146,7 +146,10 @@ pub fn serve(
     };
     let mut iterable = None;
     let outcome = Py::new(py, responder).and_then(|responder| {
-        let outcome = respond(
+        // However `respond` ends, a panic included, the app's `start_response` (which it
+        // may keep) no longer reaches this request's `exchange` afterwards.
+        let _detached = Detached(responder.get());
+        respond(
             py,
             app,
             constants,
@@ -154,9 +157,7 @@ pub fn serve(
             &exchange,
             &responder,
             &mut iterable,
-        );
-        responder.get().exchange.set(std::ptr::null());
-        outcome
+        )
     });
     // Out of the deadline's reach before close(): an exception raised for this request
     // now is taken back, so that close() runs whole.
@@ -359,6 +360,15 @@ unsafe impl<F> Send for Unguarded<F> {}
 impl<F: FnOnce() -> R, R> Unguarded<F> {
     fn run(self) -> R {
         (self.0)()
+    }
+}
+
+/// Cuts a [`Responder`] off from its request when dropped.
+struct Detached<'r>(&'r Responder);
+
+impl Drop for Detached<'_> {
+    fn drop(&mut self) {
+        self.0.exchange.set(std::ptr::null());
     }
 }
 

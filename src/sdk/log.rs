@@ -59,17 +59,21 @@ static HOST: OnceLock<&'static MsrHostApi> = OnceLock::new();
 /// `host` is NULL or points at a table that lives as long as the process.
 #[doc(hidden)]
 pub unsafe fn attach_host(host: *const MsrHostApi) {
-    // SAFETY: this function's contract: `host` is NULL (then `as_ref` gives `None`) or
-    // points at the worker's table, which lives as long as the process and which nobody
-    // writes any more, so a `'static` shared reference is sound for a table of this SDK's
-    // size. An older worker's table may end before fields appended since: `offers` is
-    // asked before such a field is used, but the reference still spans the whole struct.
-    let Some(host) = (unsafe { host.as_ref() }) else {
+    if host.is_null() {
         return;
-    };
-    if host.offers(std::mem::offset_of!(MsrHostApi, log)) {
-        let _ = HOST.set(host);
     }
+    // SAFETY: this function's contract: `host` points at the worker's table, which lives as
+    // long as the process and which nobody writes any more; every table begins with its
+    // size.
+    let size = unsafe { (*host).size };
+    if size < std::mem::size_of::<MsrHostApi>() {
+        // A table without every function this SDK knows: no reference may span past its
+        // end (a later SDK that appends functions copies what an older table offers).
+        return;
+    }
+    // SAFETY: as above, and the table holds the whole struct (its size says so), so a
+    // `'static` shared reference to it is sound.
+    let _ = HOST.set(unsafe { &*host });
 }
 
 /// The worker's functions, when a worker gave them.

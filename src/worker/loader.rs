@@ -6,6 +6,7 @@
 //! serves a stale copy.
 
 use std::ffi::c_void;
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,7 +21,8 @@ const MESSAGE_CAP: usize = 1024;
 
 /// A loaded, started app.
 pub struct LoadedApp {
-    api: &'static MsrAppApi,
+    /// The app's table, copied: a table of ABI 1 or 2 is shorter than this one.
+    api: MsrAppApi,
     /// The app's batch handler (`msr_handle_batch`), when it has one.
     batch: Option<abi::HandleBatchFn>,
     /// See [`MsrAppApi::deadline_grace_ms`].
@@ -28,8 +30,9 @@ pub struct LoadedApp {
     app: *mut c_void,
     path: PathBuf,
     stopped: std::sync::atomic::AtomicBool,
-    /// Kept open for the life of the process: `api` and `app` point into it.
-    _library: Library,
+    /// Never closed: `api` and `app` point into it, and the app's own threads (or the host
+    /// table it keeps) may run its code until the process exits.
+    _library: ManuallyDrop<Library>,
 }
 
 // SAFETY: `app` is the only field that is not `Send`. The app's handle is not tied to the
@@ -92,25 +95,35 @@ impl LoadedApp {
             unsafe { library.get::<unsafe extern "C" fn() -> *const MsrAppApi>(abi::ENTRY_SYMBOL) }
                 .map_err(|_| fail(missing_symbol(abi::ENTRY_SYMBOL)))?;
         // SAFETY: `msr_app_entry` takes nothing and returns the table's address or NULL (the
-        // ABI); the table is static data of the library, aligned and initialised, that
-        // nobody writes. A table of ABI 1 or 2 ends before `deadline_grace_ms`, which is
-        // read only from a version 3 table (below), though the reference spans the field.
-        let api: &'static MsrAppApi = match unsafe { entry().as_ref() } {
-            // SAFETY: the table lives as long as the library, which stays open as long as the
-            // `LoadedApp` that holds both (`_library`); `api` is private to it and only used
-            // through `&self`, so the `'static` written here is never relied on past that.
-            Some(api) => unsafe { &*(api as *const MsrAppApi) },
-            None => return Err(fail(format!("`{}` returned NULL", abi::ENTRY_SYMBOL))),
-        };
-        if !(abi::OLDEST_ABI_VERSION..=abi::ABI_VERSION).contains(&api.abi_version) {
-            return Err(fail(wrong_version(api.abi_version)));
+        // ABI).
+        let table = unsafe { entry() };
+        if table.is_null() {
+            return Err(fail(format!("`{}` returned NULL", abi::ENTRY_SYMBOL)));
         }
-
-        // Only a version 3 table has the field; older ones end before it.
-        let deadline_grace = match api.abi_version {
-            3.. => Duration::from_millis(api.deadline_grace_ms.into()),
-            _ => Duration::ZERO,
+        // SAFETY: a non-NULL table is static data of the library, aligned and initialised,
+        // that nobody writes; every version's table begins with its version.
+        let abi_version = unsafe { (*table).abi_version };
+        if !(abi::OLDEST_ABI_VERSION..=abi::ABI_VERSION).contains(&abi_version) {
+            return Err(fail(wrong_version(abi_version)));
+        }
+        // SAFETY: as above; the fields read are in a table of `abi_version`: each field is
+        // read through the pointer on its own (no reference spans the table), and a table
+        // of ABI 1 or 2 ends before `deadline_grace_ms`, read only from a version 3 table.
+        let api = unsafe {
+            MsrAppApi {
+                abi_version,
+                create: (*table).create,
+                handle: (*table).handle,
+                health: (*table).health,
+                release: (*table).release,
+                shutdown: (*table).shutdown,
+                deadline_grace_ms: match abi_version {
+                    3.. => (*table).deadline_grace_ms,
+                    _ => 0,
+                },
+            }
         };
+        let deadline_grace = Duration::from_millis(api.deadline_grace_ms.into());
 
         // SAFETY: the symbol's type is fixed by the ABI; the library stays loaded.
         let batch = unsafe { library.get::<abi::HandleBatchFn>(abi::BATCH_SYMBOL) }
@@ -162,7 +175,7 @@ impl LoadedApp {
                 App::Python(_) => named,
             },
             stopped: std::sync::atomic::AtomicBool::new(false),
-            _library: library,
+            _library: ManuallyDrop::new(library),
         })
     }
 
@@ -290,6 +303,8 @@ impl AppResponse<'_> {
     /// Header name and value pairs as the app gave them.
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let headers = match self.raw.header_count {
+            // NULL with a count breaks the ABI; taken as no header rather than followed.
+            _ if self.raw.headers.is_null() => &[][..],
             0 => &[][..],
             // SAFETY: the ABI: `headers` points at `header_count` entries until `release`.
             n => unsafe { std::slice::from_raw_parts(self.raw.headers, n) },
