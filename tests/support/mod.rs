@@ -173,6 +173,7 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Optio
             Instant::now() < deadline,
             "timed out after {limit:?} waiting for {what}"
         );
+        // The poll's interval: the deadline above bounds the wait.
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -375,6 +376,7 @@ impl Drop for Service {
                 if self.child.try_wait().ok().flatten().is_some() {
                     return;
                 }
+                // A poll to the deadline above (not `wait_for`: a drop must not panic).
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = self.child.kill();
@@ -565,6 +567,9 @@ impl Tally {
 /// `clients` threads sending `GET path` back to back.
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
+    /// Answers so far, for a test to wait on while the load runs.
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+    start: Instant,
     handles: Vec<std::thread::JoinHandle<Tally>>,
 }
 
@@ -583,15 +588,38 @@ impl Load {
 
     fn begin(port: u16, path: &str, clients: usize, fresh: bool) -> Load {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let start = Instant::now();
         let handles = (0..clients)
             .map(|_| {
-                let stop = stop.clone();
+                let (stop, answered) = (stop.clone(), answered.clone());
                 let path = path.to_string();
-                std::thread::spawn(move || client(port, &path, start, &stop, fresh))
+                std::thread::spawn(move || client(port, &path, start, &stop, &answered, fresh))
             })
             .collect();
-        Load { stop, handles }
+        Load {
+            stop,
+            answered,
+            start,
+            handles,
+        }
+    }
+
+    /// Seconds since the load started: the time base of its answers' `at`.
+    pub fn now(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// Waits (10 s at most) until `more` answers have come beyond those so far: the load
+    /// is being served, by whatever serves it now.
+    pub fn wait_answers(&self, more: usize) {
+        let answered = || self.answered.load(std::sync::atomic::Ordering::SeqCst);
+        let target = answered() + more;
+        wait_for(
+            &format!("{more} more answers to the load"),
+            Duration::from_secs(10),
+            || (answered() >= target).then_some(()),
+        );
     }
 
     pub fn finish(self) -> Tally {
@@ -613,6 +641,7 @@ fn client(
     path: &str,
     start: Instant,
     stop: &std::sync::atomic::AtomicBool,
+    answered: &std::sync::atomic::AtomicUsize,
     fresh: bool,
 ) -> Tally {
     let mut tally = Tally::default();
@@ -653,6 +682,7 @@ fn client(
                         status: reply.status,
                         body: reply.text(),
                     });
+                    answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     if !close && !fresh {
                         connection = Some((stream, used + 1));
                     }
@@ -668,6 +698,7 @@ fn client(
                 }
             }
         }
+        // The load's pace (a client's think time), not a wait for a state.
         std::thread::sleep(Duration::from_millis(2));
     }
     tally
@@ -788,4 +819,23 @@ pub fn stdout_until(service: &mut Service, done: impl Fn(&[String]) -> bool) -> 
         }
     }
     out
+}
+
+/// Connections that the kernel has completed on the listening socket at 127.0.0.1:`port`
+/// and no worker has accepted yet (its accept queue, from /proc/net/tcp); `None` if no
+/// socket listens there.
+pub fn accept_queue(port: u16) -> Option<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!("0100007F:{port:04X}");
+    // For a listening socket (state 0A), rx_queue is the number of connections waiting.
+    table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields.len() > 4 && fields[1] == local && fields[3] == "0A")
+        .map(|fields| {
+            let waiting = fields[4].split(':').nth(1).unwrap_or("0");
+            usize::from_str_radix(waiting, 16).unwrap_or(0)
+        })
+        .reduce(|a, b| a + b)
 }
