@@ -88,7 +88,8 @@ fn at_max_connections_accepting_pauses_until_a_connection_ends() {
 /// Request lines of other HTTP versions, and HTTP/2's preface: 400 (hyper's), or the
 /// connection closed at once for the preface, and nothing of 2,000 such connections
 /// outlives its client: the worker's file descriptors are back to their number before
-/// within 1 s of the last.
+/// within 3 s of the last (a connection kept until the head timeout, `keep_alive_timeout_s`
+/// 5 s, would not be; the rest of the 5 s is for a loaded machine).
 #[test]
 fn other_versions_are_refused_and_nothing_of_their_connections_stays() {
     let service = Service::start(&fixture_lib(), r#"{"mode": "production"}"#);
@@ -128,7 +129,7 @@ fn other_versions_are_refused_and_nothing_of_their_connections_stays() {
     let gone = Instant::now();
     let settled = wait_for(
         "the worker's fds back to their number",
-        Duration::from_secs(1),
+        Duration::from_secs(3),
         || (open_fds(worker) <= before).then(|| gone.elapsed()),
     );
     eprintln!("fds back to {before} after {settled:?}");
@@ -138,7 +139,8 @@ fn other_versions_are_refused_and_nothing_of_their_connections_stays() {
 /// Clients that trickle a request body hold neither a pool thread nor a fresh request:
 /// the body is read on the I/O side. 20, then 2,000 of them beside fresh requests, on a
 /// pool of 2 threads. (The speed target, p99 under 20 ms, is the bench's; the bound here
-/// only catches fresh requests that wait for the trickling bodies.)
+/// only catches fresh requests that wait for the trickling bodies, which would be until
+/// their 60 s deadline.)
 #[test]
 fn trickling_bodies_hold_no_thread_and_fresh_requests_are_answered() {
     let _serial = serial();
@@ -173,12 +175,14 @@ fn trickling_bodies_hold_no_thread_and_fresh_requests_are_answered() {
                 slowest = slowest.max(asked.elapsed());
                 answered += 1;
             }
+            // The bodies' pace (a byte each 100 ms), not a wait for a state.
             std::thread::sleep(Duration::from_millis(100));
         }
         eprintln!("{clients} trickling bodies: {answered} fresh requests, slowest {slowest:?}");
         assert!(
-            slowest < Duration::from_secs(1),
-            "{clients} trickling bodies: slowest fresh request {slowest:?}"
+            slowest < Duration::from_secs(5),
+            "{clients} trickling bodies: slowest fresh request {slowest:?} (one that waited \
+             for the bodies would wait for their 60 s deadline; 5 s allows a loaded machine)"
         );
         // No pool thread is busy with them (the gauge is sampled twice a second, and may
         // catch one of the fresh requests above; with the bodies holding threads it would
