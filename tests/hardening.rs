@@ -372,15 +372,19 @@ fn connect_from(local_port: u16, port: u16) -> TcpStream {
         );
         let remote = address(port);
         // The old connection's port may take a moment to be free on this side.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), size) != 0 {
-            let error = std::io::Error::last_os_error();
-            assert!(
-                error.raw_os_error() == Some(libc::EADDRNOTAVAIL) && Instant::now() < deadline,
-                "connect: {error}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for(
+            "the old connection's port free",
+            Duration::from_secs(5),
+            || match libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), size) {
+                0 => Some(()),
+                _ => {
+                    let error = std::io::Error::last_os_error();
+                    let busy = error.raw_os_error() == Some(libc::EADDRNOTAVAIL);
+                    assert!(busy, "connect: {error}");
+                    None
+                }
+            },
+        );
         TcpStream::from_raw_fd(fd)
     }
 }
@@ -399,7 +403,6 @@ fn a_new_connection_from_the_address_of_a_closed_one_is_served() {
         drop(refused);
         // At once, from the same address and port: a new connection, served as any other
         // (nothing in the worker is keyed by the client's address).
-        std::thread::sleep(Duration::from_millis(50));
         let mut again = connect_from(local_port, service.port);
         again
             .write_all(b"GET /status/203 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
