@@ -95,7 +95,8 @@ fn log_level_warn_leaves_out_access_lines_and_a_bad_level_is_refused() {
         Stdio::piped(),
     );
     assert_eq!(get(service.port, "/status/203").expect("reply").status, 203);
-    std::thread::sleep(Duration::from_millis(300));
+    // A worker writes out its pending lines before it exits: once the service has exited,
+    // stdout holds every line it will ever hold.
     service.signal(15);
     service.wait_exit(Duration::from_secs(10));
     let mut out = String::new();
@@ -149,7 +150,12 @@ fn a_blocked_stdout_drops_lines_and_stalls_no_request() {
     assert!(late > 100, "{late} answers in the last second");
     let started = Instant::now();
     assert_eq!(get(service.port, "/").expect("reply").status, 200);
-    assert!(started.elapsed() < Duration::from_millis(500));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "a request took {took:?} beside the blocked stdout (one stalled by the writer would \
+         wait as long as nobody reads; 5 s allows a loaded machine)"
+    );
     println!("{answered} answers, {dropped} lines dropped, {late} in the last second");
 }
 
