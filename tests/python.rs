@@ -372,15 +372,17 @@ fn a_generator_streams_each_chunk_as_it_is_yielded() {
             .expect("send");
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
-        let mut first_at = None;
+        // When the first event came: how long after the request, and what had come with it.
+        let mut first = None;
         loop {
             let n = stream.read(&mut buf).expect("read");
             if n == 0 {
                 break;
             }
             got.extend_from_slice(&buf[..n]);
-            if first_at.is_none() && String::from_utf8_lossy(&got).contains("data: 0") {
-                first_at = Some(start.elapsed());
+            let so_far = String::from_utf8_lossy(&got);
+            if first.is_none() && so_far.contains("data: 0") {
+                first = Some((start.elapsed(), so_far.into_owned()));
             }
         }
         let whole = start.elapsed();
@@ -390,11 +392,12 @@ fn a_generator_streams_each_chunk_as_it_is_yielded() {
         for n in 0..5 {
             assert!(text.contains(&format!("data: {n} ")), "{text}");
         }
-        let first_at = first_at.expect("the first event");
-        // The first event comes before the generator made the last (0.4 s later).
+        let (first_at, with_first) = first.expect("the first event");
+        // The first event comes before the generator made the last (0.4 s later): by
+        // order, not by a bound on when it came.
         assert!(
-            whole.as_secs_f64() >= 0.4 && first_at.as_secs_f64() < whole.as_secs_f64() - 0.3,
-            "first event at {first_at:?}, the end at {whole:?}"
+            whole.as_secs_f64() >= 0.4 && !with_first.contains("data: 4 "),
+            "first event at {first_at:?}, the end at {whole:?}; with the first: {with_first:?}"
         );
         assert!(
             text.ends_with("0\r\n\r\n"),
@@ -558,18 +561,20 @@ fn threads_at_once(served: &Served) {
         times.iter().all(|t| (*t - 1.0).abs() <= TOLERANCE_S),
         "{times:.2?}"
     );
-    // While a request holds the GIL in pure Python, the others still get their turn.
+    // While a request holds the GIL in pure Python, the others still get their turn. The
+    // holder holds it until at least 3 s after `sent`; the gauge lags up to 0.5 s.
     let port = served.port();
-    let busy = std::thread::spawn(move || get(port, "/busy/1.5").expect("a reply"));
+    let sent = Instant::now();
+    let busy = std::thread::spawn(move || get(port, "/busy/3").expect("a reply"));
     wait_for("the busy request inside", Duration::from_secs(5), || {
         gauge(port, "microservice_pool_threads_busy").filter(|n| *n >= 1)
     });
-    let start = Instant::now();
     assert_eq!(get(port, "/write").expect("a reply").status, 200);
+    let answered = sent.elapsed().as_secs_f64();
     assert!(
-        start.elapsed().as_secs_f64() < 1.0,
-        "a request waited {:?} behind a GIL holder",
-        start.elapsed()
+        answered < 3.0,
+        "a request answered {answered:.2}s after a 3 s GIL holder was sent: it waited behind \
+         it (what is left of the 3 s after the wait above is the tolerance)"
     );
     assert_eq!(busy.join().expect("the busy request").status, 200);
 }
@@ -919,6 +924,7 @@ fn dev_reloads_an_edited_py_file_within_a_second_with_no_refused_connection() {
             get(port, "/").ok().filter(|r| r.text() == expected)
         });
         let took = edited.elapsed();
+        eprintln!("{file}: the new code answered {took:?} after the edit");
         assert!(took < Duration::from_millis(1000 + 450), "{file}: {took:?}");
     }
     // A syntax error: the old code serves on, and the error is logged once.
@@ -926,6 +932,9 @@ fn dev_reloads_an_edited_py_file_within_a_second_with_no_refused_connection() {
     wait_for("the failed reload", Duration::from_secs(5), || {
         logged(&service, "could not start").then_some(())
     });
+    // Time for a repeated attempt (a second SyntaxError) to show, over three times the
+    // supervisor's 150 ms reload debounce: an absence cannot be polled for, so this pause is
+    // not a wait for a state.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(get(port, "/").expect("a reply").text(), "version 2 two");
     let tally = load.finish();
