@@ -63,6 +63,7 @@ fn a_stream_sends_each_event_as_it_is_made_and_is_logged_once_in_full() {
     let mut seen = Vec::new();
     assert!(read_until(&mut stream, &mut seen, b"data: {\"event\":1,"));
     let first = started.elapsed().as_secs_f64();
+    let with_first = String::from_utf8_lossy(&seen).into_owned();
     assert!(
         read_until(&mut stream, &mut seen, b"\r\n0\r\n\r\n"),
         "{seen:?}"
@@ -77,13 +78,13 @@ fn a_stream_sends_each_event_as_it_is_made_and_is_logged_once_in_full() {
         "{text}"
     );
     assert!(text.contains("x-request-id: stream-1\r\n"), "{text}");
-    // The first event comes 100 ms after the request, not with the last (1 s); the
-    // tolerance is for a loaded machine.
-    assert!(first < 0.6, "the first event after {first:.3}s");
+    // The first event comes 100 ms after the request, not with the last (1 s): judged by
+    // what came with it, not by when (a loaded machine may be late with both).
     assert!(
-        last >= 0.95 && last - first >= 0.5,
-        "{first:.3}s, {last:.3}s"
+        !with_first.contains("\"event\":10,"),
+        "the first event came with the last: {with_first}"
     );
+    assert!(last >= 0.95, "{first:.3}s, {last:.3}s");
     for n in 1..=10 {
         let record = format!("event: tick\nid: {n}\ndata: {{\"event\":{n},\"of\":10}}\n\n");
         assert!(text.contains(&record), "{record:?} in {text}");
@@ -116,13 +117,14 @@ fn an_http_1_0_client_gets_the_stream_delimited_by_the_close() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     stream
-        .write_all(b"GET /stream/3 HTTP/1.0\r\n\r\n")
+        .write_all(b"GET /stream/10 HTTP/1.0\r\n\r\n")
         .expect("send");
     let started = Instant::now();
     let mut seen = Vec::new();
     // The first event before the last: the body is sent as it is made, not gathered.
     assert!(read_until(&mut stream, &mut seen, b"data: {\"event\":1,"));
     let first = started.elapsed().as_secs_f64();
+    let with_first = String::from_utf8_lossy(&seen).into_owned();
     // Then the server closes the connection after the last event: read_until returns
     // false at the end of the stream, since the needle never comes.
     assert!(!read_until(&mut stream, &mut seen, b"never sent"));
@@ -130,13 +132,16 @@ fn an_http_1_0_client_gets_the_stream_delimited_by_the_close() {
     assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
     assert!(!text.contains("transfer-encoding"), "{text}");
     assert!(!text.contains("content-length"), "{text}");
-    let records: String = (1..=3)
-        .map(|n| format!("event: tick\nid: {n}\ndata: {{\"event\":{n},\"of\":3}}\n\n"))
+    let records: String = (1..=10)
+        .map(|n| format!("event: tick\nid: {n}\ndata: {{\"event\":{n},\"of\":10}}\n\n"))
         .collect();
     assert!(text.ends_with(&format!("\r\n\r\n{records}")), "{text}");
-    // The tolerance is for a loaded machine: the first event is due after 100 ms, the
-    // last after 300 ms.
-    assert!(first < 0.6, "the first event after {first:.3}s");
+    // The first event is due after 100 ms, the last after 1 s: judged by what came with
+    // the first, not by when (a loaded machine may be late with both).
+    assert!(
+        !with_first.contains("\"event\":10,"),
+        "the first event came with the last, after {first:.3}s: {with_first}"
+    );
 }
 
 #[test]
@@ -146,7 +151,9 @@ fn a_client_that_reads_nothing_holds_back_a_stream_and_the_worker_buffers_little
     let worker = first_worker(&service);
     let before = resident_kib(worker);
     let mut stream = open(service.port, "/bulk/256", "");
-    // The app writes 256 MiB as fast as it can; nobody reads them for a second.
+    // The app writes 256 MiB as fast as it can; nobody reads them for a second. The
+    // client's silence is the scenario (the worker has that second to buffer, if it
+    // would), not a wait for a state.
     std::thread::sleep(Duration::from_secs(1));
     let during = resident_kib(worker);
     let mut total = 0usize;
@@ -197,7 +204,9 @@ fn a_client_that_leaves_frees_its_thread_and_is_logged_499() {
     );
     let port = service.port;
     let stream = open(port, "/delay/30", "X-Request-ID: gone-1\r\n");
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for("the request inside the app", Duration::from_secs(5), || {
+        (gauge(port, "microservice_pool_threads_busy") == Some(1)).then_some(())
+    });
     drop(stream);
     let left = Instant::now();
     // The only thread is free again once the app sees the cancellation (it looks every
@@ -207,8 +216,9 @@ fn a_client_that_leaves_frees_its_thread_and_is_logged_499() {
     eprintln!("the next request answered {freed:.3}s after the client left");
     assert_eq!(reply.status, 200);
     assert!(
-        freed < 1.0,
-        "{freed:.3}s (0.3 s expected; 1 s on a loaded machine)"
+        freed < 5.0,
+        "{freed:.3}s (0.3 s expected; a thread kept by the app would be free only after \
+         its 30 s; 5 s allows a loaded machine)"
     );
     let line = access_line(&mut service, "/delay/30");
     assert!(line.contains("\" 499 0 \""), "{line}");
@@ -229,11 +239,11 @@ fn the_deadline_cancels_the_app_and_cuts_a_stream_off() {
     let reply = get(port, "/").expect("a reply");
     let free = started.elapsed().as_secs_f64();
     assert_eq!(reply.status, 200);
-    assert!(free < 2.0, "the next request waited until {free:.3}s");
-    // The app saw the cancellation and returned. (Its thread may have been written off at
-    // the deadline, if the worker's timer fired before the app's next look at it, 20 ms
-    // later at most: it then ends as it returns.) The pool is back to one thread, none
-    // stuck; gauges are sampled twice a second.
+    // The app saw the cancellation and returned: the pool serves at once, and no thread
+    // stays written off (one is, at the deadline, until the app's next look 20 ms later;
+    // the sampled gauge may show that for up to 0.5 s). A thread kept for the app's 30 s
+    // would fail both; 5 s allows a loaded machine.
+    assert!(free < 5.0, "the thread came back after {free:.3}s");
     wait_for("no thread written off", Duration::from_secs(5), || {
         (gauge(port, "microservice_pool_threads_written_off") == Some(0)).then_some(())
     });
@@ -314,11 +324,16 @@ fn request_ids_are_kept_or_made_and_reach_the_app_the_logs_and_the_report() {
     assert_eq!(entry["request_id"], "boom-1", "{panic_line}");
 
     let slow = std::thread::spawn(move || {
-        let raw = b"GET /sleep/1.5 HTTP/1.1\r\nHost: t\r\nX-Request-ID: slow-1\r\n\
+        let raw = b"GET /sleep/3 HTTP/1.1\r\nHost: t\r\nX-Request-ID: slow-1\r\n\
                     Connection: close\r\n\r\n";
         send(port, raw).expect("a reply").status
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // 3 s: the gauge lags up to 0.5 s, and the report must still find it inside.
+    wait_for(
+        "the slow request inside the app",
+        Duration::from_secs(5),
+        || gauge(port, "microservice_pool_threads_busy").filter(|n| *n >= 1),
+    );
     let worker: i32 = get(port, "/pid")
         .expect("a reply")
         .text()
@@ -330,7 +345,7 @@ fn request_ids_are_kept_or_made_and_reach_the_app_the_logs_and_the_report() {
         service
             .log_lines()
             .iter()
-            .any(|l| l.contains("in flight: GET /sleep/1.5 (request slow-1)"))
+            .any(|l| l.contains("in flight: GET /sleep/3 (request slow-1)"))
             .then_some(())
     });
     assert_eq!(slow.join().expect("slow"), 200);
