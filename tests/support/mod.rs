@@ -822,9 +822,30 @@ pub fn stdout_until(service: &mut Service, done: impl Fn(&[String]) -> bool) -> 
 }
 
 /// Connections that the kernel has completed on the listening socket at 127.0.0.1:`port`
-/// and no worker has accepted yet (its accept queue, from /proc/net/tcp); `None` if no
-/// socket listens there.
+/// and no worker has accepted yet (its accept queue); `None` if no socket listens there.
 pub fn accept_queue(port: u16) -> Option<usize> {
+    listening(port)
+        .into_iter()
+        .map(|(waiting, _)| waiting)
+        .reduce(|a, b| a + b)
+}
+
+/// Whether process `pid` holds the listening socket at 127.0.0.1:`port` (a worker closes
+/// its copy as it starts to retire).
+pub fn holds_listener(pid: i32, port: u16) -> bool {
+    let sockets: Vec<String> = listening(port)
+        .into_iter()
+        .map(|(_, inode)| format!("socket:[{inode}]"))
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .any(|target| sockets.iter().any(|s| target.as_os_str() == s.as_str()))
+}
+
+/// (accept queue, inode) of each socket listening at 127.0.0.1:`port`, from /proc/net/tcp.
+fn listening(port: u16) -> Vec<(usize, u64)> {
     let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
     let local = format!("0100007F:{port:04X}");
     // For a listening socket (state 0A), rx_queue is the number of connections waiting.
@@ -832,10 +853,11 @@ pub fn accept_queue(port: u16) -> Option<usize> {
         .lines()
         .skip(1)
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .filter(|fields| fields.len() > 4 && fields[1] == local && fields[3] == "0A")
+        .filter(|fields| fields.len() > 9 && fields[1] == local && fields[3] == "0A")
         .map(|fields| {
             let waiting = fields[4].split(':').nth(1).unwrap_or("0");
-            usize::from_str_radix(waiting, 16).unwrap_or(0)
+            let waiting = usize::from_str_radix(waiting, 16).unwrap_or(0);
+            (waiting, fields[9].parse().unwrap_or(0))
         })
-        .reduce(|a, b| a + b)
+        .collect()
 }
