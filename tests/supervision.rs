@@ -492,9 +492,18 @@ fn a_connection_accepted_before_a_handover_is_served_after_it() {
         Duration::from_secs(5),
         || (accept_queue(port) == Some(0)).then_some(()),
     );
+    assert!(
+        holds_listener(old, port),
+        "the worker holds the listening socket"
+    );
     service.signal(SIGHUP);
     wait_for("the handover", Duration::from_secs(10), || {
         logged(&service, &format!("took over from {old}")).then_some(())
+    });
+    // The supervisor logs the handover just before it tells the old worker: wait until the
+    // old worker retires (it closes its copy of the listening socket then).
+    wait_for("the old worker retiring", Duration::from_secs(5), || {
+        (!holds_listener(old, port)).then_some(())
     });
     use std::io::Write;
     early
