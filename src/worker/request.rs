@@ -8,8 +8,10 @@
 //! ```text
 //! Queued ──► InApp ──► Streaming ──► Answered (the stream ended)
 //!   │          ├─────────────────► Answered
-//!   │          ├─► Late            (deadline, or the app returned past it: 504)
-//!   │          ├─► Overdue ─► WrittenOff  (deadline in an app with a grace)
+//!   │          ├─► Late            (deadline past the write-off cap, or the app
+//!   │          │                    returned past it: 504, its answer not sent)
+//!   │          ├─► Overdue ─┬─► Late        (deadline in an app with a grace; back in it)
+//!   │          │            └─► WrittenOff  (still inside when the grace is over)
 //!   │          ├─► WrittenOff      (deadline: its thread is replaced)
 //!   │          └─► Abandoned       (the worker gave up on it: 503)
 //!   ├─► Late | Gone | Abandoned    (deadline, client left, worker gave up: never in the app)
@@ -130,11 +132,6 @@ impl<T: Byte> Atomic<T> {
             .compare_exchange(from.byte(), to.byte(), Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
-
-    /// Sets `to`; returns what was there.
-    pub fn swap(&self, to: T) -> T {
-        T::ALL[usize::from(self.byte.swap(to.byte(), Ordering::AcqRel))]
-    }
 }
 
 /// A request read in full, shared by the I/O task waiting for it and the pool thread
@@ -202,13 +199,25 @@ impl Received {
         self.state.load() == State::Late
     }
 
-    /// The app returned: the request's state until then, and from now on answered. One
-    /// whose deadline has passed is late instead, whatever the app answered.
+    /// The app returned: the request's state until then (`Late` when it was inside the app
+    /// past its deadline, whatever the app answered: its answer is not sent). From now on
+    /// it is answered, or late; a state the I/O side or the worker set meanwhile (written
+    /// off, late, abandoned) stays, for the I/O side reads it (an overdue request, whose
+    /// app returned within its grace, is late: not to be written off any more).
     pub fn leaves_app(&self) -> State {
-        if self.is_past_deadline() && self.state.moves(State::InApp, State::Late) {
-            return State::Late;
+        let late = self.is_past_deadline();
+        loop {
+            let now = self.state.load();
+            let (to, said) = match now {
+                State::InApp if late => (State::Late, State::Late),
+                State::InApp | State::Streaming => (State::Answered, now),
+                State::Overdue => (State::Late, now),
+                other => return other,
+            };
+            if self.state.moves(now, to) {
+                return said;
+            }
         }
-        self.state.swap(State::Answered)
     }
 
     /// The app starts streaming its answer: `false` when the request is no longer its to
@@ -251,13 +260,52 @@ mod tests {
         }
     }
 
+    fn received(deadline: Option<Instant>) -> Received {
+        let (head, ()) = http::Request::new(()).into_parts();
+        let seed = super::super::request_id::RequestIds::new().seed();
+        let peer = "127.0.0.1:1".parse().expect("an address");
+        let request = Received::new(
+            head,
+            Bytes::new(),
+            peer,
+            (Instant::now(), deadline),
+            seed,
+            Kind::App,
+        );
+        assert!(request.state.moves(State::Queued, State::InApp));
+        request
+    }
+
+    #[test]
+    fn leaving_the_app_keeps_what_the_io_side_decided() {
+        let past = Some(Instant::now() - std::time::Duration::from_millis(1));
+        // Answered in time, or late: what the app answered is sent, or not.
+        assert_eq!(received(None).leaves_app(), State::InApp);
+        let late = received(past);
+        assert_eq!(late.leaves_app(), State::Late);
+        assert!(late.is_late());
+        // The I/O side wrote its thread off at the deadline, just before the app returned:
+        // the request stays written off (the I/O side answers 504 reading that), and the
+        // thread learns it.
+        let written_off = received(past);
+        assert!(written_off.state.moves(State::InApp, State::WrittenOff));
+        assert_eq!(written_off.leaves_app(), State::WrittenOff);
+        assert_eq!(written_off.state.load(), State::WrittenOff);
+        assert!(!written_off.is_answered());
+        // Back within its grace: late, and no longer to be written off.
+        let overdue = received(past);
+        assert!(overdue.state.moves(State::InApp, State::Overdue));
+        assert_eq!(overdue.leaves_app(), State::Overdue);
+        assert!(!overdue.state.moves(State::Overdue, State::WrittenOff));
+        assert!(overdue.is_late());
+    }
+
     #[test]
     fn a_move_happens_only_from_the_state_expected() {
         let state = Atomic::new(State::Queued);
         assert!(!state.moves(State::InApp, State::Answered));
         assert!(state.moves(State::Queued, State::InApp));
         assert!(!state.moves(State::Queued, State::Gone));
-        assert_eq!(state.swap(State::Answered), State::InApp);
-        assert_eq!(state.load(), State::Answered);
+        assert_eq!(state.load(), State::InApp);
     }
 }
