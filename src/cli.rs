@@ -228,6 +228,8 @@ fn check_config(args: ConfigArgs) -> Result<i32, Error> {
         "source": loaded.source_name(),
         "env": lookup.env,
         "mode_from": loaded.mode_origin(),
+        "io_threads_from": loaded.settings.io_threads_origin(),
+        "max_body_memory_from": loaded.settings.max_body_memory_origin(),
         "config": config::redact(&loaded.effective()),
     });
     let text = serde_json::to_string_pretty(&report).expect("a JSON value always serializes");

@@ -113,6 +113,74 @@ fn without_any_file_the_built_in_defaults_apply() {
     assert_eq!(config["max_body_bytes"], 10485760);
 }
 
+/// `io_threads` and `max_body_memory_bytes` default from what this process may use, and
+/// `check-config` says how: one I/O thread per CPU of its affinity (here narrowed with
+/// `taskset`), a quarter of its memory over the workers for bodies.
+#[test]
+fn io_threads_and_body_memory_default_from_what_the_process_may_use() {
+    let dir = TempDir::new("machine");
+    let file = dir.write("config.json", r#"{"workers": 2}"#);
+    let file = file.to_str().expect("utf-8");
+    let pinned = std::process::Command::new("taskset")
+        .args(["-c", "0", binary(), "check-config", "--config", file])
+        .output()
+        .expect("taskset runs");
+    assert!(
+        pinned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pinned.stderr)
+    );
+    let pinned: Value = serde_json::from_slice(&pinned.stdout).expect("JSON");
+    assert_eq!(pinned["config"]["io_threads"], 1);
+    let origin = pinned["io_threads_from"].as_str().expect("io_threads_from");
+    assert!(
+        origin.contains("one per CPU this process may use: 1 "),
+        "{origin}"
+    );
+
+    let report = check(&["--config", file], &[]);
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(64);
+    assert_eq!(report["config"]["io_threads"], cpus);
+
+    let origin = report["max_body_memory_from"]
+        .as_str()
+        .expect("max_body_memory_from");
+    let usable: u64 = origin
+        .split("may use, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the memory counted is given in bytes: {origin}"));
+    let machine: u64 = std::fs::read_to_string("/proc/meminfo")
+        .expect("meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        .expect("MemTotal")
+        * 1024;
+    assert!(
+        usable > 0 && usable <= machine,
+        "{usable} of {machine}: {origin}"
+    );
+    assert_eq!(report["config"]["max_body_memory_bytes"], usable / 4 / 2);
+
+    // Set, the keys are taken as they are.
+    let file = dir.write(
+        "set.json",
+        r#"{"io_threads": 3, "max_body_memory_bytes": 12345678}"#,
+    );
+    let report = check(&["--config", file.to_str().expect("utf-8")], &[]);
+    assert_eq!(report["config"]["io_threads"], 3);
+    assert_eq!(report["io_threads_from"], "set by `io_threads`");
+    assert_eq!(report["config"]["max_body_memory_bytes"], 12345678);
+    assert_eq!(
+        report["max_body_memory_from"],
+        "set by `max_body_memory_bytes`"
+    );
+}
+
 #[test]
 fn the_first_config_path_directory_with_a_file_wins_and_app_keys_pass_through() {
     let dir = TempDir::new("path");

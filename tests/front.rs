@@ -239,3 +239,81 @@ fn a_worker_out_of_file_descriptors_fails_its_probes_and_is_replaced() {
     assert_eq!(reply.text(), "fixture");
     assert!(the_worker(&service) != first);
 }
+
+/// The bodies a worker holds stay within `max_body_memory_bytes`: a declared body takes
+/// its whole length before it is read, a chunked one chunk by chunk; one that does not fit
+/// is answered 503 with `Retry-After` at once and counted; the share comes back with the
+/// answer, and the same body then fits.
+#[test]
+fn request_bodies_held_stay_within_the_worker_budget() {
+    let _serial = serial();
+    let service = Service::start(
+        &fixture_lib(),
+        r#"{"mode": "production", "threads": 2, "max_body_bytes": 200000,
+            "max_body_memory_bytes": 300000, "request_timeout_s": 60}"#,
+    );
+    let port = service.port;
+    let held = || gauge(port, "microservice_http_request_body_bytes_held");
+    let refused = || counter(port, "microservice_http_request_bodies_refused_total");
+    let head = |length: usize| {
+        format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {length}\r\n\r\n").into_bytes()
+    };
+
+    // A takes 200,000 of the 300,000 as soon as its head is read, a byte of it sent.
+    let mut a = connect(port);
+    a.write_all(&head(200_000)).expect("send A's head");
+    a.write_all(b"a").expect("send A's first byte");
+    wait_for("A's 200,000 bytes held", Duration::from_secs(10), || {
+        (held() == Some(200_000)).then_some(())
+    });
+
+    // B's 150,000 do not fit beside them: 503 at once, its body never read.
+    let mut b = connect(port);
+    b.write_all(&head(150_000)).expect("send B's head");
+    let reply = read_reply(&mut b).expect("B is answered without sending its body");
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert!(
+        reply.text().contains("max_body_memory_bytes"),
+        "the answer names the key: {}",
+        reply.text()
+    );
+    assert_eq!(refused(), 1);
+
+    // A chunked body grows as it arrives: 60,000 fit (260,000 held), 60,000 more do not.
+    let mut c = connect(port);
+    c.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .expect("send C's head");
+    let chunk = |size: usize| {
+        let mut data = format!("{size:x}\r\n").into_bytes();
+        data.extend(std::iter::repeat_n(b'c', size));
+        data.extend_from_slice(b"\r\n");
+        data
+    };
+    c.write_all(&chunk(60_000)).expect("send C's first chunk");
+    wait_for("C's first chunk held", Duration::from_secs(10), || {
+        (held() == Some(260_000)).then_some(())
+    });
+    c.write_all(&chunk(60_000)).expect("send C's second chunk");
+    let reply = read_reply(&mut c).expect("C is answered");
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(refused(), 2);
+    wait_for("C's share given back", Duration::from_secs(10), || {
+        (held() == Some(200_000)).then_some(())
+    });
+
+    // Fresh requests are answered meanwhile; A, once all sent, is echoed whole.
+    assert_eq!(get(port, "/").expect("a fresh GET").status, 200);
+    a.write_all(&vec![b'a'; 199_999])
+        .expect("send the rest of A");
+    let reply = read_reply(&mut a).expect("A is answered");
+    assert_eq!((reply.status, reply.body.len()), (200, 200_000));
+    wait_for("A's share given back", Duration::from_secs(10), || {
+        (held() == Some(0)).then_some(())
+    });
+
+    // With A's share back, B's body fits.
+    let reply = post(port, "/echo", &vec![b'b'; 150_000]).expect("B again");
+    assert_eq!((reply.status, reply.body.len()), (200, 150_000));
+    assert_eq!(refused(), 2);
+}

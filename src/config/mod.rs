@@ -201,11 +201,16 @@ settings! {
     workers: usize = 1,
         read |r, v| r.whole("workers", v, 1, MAX_WORKERS)? as usize,
         write |s, _resolved| json!(s.workers);
-    /// tokio threads per worker for connection I/O. Default 1: measured in docs/DESIGN.md,
-    /// one I/O thread with the app's pool beside it served the most per CPU on 2 cores.
-    io_threads: usize = DEFAULT_IO_THREADS,
-        read |r, v| r.whole("io_threads", v, 1, MAX_IO_THREADS)? as usize,
-        write |s, _resolved| json!(s.io_threads);
+    /// tokio threads per worker for connection I/O. Default `None`: one per CPU this
+    /// process may use (see [`Settings::io_threads`] and docs/PERFORMANCE.md, where the rule
+    /// is measured), so that a worker's connection work scales with the machine it runs
+    /// on without its owner knowing the key.
+    io_threads: Option<usize> = None,
+        read |r, v| Some(r.whole("io_threads", v, 1, MAX_IO_THREADS)? as usize),
+        write |s, resolved| match resolved {
+            true => json!(s.io_threads()),
+            false => json!(s.io_threads),
+        };
     /// Connections a worker holds at once. Default `None`: 90% of its file descriptor
     /// limit, one fd a connection, the rest left to the app.
     max_connections: Option<u64> = None,
@@ -272,6 +277,18 @@ settings! {
     max_body_bytes: u64 = 10 * 1024 * 1024,
         read |r, v| r.whole("max_body_bytes", v, 0, 1 << 40)?,
         write |s, _resolved| json!(s.max_body_bytes);
+    /// The request bodies one worker holds in memory at once, in bytes: a body that would
+    /// take it past this is refused with 503 (see worker/budget.rs for why not made to
+    /// wait). Default `None`: a quarter of the memory this process may use (its cgroup's
+    /// limit, else the machine's), shared by the workers, and never below `max_body_bytes`,
+    /// so that one body of the largest size always fits; the other three quarters are the
+    /// app's (a Python app's `wsgi.input` copy of each body among them).
+    max_body_memory_bytes: Option<u64> = None,
+        read |r, v| Some(r.whole("max_body_memory_bytes", v, 1, 1 << 50)?),
+        write |s, resolved| match resolved {
+            true => json!(s.max_body_memory()),
+            false => json!(s.max_body_memory_bytes),
+        };
     /// The watchdog (see `Watchdog`'s fields for their defaults).
     watchdog: Watchdog = Watchdog::default(),
         read |r, v| watchdog(r, v)?,
@@ -383,11 +400,11 @@ const MAX_THREADS: u64 = 1024;
 pub const MAX_WORKERS: u64 = 64;
 const MAX_IO_THREADS: u64 = 64;
 const MAX_CONNECTIONS: u64 = 10_000_000;
-/// I/O threads per worker by default; see docs/DESIGN.md for the measurement.
-const DEFAULT_IO_THREADS: usize = 1;
 /// The share of the file descriptor limit that `max_connections` takes by default, in
 /// percent; the rest is left to the app and the worker's own files.
 const CONNECTIONS_SHARE_OF_FDS: u64 = 90;
+/// The default `max_body_memory_bytes` is the memory this process may use over this.
+const BODY_MEMORY_SHARE: u64 = 4;
 const MAX_SECONDS: f64 = 86_400.0;
 /// Requests a worker lets wait for a pool thread by default (see the README's table).
 const DEFAULT_MAX_QUEUE: u64 = 1024;
@@ -404,6 +421,19 @@ impl Settings {
             Mode::Dev => 0.0,
         });
         (seconds > 0.0).then(|| Duration::from_secs_f64(seconds))
+    }
+
+    /// The I/O threads of a worker: `io_threads`, or one per CPU this process may use.
+    pub fn io_threads(&self) -> usize {
+        self.io_threads.unwrap_or_else(|| usable_cpus().0)
+    }
+
+    /// Why a worker has the I/O threads it has, for `check-config` and the start line.
+    pub fn io_threads_origin(&self) -> String {
+        match self.io_threads {
+            Some(_) => "set by `io_threads`".into(),
+            None => format!("one per CPU this process may use: {}", usable_cpus().1),
+        }
     }
 
     pub fn watchdog_enabled(&self) -> bool {
@@ -427,6 +457,28 @@ impl Settings {
             .max_connections
             .unwrap_or_else(|| fd_limit() * CONNECTIONS_SHARE_OF_FDS / 100);
         count.clamp(1, MAX_CONNECTIONS) as u32
+    }
+
+    /// The request bodies one worker may hold: `max_body_memory_bytes`, or its share of a
+    /// quarter of the memory this process may use.
+    pub fn max_body_memory(&self) -> u64 {
+        self.max_body_memory_bytes.unwrap_or_else(|| {
+            let share = usable_memory().0 / BODY_MEMORY_SHARE / self.workers.max(1) as u64;
+            share.max(self.max_body_bytes)
+        })
+    }
+
+    /// Why a worker may hold the request bodies it may, for `check-config`.
+    pub fn max_body_memory_origin(&self) -> String {
+        match self.max_body_memory_bytes {
+            Some(_) => "set by `max_body_memory_bytes`".into(),
+            None => format!(
+                "a quarter of the memory this process may use, {}, over {} worker(s), and at \
+                 least max_body_bytes",
+                usable_memory().1,
+                self.workers
+            ),
+        }
     }
 
     pub fn stop_timeout(&self) -> Duration {
@@ -751,6 +803,82 @@ fn dev(r: &Reader, value: &Value) -> Result<DevSettings, Error> {
         d.build_command = Some(r.string("dev.build_command", v)?.to_string());
     }
     Ok(d)
+}
+
+/// The CPUs this process may use, at most [`MAX_IO_THREADS`], and how they were counted:
+/// its CPU affinity and its cgroup's CPU quota (a container's `--cpus`), as
+/// `std::thread::available_parallelism` reads them.
+pub fn usable_cpus() -> (usize, String) {
+    let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let count = usable.clamp(1, MAX_IO_THREADS as usize);
+    let how = match count == usable {
+        true => format!("{count} (its CPU affinity and its cgroup's CPU quota counted)"),
+        false => format!("{usable}, of which at most {MAX_IO_THREADS}"),
+    };
+    (count, how)
+}
+
+/// The memory this process may use, in bytes, and where that came from: the lowest
+/// `memory.max` of its cgroup and the cgroups above it (cgroup v2; v1's
+/// `memory.limit_in_bytes`), else the machine's physical memory.
+pub fn usable_memory() -> (u64, String) {
+    let page = sysconf_value(libc::_SC_PAGESIZE);
+    let machine = sysconf_value(libc::_SC_PHYS_PAGES).saturating_mul(page);
+    match cgroup_memory_limit() {
+        Some((limit, path)) if limit < machine => (limit, format!("{limit} bytes ({path})")),
+        _ => (
+            machine,
+            format!("{machine} bytes (the machine's memory; no lower cgroup limit)"),
+        ),
+    }
+}
+
+/// `sysconf(name)`, 0 when unknown.
+fn sysconf_value(name: libc::c_int) -> u64 {
+    // SAFETY: sysconf reads a system value and has no memory effects.
+    let value = unsafe { libc::sysconf(name) };
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// The lowest memory limit of this process's cgroup and its parents, and the file it is in.
+fn cgroup_memory_limit() -> Option<(u64, String)> {
+    let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mut lowest: Option<(u64, String)> = None;
+    let mut consider = |path: String| {
+        let limit = std::fs::read_to_string(&path)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        if lowest.as_ref().is_none_or(|(l, _)| limit < *l) {
+            lowest = Some((limit, path));
+        }
+        Some(())
+    };
+    for line in membership.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (root, file) = match controllers {
+            "" => ("/sys/fs/cgroup", "memory.max"),
+            c if c.split(',').any(|c| c == "memory") => {
+                ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+            }
+            _ => continue,
+        };
+        let mut dir = std::path::PathBuf::from(path);
+        loop {
+            let relative = dir.to_string_lossy().trim_start_matches('/').to_string();
+            let _ = consider(format!("{root}/{relative}/{file}").replace("//", "/"));
+            if !dir.pop() {
+                break;
+            }
+        }
+    }
+    lowest
 }
 
 /// This process's limit on open file descriptors (a worker inherits the supervisor's).

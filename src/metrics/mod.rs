@@ -107,6 +107,8 @@ pub enum Event {
     Shed,
     /// A pool thread stuck in the app past a deadline (and its grace) was written off.
     WrittenOff,
+    /// A request answered 503 because its body did not fit in `max_body_memory_bytes`.
+    BodyRefused,
     Closed(Closed),
 }
 
@@ -172,6 +174,7 @@ impl Recorder {
             Event::AcceptError => Counter::AcceptErrors,
             Event::Shed => Counter::Shed,
             Event::WrittenOff => Counter::WrittenOff,
+            Event::BodyRefused => Counter::BodiesRefused,
             Event::Closed(reason) => {
                 counters.closed[reason as usize].fetch_add(1, Ordering::Relaxed);
                 return;

@@ -36,16 +36,18 @@ pub enum Counter {
     AcceptErrors,
     Shed,
     WrittenOff,
+    BodiesRefused,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 7] = [
         Counter::Timeouts,
         Counter::LogDropped,
         Counter::AcceptPaused,
         Counter::AcceptErrors,
         Counter::Shed,
         Counter::WrittenOff,
+        Counter::BodiesRefused,
     ];
 }
 
@@ -121,16 +123,18 @@ pub enum Gauge {
     ThreadsBusy,
     Threads,
     ThreadsWrittenOff,
+    BodyBytesHeld,
 }
 
 impl Gauge {
-    pub const ALL: [Gauge; 6] = [
+    pub const ALL: [Gauge; 7] = [
         Gauge::InFlight,
         Gauge::Queued,
         Gauge::Connections,
         Gauge::ThreadsBusy,
         Gauge::Threads,
         Gauge::ThreadsWrittenOff,
+        Gauge::BodyBytesHeld,
     ];
 }
 

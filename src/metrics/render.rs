@@ -84,6 +84,11 @@ fn describe(gauge: Gauge) -> (&'static str, &'static str) {
             "microservice_pool_threads_written_off",
             "Threads stuck in the app past a request deadline, already replaced.",
         ),
+        Gauge::BodyBytesHeld => (
+            "microservice_http_request_body_bytes_held",
+            "Bytes of request bodies the worker holds (read or reserved), of \
+             max_body_memory_bytes.",
+        ),
     }
 }
 
@@ -132,6 +137,11 @@ fn describe_counter(counter: Counter) -> (&'static str, &'static str) {
             "microservice_pool_threads_written_off_total",
             "Pool threads written off: still inside the app past a request's deadline (and the \
              app's deadline grace), replaced.",
+        ),
+        Counter::BodiesRefused => (
+            "microservice_http_request_bodies_refused_total",
+            "Requests answered 503 because their body would have taken the worker's request \
+             bodies past max_body_memory_bytes.",
         ),
     }
 }

@@ -174,7 +174,12 @@ pub fn text(status: u16, text: &str) -> Answer {
 /// The answer to a request shed because `max_queue` requests were waiting: come back in a
 /// second.
 pub fn shed() -> Answer {
-    let mut answer = text(503, "overloaded: too many requests waiting, retry later\n");
+    retry_later("overloaded: too many requests waiting, retry later\n")
+}
+
+/// A 503 with `Retry-After: 1`: the worker has no room for the request now.
+pub fn retry_later(text: &str) -> Answer {
+    let mut answer = self::text(503, text);
     answer
         .headers_mut()
         .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));

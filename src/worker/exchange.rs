@@ -6,7 +6,8 @@
 //! 2. The head is checked (`screen`): framing hyper lets through, CORS preflights, the API
 //!    key. A refusal is answered without reading the body.
 //! 3. The body is read in full here, within `max_body_bytes` (declared or counted as it
-//!    arrives, chunked too), and it must keep arriving: no byte for `keep_alive_timeout_s`,
+//!    arrives, chunked too) and within the worker's budget for bodies ([`Budget`]: 503
+//!    when it does not fit), and it must keep arriving: no byte for `keep_alive_timeout_s`,
 //!    or not all of it by the request's deadline, is a 408. A pool thread never waits on a
 //!    client.
 //! 4. The request goes to the pool's queue, and this task waits for its answer with a timer
@@ -33,6 +34,7 @@ use hyper::body::{Body, Incoming};
 use tokio::sync::oneshot;
 
 use super::answer::{self, Answer};
+use super::budget::{Budget, Held};
 use super::pool::{Pool, Submitted};
 use super::request::{until, Kind, Received};
 use super::request_id::{IdSeed, RequestId};
@@ -172,7 +174,12 @@ async fn answer(
     let deadline = context.limits.timeout.map(|t| received + t);
     let body = match read_body(&context.limits, body, deadline).await {
         Ok(body) => body,
-        Err(fault) => return (fault.reply(), Head::Kept(head, seed)),
+        Err(fault) => {
+            if let BodyFault::NoRoom(_) = fault {
+                context.metrics.count(Event::BodyRefused);
+            }
+            return (fault.reply(), Head::Kept(head, seed));
+        }
     };
     let request = Arc::new(Received::new(
         head,
@@ -280,7 +287,7 @@ async fn read_body(
     limits: &Limits,
     body: &mut Incoming,
     deadline: Option<Instant>,
-) -> Result<Bytes, BodyFault> {
+) -> Result<(Bytes, Option<Held>), BodyFault> {
     let limit = limits.max_body;
     let hint = body.size_hint();
     let declared = hint.exact();
@@ -288,8 +295,12 @@ async fn read_body(
         return Err(BodyFault::TooLarge(limit));
     }
     if declared == Some(0) {
-        return Ok(Bytes::new());
+        return Ok((Bytes::new(), None));
     }
+    let no_room = || BodyFault::NoRoom(limits.bodies.limit());
+    // A declared body takes its whole length now (its buffer is reserved at that size); a
+    // chunked one as it arrives.
+    let mut held = Budget::take(&limits.bodies, declared.unwrap_or(0)).ok_or_else(no_room)?;
     let mut first: Option<Bytes> = None;
     let mut rest = BytesMut::new();
     let mut read: u64 = 0;
@@ -310,6 +321,9 @@ async fn read_body(
         if read > limit {
             return Err(BodyFault::TooLarge(limit));
         }
+        if read > held.bytes() && !held.grow(read - held.bytes()) {
+            return Err(no_room());
+        }
         match &first {
             None if rest.is_empty() => first = Some(data),
             _ => {
@@ -322,7 +336,7 @@ async fn read_body(
             }
         }
     }
-    Ok(first.unwrap_or_else(|| rest.freeze()))
+    Ok((first.unwrap_or_else(|| rest.freeze()), Some(held)))
 }
 
 /// Sends an answer on its way: CORS, `Connection: close`, and (unless the pool did)
@@ -366,6 +380,8 @@ fn deliver(
 enum BodyFault {
     /// Over `max_body_bytes` (the limit).
     TooLarge(u64),
+    /// The worker holds its `max_body_memory_bytes` (the limit) of bodies already.
+    NoRoom(u64),
     /// Still arriving at the request's deadline.
     Late,
     /// Nothing arrived for this long.
@@ -383,6 +399,13 @@ impl BodyFault {
     /// stream.
     fn reply(self) -> Reply {
         let (status, text) = match self {
+            BodyFault::NoRoom(limit) => {
+                let text = format!(
+                    "busy: the worker holds its {limit} bytes of request bodies \
+                     (max_body_memory_bytes), retry later\n"
+                );
+                return Reply::new(answer::retry_later(&text), Some(Closed::Answered));
+            }
             BodyFault::TooLarge(limit) => (
                 413,
                 format!("request body too large: the limit is {limit} bytes\n"),

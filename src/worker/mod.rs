@@ -37,6 +37,7 @@
 mod access;
 mod answer;
 mod bridge;
+mod budget;
 mod call;
 mod exchange;
 mod fault;
@@ -160,7 +161,7 @@ pub fn run() -> Result<i32, Error> {
         },
     )));
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.io_threads)
+        .worker_threads(settings.io_threads())
         .max_blocking_threads(1)
         .thread_name("io")
         .enable_io()
@@ -201,7 +202,7 @@ pub fn run() -> Result<i32, Error> {
         say!(
             "serving {} ({mode} mode, {threads} thread(s), {} I/O thread(s), up to {max_connections} connections)",
             app.path().display(),
-            settings.io_threads
+            settings.io_threads()
         );
         status.send(&Status::Ready);
         let worker = Worker {

@@ -29,6 +29,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::request::Parts;
 
+use super::budget::Held;
 use super::request_id::{IdSeed, RequestId};
 
 /// What a request asks of the pool.
@@ -139,6 +140,8 @@ impl<T: Byte> Atomic<T> {
 pub struct Received {
     pub head: Parts,
     pub body: Bytes,
+    /// The body's share of the worker's budget for bodies, given back with the request.
+    _held: Option<Held>,
     pub peer: SocketAddr,
     /// When the worker had read its head: deadlines and durations count from here.
     pub received: Instant,
@@ -153,7 +156,7 @@ pub struct Received {
 impl Received {
     pub fn new(
         head: Parts,
-        body: Bytes,
+        (body, held): (Bytes, Option<Held>),
         peer: SocketAddr,
         (received, deadline): (Instant, Option<Instant>),
         seed: IdSeed,
@@ -162,6 +165,7 @@ impl Received {
         Received {
             head,
             body,
+            _held: held,
             peer,
             received,
             deadline,
@@ -266,7 +270,7 @@ mod tests {
         let peer = "127.0.0.1:1".parse().expect("an address");
         let request = Received::new(
             head,
-            Bytes::new(),
+            (Bytes::new(), None),
             peer,
             (Instant::now(), deadline),
             seed,

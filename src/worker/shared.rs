@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::access::Ledger;
+use super::budget::Budget;
 use super::pool::Pool;
 use super::request_id::RequestIds;
 use super::screen::Screen;
@@ -54,6 +55,8 @@ pub struct Limits {
     /// A body must keep arriving: no byte for this long is a 408.
     pub body_idle: Duration,
     pub timeout: Option<Duration>,
+    /// The request bodies the worker holds, within `max_body_memory_bytes`.
+    pub bodies: Arc<Budget>,
 }
 
 impl Context {
@@ -72,6 +75,7 @@ impl Context {
                 max_body: settings.max_body_bytes,
                 body_idle: settings.keep_alive_timeout(),
                 timeout: settings.request_timeout(),
+                bodies: Budget::new(settings.max_body_memory()),
             },
             metrics,
             ledger,
@@ -129,6 +133,7 @@ impl Context {
         let gauges = self.metrics.gauges();
         gauges.set(Gauge::Connections, self.connections.open() as u64);
         gauges.set(Gauge::InFlight, self.in_flight() as u64);
+        gauges.set(Gauge::BodyBytesHeld, self.limits.bodies.held());
         self.pool.sample(gauges);
     }
 }
