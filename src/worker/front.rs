@@ -7,10 +7,13 @@
 //!   `max_connections`; at the cap it stops accepting until a connection ends, and the
 //!   kernel's backlog holds the rest (counted: `microservice_http_accept_paused_total`).
 //!   Open connections are counted exactly, as they start and end.
-//! * Each accepted connection is one task: hyper's `serve_connection` with the service in
-//!   [`super::exchange`]. Every limit on a connection is hyper's: `header_read_timeout`
-//!   (`keep_alive_timeout_s`) closes a connection that has no complete request head that
-//!   long after it opened or after its last answer, idle or trickling alike;
+//! * Each accepted connection is one task. It first waits for the connection's first request
+//!   head holding only the bytes sent ([`super::head`]: hyper's buffers would cost 16 KiB a
+//!   connection), for up to `keep_alive_timeout_s`, then serves it with hyper's
+//!   `serve_connection` and the service in [`super::exchange`]. Every other limit on a
+//!   connection is hyper's: `header_read_timeout` (`keep_alive_timeout_s`) closes a
+//!   connection that has no complete request head that long after its last answer, idle
+//!   or trickling alike;
 //!   `max_header_size` answers 431; a malformed head or a version other than 1.0/1.1 gets
 //!   hyper's 400; the connection then closes. hyper reads the socket for the client's
 //!   going away while a request is served and drops the request's future then.
@@ -34,10 +37,11 @@ use std::time::Instant;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::exchange;
+use super::head::{self, First};
 use super::health::{Health, ACCEPT_RETRY};
 use super::shared::{Context, Phase};
 use crate::config::Settings;
@@ -73,6 +77,7 @@ impl Front {
             context: context.clone(),
             http,
             health,
+            head_timeout: settings.keep_alive_timeout(),
         };
         tokio::spawn(acceptor.run(listener));
         Ok(Front { context })
@@ -121,6 +126,8 @@ struct Acceptor {
     context: Arc<Context>,
     http: http1::Builder,
     health: Arc<Health>,
+    /// How long a new connection may take to send its first request head.
+    head_timeout: std::time::Duration,
 }
 
 impl Acceptor {
@@ -145,7 +152,8 @@ impl Acceptor {
                         context: self.context.clone(),
                         _permit: permit,
                     };
-                    tokio::spawn(connection.serve(self.http.clone(), stream, peer));
+                    let deadline = Instant::now() + self.head_timeout;
+                    tokio::spawn(connection.serve(self.http.clone(), stream, peer, deadline));
                 }
                 Err(e) => match AcceptError::of(&e) {
                     AcceptError::Connection => {}
@@ -175,8 +183,24 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, http: http1::Builder, stream: TcpStream, peer: SocketAddr) {
+    async fn serve(
+        self,
+        http: http1::Builder,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        head_deadline: Instant,
+    ) {
         let _ = stream.set_nodelay(true);
+        let stream = match head::first(stream, head_deadline).await {
+            First::Arrived(stream) => stream,
+            First::Closed => return,
+            First::TimedOut => {
+                self.context
+                    .metrics
+                    .count(Event::Closed(Closed::HeadTimeout));
+                return;
+            }
+        };
         let begun = Arc::new(AtomicBool::new(false));
         let service = {
             let context = self.context.clone();

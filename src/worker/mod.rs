@@ -42,6 +42,7 @@ mod call;
 mod exchange;
 mod fault;
 mod front;
+mod head;
 mod health;
 mod host;
 mod loader;
@@ -130,6 +131,7 @@ pub fn run() -> Result<i32, Error> {
     // SAFETY: the supervisor placed the status pipe on this fd before exec.
     let status = Arc::new(unsafe { StatusPipe::from_fd(STATUS_FD) });
 
+    return_large_blocks_at_once();
     let faults = Faults::from_env();
     // The app gets the config without its secrets (the API key is checked before the app).
     let host = host::table(lines.clone(), metrics, faults.clone());
@@ -324,3 +326,21 @@ fn die_with_parent() {
         std::process::exit(exit::BOOT);
     }
 }
+
+/// Blocks of [`LARGE_BLOCK`] or more (request bodies above all) get a mapping of their own,
+/// unmapped when freed. glibc's malloc otherwise raises that threshold to the size of the
+/// largest block freed (up to 32 MiB), and the next bodies come from its heaps, which keep
+/// what they grew to: measured with 500 clients uploading 10 MiB bodies under a budget of
+/// 1 GiB, the worker's memory went 247 MiB past the budget.
+fn return_large_blocks_at_once() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt sets a parameter of glibc's allocator under its own locks; it touches
+    // no memory of ours.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE_BLOCK);
+    }
+}
+
+/// See [`return_large_blocks_at_once`].
+#[cfg(target_env = "gnu")]
+const LARGE_BLOCK: libc::c_int = 1 << 20;
