@@ -16,6 +16,9 @@ use super::screen::Screen;
 use crate::config::Settings;
 use crate::metrics::{Event, Gauge, Recorder};
 
+/// Bodies read at once per I/O thread; see `exchange::next_frame`.
+const TURNS_PER_IO_THREAD: usize = 8;
+
 /// How long an exiting worker waits for its access lines to be written.
 const LOG_FLUSH: Duration = Duration::from_secs(1);
 
@@ -57,6 +60,9 @@ pub struct Limits {
     pub timeout: Option<Duration>,
     /// The request bodies the worker holds, within `max_body_memory_bytes`.
     pub bodies: Arc<Budget>,
+    /// Turns at reading a body: how many bodies the I/O threads read at once (see
+    /// `exchange::next_frame`).
+    pub turns: Arc<Semaphore>,
 }
 
 impl Context {
@@ -76,6 +82,7 @@ impl Context {
                 body_idle: settings.keep_alive_timeout(),
                 timeout: settings.request_timeout(),
                 bodies: Budget::new(settings.max_body_memory()),
+                turns: Arc::new(Semaphore::new(TURNS_PER_IO_THREAD * settings.io_threads())),
             },
             metrics,
             ledger,
