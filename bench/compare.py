@@ -15,9 +15,15 @@ I/O side, which bounds the throughput at 64 connections with the default `io_thr
 Prints a line per round and writes bench/COMPARE.md (or OUTPUT): every round, then the
 median, lowest and highest of the ratios now ÷ before.
 
-Reading the throughput ratio: two servers on one core share it, so each one's req/s is
+Beside the two builds, in the same rounds and on the same core, run the baselines of
+`make bench` (BASELINES): bare hyper on tokio's default runtime ("best") and bare hyper
+in the product's shape ("hyper"); the report gives now ÷ each of them too. On one core
+"best" cannot use the machine's other cores: the ratio to it reads as the cost of a
+request on a core, which CPU per request states directly.
+
+Reading the throughput ratio: the servers on one core share it, so each one's req/s is
 its share of the core ÷ its CPU per request, and the scheduler's split of the core moves
-with how each build's threads sleep and wake. CPU per request is the cost itself.
+with how each one's threads sleep and wake. CPU per request is the cost itself.
 
 Environment:
   BEFORE        the earlier build: a git revision of this repository, built (release)
@@ -29,6 +35,8 @@ Environment:
   SERVER_CPUS   the CPUs both servers share (default 0)
   CLIENT_CPUS   the CPUs both wrks share (default 1)
   OUTPUT        where the report goes (default bench/COMPARE.md)
+  BASELINES     the baselines run beside the builds, a comma list of best,hyper (default
+                both; empty: none)
 The build measured as now is target/release's, built by this script.
 """
 
@@ -48,6 +56,7 @@ CLIENT_CPUS = os.environ.get("CLIENT_CPUS", "1")
 CONNECTIONS = 64
 OUTPUT = os.environ.get("OUTPUT") or os.path.join(run.ROOT, "bench", "COMPARE.md")
 FIGURES = (("rps", "req/s"), ("cpu_us", "CPU µs/req"), ("io_us", "io threads' CPU µs/req"))
+BASELINES = [b.strip() for b in os.environ.get("BASELINES", "best,hyper").split(",") if b.strip()]
 
 
 def git(*args):
@@ -109,10 +118,13 @@ def measure(server, results, name):
 
 def one_round(builds, first):
     """Both builds at once; `first` starts first (the order alternates by round)."""
-    order = sorted(builds, key=lambda name: name != first)
+    order = sorted(builds, key=lambda name: name != first) + BASELINES
     servers = {}
     try:
         for name in order:
+            if name in BASELINES:
+                servers[name] = run.Server(name, cpus=SERVER_CPUS)
+                continue
             binary, library = builds[name]
             servers[name] = run.Server("product", app=library, binary=binary,
                                        cpus=SERVER_CPUS)
@@ -174,8 +186,9 @@ def write(rounds, label, now_label):
         f"Written by `make bench-compare` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
         f" (bench/compare.py says how): before = {label}, now = {now_label}. Both serve the "
         f"example's `GET /` in production mode with default settings; {ROUNDS} rounds of "
-        f"`wrk -c{CONNECTIONS} -d{run.DURATION}s` each, the two at the same time, servers on "
-        f"CPU {SERVER_CPUS} and wrk on CPU {CLIENT_CPUS}.",
+        f"`wrk -c{CONNECTIONS} -d{run.DURATION}s` each, all at the same time, servers on "
+        f"CPU {SERVER_CPUS} and wrk on CPU {CLIENT_CPUS}; beside them "
+        + (", ".join(run.NAMES[b] for b in BASELINES) or "no baseline") + ".",
         "",
         "| round | " + " | ".join(f"before {title} | now {title} | now ÷ before"
                                    for _, title in FIGURES) + " |",
@@ -199,7 +212,16 @@ def write(rounds, label, now_label):
         lines.append(f"| {title} | " + " | ".join(
             cell(f(values) if values else None, ".3f")
             for f in (statistics.median, min, max)) + " |")
-    lines += ["", f"Errors (socket errors and non-2xx answers, both builds): {errors}.", ""]
+    for base in BASELINES:
+        lines += ["", f"| now ÷ {run.NAMES[base]}, on the same core | median | lowest | highest |",
+                  "|---|---:|---:|---:|"]
+        for figure, title in FIGURES[:2]:
+            values = [r for r in (ratio(results["now"], results[base], figure)
+                                  for results in rounds) if r is not None]
+            lines.append(f"| {title} | " + " | ".join(
+                cell(f(values) if values else None, ".3f")
+                for f in (statistics.median, min, max)) + " |")
+    lines += ["", f"Errors (socket errors and non-2xx answers, every server): {errors}.", ""]
     with open(OUTPUT, "w") as f:
         f.write("\n".join(lines))
 

@@ -3,6 +3,7 @@ bench/run.py (`make bench`) and bench/python.py (`make bench-python`)."""
 
 import os
 import statistics
+import struct
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -72,3 +73,29 @@ def medians(runs):
         "runs": [round(r["rps"]) for r in runs],
         "cpu_runs": [None if r["cpu_us"] is None else round(r["cpu_us"], 1) for r in runs],
     }
+
+
+def distinct_kib(pids):
+    """The memory a set of processes holds resident, each page counted once however many
+    of them map it (their summed RSS counts the code both map once per process): the
+    physical pages behind their mappings, from /proc/PID/pagemap (needs root; None
+    without)."""
+    frames = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+                for line in maps:
+                    start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                    if start >= 1 << 47:
+                        continue  # [vsyscall]
+                    pagemap.seek(start // 4096 * 8)
+                    data = pagemap.read((end - start) // 4096 * 8)
+                    for (entry,) in struct.iter_unpack("<Q", data):
+                        if entry >> 63:
+                            frame = entry & ((1 << 55) - 1)
+                            if not frame:
+                                return None  # frame numbers hidden: not root
+                            frames.add(frame)
+        except OSError:
+            return None
+    return len(frames) * 4

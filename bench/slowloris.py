@@ -196,6 +196,89 @@ def probe(port, seconds):
     }), flush=True)
 
 
+def upload(port, clients, size, seconds):
+    """`clients` threads, each uploading a body of `size` bytes with `POST /` on a fresh
+    connection and reading the answer, again and again for `seconds` (the first round all
+    at once); prints the answers by status and how many uploads got none."""
+    raise_fd_limit()
+    body = bytes(size)
+    head = (f"POST / HTTP/1.1\r\nHost: upload\r\nConnection: close\r\n"
+            f"Content-Length: {size}\r\n\r\n").encode()
+    answers, lock = {}, threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def one():
+        data = b""
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+            try:
+                s.sendall(head)
+                s.sendall(body)
+            except OSError:
+                pass  # refused before the whole body went: the answer may still be there
+            try:
+                while len(data) < 12:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            except OSError:
+                pass
+        return data[9:12].decode(errors="replace") if data.startswith(b"HTTP/") else "none"
+
+    def client():
+        while True:
+            try:
+                status = one()
+            except OSError:
+                status = "could not connect"
+            with lock:
+                answers[status] = answers.get(status, 0) + 1
+            if time.monotonic() >= deadline:
+                return
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(json.dumps({"answers": answers, "uploads": sum(answers.values())}), flush=True)
+
+
+def measure_uploads(port, workers, clients, size, seconds):
+    """Uploads (see `upload`) beside the probe for `seconds`, the worker sampled every
+    second meanwhile (as in `measure`)."""
+    me = os.path.abspath(__file__)
+    peak, seen = {}, set()
+    over = threading.Event()
+
+    def sample():
+        while True:
+            for pid in workers():
+                seen.add(pid)
+                for key, value in process_figures(pid).items():
+                    peak[key] = max(peak.get(key, 0), value)
+            if over.wait(0.25):
+                return
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        uploader = subprocess.Popen([sys.executable, me, "upload", str(port), str(clients),
+                                     str(size), str(seconds)], stdout=subprocess.PIPE,
+                                    text=True)
+        prober = subprocess.Popen([sys.executable, me, "probe", str(port), str(seconds)],
+                                  stdout=subprocess.PIPE, text=True)
+        probed = report(prober)
+        uploaded = report(uploader)
+        prober.wait()
+        uploader.wait()
+    finally:
+        over.set()
+        sampler.join()
+    return {"uploads": uploaded, "probe": probed, "worker_peak": peak,
+            "worker_pids": sorted(seen)}
+
+
 def idle_lifetime(port):
     """How long a connection that sends nothing stays open."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
@@ -287,6 +370,8 @@ def main():
     if sys.argv[1] == "attack":
         attack(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]),
                sys.argv[5:] == ["bodies"])
+    elif sys.argv[1] == "upload":
+        upload(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
     elif sys.argv[1] == "probe":
         probe(int(sys.argv[2]), float(sys.argv[3]))
     else:
