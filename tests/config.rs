@@ -114,8 +114,8 @@ fn without_any_file_the_built_in_defaults_apply() {
 }
 
 /// `io_threads` and `max_body_memory_bytes` default from what this process may use, and
-/// `check-config` says how: one I/O thread per CPU of its affinity (here narrowed with
-/// `taskset`), a quarter of its memory over the workers for bodies.
+/// `check-config` says how: one I/O thread for every two CPUs of its affinity (here
+/// narrowed with `taskset`), a quarter of its memory over the workers for bodies.
 #[test]
 fn io_threads_and_body_memory_default_from_what_the_process_may_use() {
     let dir = TempDir::new("machine");
@@ -133,16 +133,13 @@ fn io_threads_and_body_memory_default_from_what_the_process_may_use() {
     let pinned: Value = serde_json::from_slice(&pinned.stdout).expect("JSON");
     assert_eq!(pinned["config"]["io_threads"], 1);
     let origin = pinned["io_threads_from"].as_str().expect("io_threads_from");
-    assert!(
-        origin.contains("one per CPU this process may use: 1 "),
-        "{origin}"
-    );
+    assert!(origin.contains("rounded up: 1 for 1 CPU(s)"), "{origin}");
 
     let report = check(&["--config", file], &[]);
-    let cpus = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(64);
-    assert_eq!(report["config"]["io_threads"], cpus);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(report["config"]["io_threads"], cpus.div_ceil(2).min(64));
+    let origin = report["io_threads_from"].as_str().expect("io_threads_from");
+    assert!(origin.contains(&format!("for {cpus} CPU(s)")), "{origin}");
 
     let origin = report["max_body_memory_from"]
         .as_str()

@@ -183,6 +183,20 @@ def default_config_is_the_last_fallback(base):
             "mode dev from the environment")
 
 
+def test_io_threads_and_the_bodies_budget_follow_the_containers_cpus_and_memory():
+    """A container given 1 CPU and 512 MiB gets 1 I/O thread and a budget of 128 MiB for
+    request bodies (a quarter of its memory, one worker), and check-config says why."""
+    report = json.loads(docker("run", "--rm", "--network", "host", "--cpus", "1",
+                               "--memory", "512m", BASE, "check-config"))
+    config = report["config"]
+    assert config["io_threads"] == 1, report
+    assert "rounded up: 1 for 1 CPU(s)" in report["io_threads_from"], report
+    assert config["max_body_memory_bytes"] == 512 * 1024 * 1024 // 4, report
+    assert "536870912 bytes" in report["max_body_memory_from"], report
+    return (f"--cpus 1 --memory 512m: io_threads 1, max_body_memory_bytes "
+            f"{config['max_body_memory_bytes']} ({report['max_body_memory_from']})")
+
+
 def reports_healthy(image):
     name, _ = run_container(image=image)
     started = time.monotonic()

@@ -201,10 +201,10 @@ settings! {
     workers: usize = 1,
         read |r, v| r.whole("workers", v, 1, MAX_WORKERS)? as usize,
         write |s, _resolved| json!(s.workers);
-    /// tokio threads per worker for connection I/O. Default `None`: one per CPU this
-    /// process may use (see [`Settings::io_threads`] and docs/PERFORMANCE.md, where the rule
-    /// is measured), so that a worker's connection work scales with the machine it runs
-    /// on without its owner knowing the key.
+    /// tokio threads per worker for connection I/O. Default `None`: one for every two CPUs
+    /// this process may use ([`io_threads_for`]; measured in docs/PERFORMANCE.md), so that
+    /// a worker's connection work scales with the machine it runs on without its owner
+    /// knowing the key, and the app's pool keeps half of it.
     io_threads: Option<usize> = None,
         read |r, v| Some(r.whole("io_threads", v, 1, MAX_IO_THREADS)? as usize),
         write |s, resolved| match resolved {
@@ -423,16 +423,25 @@ impl Settings {
         (seconds > 0.0).then(|| Duration::from_secs_f64(seconds))
     }
 
-    /// The I/O threads of a worker: `io_threads`, or one per CPU this process may use.
+    /// The I/O threads of a worker: `io_threads`, or [`io_threads_for`] the CPUs this
+    /// process may use.
     pub fn io_threads(&self) -> usize {
-        self.io_threads.unwrap_or_else(|| usable_cpus().0)
+        self.io_threads
+            .unwrap_or_else(|| io_threads_for(usable_cpus().0))
     }
 
-    /// Why a worker has the I/O threads it has, for `check-config` and the start line.
+    /// Why a worker has the I/O threads it has, for `check-config`.
     pub fn io_threads_origin(&self) -> String {
         match self.io_threads {
             Some(_) => "set by `io_threads`".into(),
-            None => format!("one per CPU this process may use: {}", usable_cpus().1),
+            None => {
+                let (cpus, how) = usable_cpus();
+                format!(
+                    "one for every two CPUs this process may use, rounded up: {} for {cpus} \
+                     CPU(s), {how}",
+                    io_threads_for(cpus)
+                )
+            }
         }
     }
 
@@ -805,17 +814,24 @@ fn dev(r: &Reader, value: &Value) -> Result<DevSettings, Error> {
     Ok(d)
 }
 
-/// The CPUs this process may use, at most [`MAX_IO_THREADS`], and how they were counted:
-/// its CPU affinity and its cgroup's CPU quota (a container's `--cpus`), as
-/// `std::thread::available_parallelism` reads them.
+/// The default `io_threads` for `cpus` CPUs: one for every two, rounded up, at most
+/// [`MAX_IO_THREADS`]. The other half is the app's pool's: measured on 2 CPUs (the bench's
+/// app, which does nothing), one I/O thread served more requests than two at less CPU
+/// each and half the p99, and an app that does work needs the cores more
+/// (docs/PERFORMANCE.md#io-threads).
+pub fn io_threads_for(cpus: usize) -> usize {
+    cpus.div_ceil(2).clamp(1, MAX_IO_THREADS as usize)
+}
+
+/// The CPUs this process may use, and how they were counted: its CPU affinity and its
+/// cgroup's CPU quota (a container's `--cpus`), as `std::thread::available_parallelism`
+/// reads them.
 pub fn usable_cpus() -> (usize, String) {
     let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let count = usable.clamp(1, MAX_IO_THREADS as usize);
-    let how = match count == usable {
-        true => format!("{count} (its CPU affinity and its cgroup's CPU quota counted)"),
-        false => format!("{usable}, of which at most {MAX_IO_THREADS}"),
-    };
-    (count, how)
+    (
+        usable,
+        "counted from its CPU affinity and its cgroup's CPU quota".into(),
+    )
 }
 
 /// The memory this process may use, in bytes, and where that came from: the lowest
@@ -920,6 +936,12 @@ mod tests {
         assert_eq!(root_config(), Settings::default().to_json(false));
         let parsed = Settings::from_json(&root_config(), "config.json").expect("valid");
         assert_eq!(parsed, Settings::default());
+    }
+
+    #[test]
+    fn io_threads_default_to_one_for_every_two_cpus() {
+        let chosen = [1, 2, 3, 4, 16, 64, 200].map(io_threads_for);
+        assert_eq!(chosen, [1, 1, 2, 2, 8, 32, 64]);
     }
 
     #[test]
