@@ -45,10 +45,10 @@ lint: ## rustfmt --check and clippy -D warnings, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: ## Product vs bare hyper and bare tiny_http (~15 min): bench/RESULTS.md, SLOWLORIS.md
+bench: ## Product vs bare hyper at its best and in the product's shape (~20 min): bench/RESULTS.md, SLOWLORIS.md
 	python3 bench/run.py
 
-bench-slowloris: ## Only the slowloris part: trickling heads, then bodies (~3 min): bench/SLOWLORIS.md
+bench-slowloris: ## Only the slow clients: trickling heads, trickling bodies, 500 uploads (~5 min): bench/SLOWLORIS.md
 	python3 bench/run.py slowloris
 
 bench-compare: ## This build beside BEFORE=REV, both at once on one core (~5 min): bench/COMPARE.md
