@@ -52,6 +52,7 @@ fn each_bad_config_names_file_key_and_expectation_with_exit_78() {
         (r#"{"apache_config": {"wsgi_worker_threads_count": 2.5}}"#, "key `apache_config.wsgi_worker_threads_count`: expected a whole number from 1 to 1024, found the number 2.5"),
         (r#"{"use_apache": true, "mode": "dev"}"#, "key `use_apache`: true means production, but `mode` is \"dev\"; keep one of them"),
         (r#"{"host": "localhost"}"#, "key `host`: expected an IP address such as \"0.0.0.0\", found the string \"localhost\""),
+        (r#"{"max_body_memory_bytes": 1000}"#, "key `max_body_memory_bytes`: 1000 is below `max_body_bytes` 10485760, so a body of the largest size allowed could never be read; raise it or lower `max_body_bytes`"),
         ("[1, 2]", "expected a JSON object at the top level, found an array"),
         ("{\"threads\": 4,}", "not valid JSON: trailing comma at line 1 column 15"),
     ];

@@ -657,6 +657,17 @@ impl Settings {
                 s.threads = n;
             }
         }
+        if let Some(budget) = s.max_body_memory_bytes.filter(|b| *b < s.max_body_bytes) {
+            return Err(Error::config(
+                source,
+                format!(
+                    "key `max_body_memory_bytes`: {budget} is below `max_body_bytes` {}, so a \
+                     body of the largest size allowed could never be read; raise it or lower \
+                     `max_body_bytes`",
+                    s.max_body_bytes
+                ),
+            ));
+        }
         Ok(s)
     }
 }
