@@ -244,24 +244,36 @@ def upload(port, clients, size, seconds):
     print(json.dumps({"answers": answers, "uploads": sum(answers.values())}), flush=True)
 
 
-def measure_uploads(port, workers, clients, size, seconds):
-    """Uploads (see `upload`) beside the probe for `seconds`, the worker sampled every
-    second meanwhile (as in `measure`)."""
-    me = os.path.abspath(__file__)
-    peak, seen = {}, set()
-    over = threading.Event()
+class Sampler:
+    """Samples the processes `workers` returns (the PIDs of the moment) every `every`
+    seconds until stopped: `peak` holds the highest of each figure, of the busiest
+    process, and `seen` every PID sampled."""
 
-    def sample():
+    def __init__(self, workers, every):
+        self.peak, self.seen = {}, set()
+        self.over = threading.Event()
+        self.thread = threading.Thread(target=self.run, args=(workers, every))
+        self.thread.start()
+
+    def run(self, workers, every):
         while True:
             for pid in workers():
-                seen.add(pid)
+                self.seen.add(pid)
                 for key, value in process_figures(pid).items():
-                    peak[key] = max(peak.get(key, 0), value)
-            if over.wait(0.25):
+                    self.peak[key] = max(self.peak.get(key, 0), value)
+            if self.over.wait(every):
                 return
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    def stop(self):
+        self.over.set()
+        self.thread.join()
+
+
+def measure_uploads(port, workers, clients, size, seconds):
+    """Uploads (see `upload`) beside the probe for `seconds`, the worker sampled four
+    times a second meanwhile (its memory moves fast)."""
+    me = os.path.abspath(__file__)
+    sampler = Sampler(workers, 0.25)
     try:
         uploader = subprocess.Popen([sys.executable, me, "upload", str(port), str(clients),
                                      str(size), str(seconds)], stdout=subprocess.PIPE,
@@ -273,10 +285,9 @@ def measure_uploads(port, workers, clients, size, seconds):
         prober.wait()
         uploader.wait()
     finally:
-        over.set()
-        sampler.join()
-    return {"uploads": uploaded, "probe": probed, "worker_peak": peak,
-            "worker_pids": sorted(seen)}
+        sampler.stop()
+    return {"uploads": uploaded, "probe": probed, "worker_peak": sampler.peak,
+            "worker_pids": sorted(sampler.seen)}
 
 
 def idle_lifetime(port):
@@ -319,18 +330,6 @@ def measure(port, workers, connections=CONNECTIONS, seconds=STEADY, bodies=False
     the worker PIDs of the moment: each is sampled every second for the whole attack, and
     the peaks are those of the busiest. Returns everything as a dict."""
     me = os.path.abspath(__file__)
-    peak, seen = {}, set()
-    attack_over = threading.Event()
-
-    def sample():
-        while True:
-            for pid in workers():
-                seen.add(pid)
-                for key, value in process_figures(pid).items():
-                    peak[key] = max(peak.get(key, 0), value)
-            if attack_over.wait(1):
-                return
-
     idle = {}
 
     def measure_idle():
@@ -340,8 +339,7 @@ def measure(port, workers, connections=CONNECTIONS, seconds=STEADY, bodies=False
         except OSError:
             idle["s"] = None
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
+    sampler = Sampler(workers, 1)
     attacker = subprocess.Popen([sys.executable, me, "attack", str(port), str(connections),
                                  str(seconds + 2)] + (["bodies"] if bodies else []),
                                 stdout=subprocess.PIPE, text=True)
@@ -360,10 +358,10 @@ def measure(port, workers, connections=CONNECTIONS, seconds=STEADY, bodies=False
         if attacker.poll() is None:
             attacker.kill()
             attacker.wait()
-        attack_over.set()
-        sampler.join()
-    return {"ready": ready, "attack": attacked, "probe": probed, "worker_peak": peak,
-            "worker_pids": sorted(seen), "idle_lifetime_s": idle.get("s")}
+        sampler.stop()
+    return {"ready": ready, "attack": attacked, "probe": probed,
+            "worker_peak": sampler.peak, "worker_pids": sorted(sampler.seen),
+            "idle_lifetime_s": idle.get("s")}
 
 
 def main():

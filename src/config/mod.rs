@@ -427,7 +427,7 @@ impl Settings {
     /// process may use.
     pub fn io_threads(&self) -> usize {
         self.io_threads
-            .unwrap_or_else(|| io_threads_for(usable_cpus().0))
+            .unwrap_or_else(|| io_threads_for(usable_cpus()))
     }
 
     /// Why a worker has the I/O threads it has, for `check-config`.
@@ -435,10 +435,10 @@ impl Settings {
         match self.io_threads {
             Some(_) => "set by `io_threads`".into(),
             None => {
-                let (cpus, how) = usable_cpus();
+                let cpus = usable_cpus();
                 format!(
                     "one for every two CPUs this process may use, rounded up: {} for {cpus} \
-                     CPU(s), {how}",
+                     CPU(s), counted from its CPU affinity and its cgroup's CPU quota",
                     io_threads_for(cpus)
                 )
             }
@@ -830,25 +830,20 @@ fn dev(r: &Reader, value: &Value) -> Result<DevSettings, Error> {
 /// app, which does nothing), one I/O thread served more requests than two at less CPU
 /// each and half the p99, and an app that does work needs the cores more
 /// (docs/PERFORMANCE.md#io-threads).
-pub fn io_threads_for(cpus: usize) -> usize {
+fn io_threads_for(cpus: usize) -> usize {
     cpus.div_ceil(2).clamp(1, MAX_IO_THREADS as usize)
 }
 
-/// The CPUs this process may use, and how they were counted: its CPU affinity and its
-/// cgroup's CPU quota (a container's `--cpus`), as `std::thread::available_parallelism`
-/// reads them.
-pub fn usable_cpus() -> (usize, String) {
-    let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (
-        usable,
-        "counted from its CPU affinity and its cgroup's CPU quota".into(),
-    )
+/// The CPUs this process may use: its CPU affinity and its cgroup's CPU quota (a
+/// container's `--cpus`), as `std::thread::available_parallelism` reads them.
+fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The memory this process may use, in bytes, and where that came from: the lowest
 /// `memory.max` of its cgroup and the cgroups above it (cgroup v2; v1's
 /// `memory.limit_in_bytes`), else the machine's physical memory.
-pub fn usable_memory() -> (u64, String) {
+fn usable_memory() -> (u64, String) {
     let page = sysconf_value(libc::_SC_PAGESIZE);
     let machine = sysconf_value(libc::_SC_PHYS_PAGES).saturating_mul(page);
     match cgroup_memory_limit() {

@@ -352,7 +352,7 @@ enum NoFrame {
 
 /// The next frame of `body`, read in turn. Reading a body costs the I/O thread a copy of
 /// every byte; when many clients upload at once, every request on that thread waits behind
-/// all of them (measured: 500 clients uploading 10 MiB each made a fresh `GET /` wait 60 ms
+/// all of them (measured: 500 clients uploading 10 MiB each made a fresh `GET /` wait 95 ms
 /// at the median, 8 at a time per I/O thread 4). So a body waits for one of `turns` before
 /// it reads, and gives it back after each frame, or after [`TURN_WAIT`] without one: a
 /// body that trickles holds no turn while it waits (on `idle`: no byte for that long, or

@@ -162,8 +162,9 @@ pub fn run() -> Result<i32, Error> {
             count: settings.watchdog.request_average as usize,
         },
     )));
+    let io_threads = settings.io_threads();
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(settings.io_threads())
+        .worker_threads(io_threads)
         .max_blocking_threads(1)
         .thread_name("io")
         .enable_io()
@@ -192,6 +193,7 @@ pub fn run() -> Result<i32, Error> {
         pool,
         Screen::new(&settings),
         &settings,
+        io_threads,
         metrics,
         ledger,
     ));
@@ -202,9 +204,8 @@ pub fn run() -> Result<i32, Error> {
         let front = Front::start(listener, context, health, &settings)
             .map_err(|e| Error::boot("cannot start accepting connections", e))?;
         say!(
-            "serving {} ({mode} mode, {threads} thread(s), {} I/O thread(s), up to {max_connections} connections)",
+            "serving {} ({mode} mode, {threads} thread(s), {io_threads} I/O thread(s), up to {max_connections} connections)",
             app.path().display(),
-            settings.io_threads()
         );
         status.send(&Status::Ready);
         let worker = Worker {

@@ -70,6 +70,7 @@ impl Context {
         pool: Pool,
         screen: Screen,
         settings: &Settings,
+        io_threads: usize,
         metrics: Recorder,
         ledger: Arc<Ledger>,
     ) -> Context {
@@ -82,7 +83,7 @@ impl Context {
                 body_idle: settings.keep_alive_timeout(),
                 timeout: settings.request_timeout(),
                 bodies: Budget::new(settings.max_body_memory()),
-                turns: Arc::new(Semaphore::new(TURNS_PER_IO_THREAD * settings.io_threads())),
+                turns: Arc::new(Semaphore::new(TURNS_PER_IO_THREAD * io_threads)),
             },
             metrics,
             ledger,
