@@ -54,8 +54,12 @@ pub struct AddressFile(Option<std::path::PathBuf>);
 impl AddressFile {
     pub fn write(listener: &TcpListener) -> AddressFile {
         let path = address_file(std::process::id());
+        // Written aside and renamed into place: a reader sees the old file or the whole new
+        // one, never an empty one.
+        let aside = path.with_extension("addr.new");
         let written = reachable_address(listener)
-            .and_then(|address| std::fs::write(&path, format!("{address}\n")));
+            .and_then(|address| std::fs::write(&aside, format!("{address}\n")))
+            .and_then(|()| std::fs::rename(&aside, &path));
         match written {
             Ok(()) => AddressFile(Some(path)),
             Err(e) => {

@@ -292,6 +292,7 @@ impl Service {
     }
 
     fn launch(mut command: Command, stdout: Stdio) -> Service {
+        let launched = std::time::SystemTime::now();
         let mut child = command
             .args(["--host", "127.0.0.1", "--port", "0"])
             .stdout(stdout)
@@ -313,11 +314,19 @@ impl Service {
             port: 0,
             log,
         };
-        // The listening line, or (when the log level leaves it out) the address file.
+        // The listening line, or (when the log level leaves it out) the address file. A file
+        // older than this launch is another process's of the same PID (one killed before it
+        // could remove it): the file system's clock is coarse, hence the second's margin.
         let address_file =
             std::env::temp_dir().join(format!("microservice-rust-{}.addr", service.child.id()));
+        let fresh = |path: &Path| {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|at| at + Duration::from_secs(1) >= launched)
+        };
         service.port = wait_for("the listening port", Duration::from_secs(10), || {
-            let from_file = std::fs::read_to_string(&address_file).ok().and_then(|a| {
+            let from_file = fresh(&address_file).then(|| std::fs::read_to_string(&address_file));
+            let from_file = from_file.and_then(Result::ok).and_then(|a| {
                 a.trim()
                     .parse::<std::net::SocketAddr>()
                     .ok()
