@@ -19,6 +19,7 @@ mod error;
 mod exit;
 mod log;
 mod metrics;
+mod resident;
 mod scaffold;
 mod supervisor;
 mod worker;

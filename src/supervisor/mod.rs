@@ -451,6 +451,7 @@ impl Supervisor {
             worker.started.elapsed().as_millis()
         );
         self.ever_ready = true;
+        crate::resident::let_go_of_code();
         if !serving {
             self.stop(pid, Stop::Drain);
             return;

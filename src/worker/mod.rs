@@ -208,6 +208,7 @@ pub fn run() -> Result<i32, Error> {
             app.path().display(),
         );
         status.send(&Status::Ready);
+        crate::resident::let_go_of_code();
         let worker = Worker {
             front,
             stop_timeout,
