@@ -4,10 +4,10 @@
 //! around each page of code the process touches (fault-around). Start-up touches code that
 //! never runs again (the command line, the config's lookup and checks, loading the app,
 //! the dynamic linker's work in libc and libm), so an idle supervisor held 4.3 MiB and an
-//! idle worker 5.2, nearly all of it code, most of it start-up's. Once a process serves,
+//! idle worker 5.3, nearly all of it code, most of it start-up's. Once a process serves,
 //! [`let_go_of_code`] unmaps its code pages; the code it runs from then on is mapped again
 //! as it runs (a minor fault a page: the pages stay in the page cache, shared with every
-//! process of the same files). Measured: supervisor + worker idle 9.6 → 6.6 MiB.
+//! process of the same files). Measured: supervisor + worker idle 9.6 → 6.4–6.6 MiB.
 //!
 //! Only private, read-and-execute mappings of files are let go: their pages are never
 //! written, so what comes back is what was there. (A debugger's breakpoints or a uprobe
