@@ -88,6 +88,16 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 /// How long a worker being replaced for not answering has to send its 503s.
 const ABANDON_GRACE: Duration = Duration::from_secs(1);
 
+/// How many tasks an I/O thread runs between looks at the sockets that became ready and
+/// at the answers the pool sent (tokio's default: 61). While uploads keep every I/O thread
+/// busy, each task reads up to 64 KiB of a body, and a new connection or an answer waited
+/// for 61 of them at each of its steps. Measured with 500 clients uploading 10 MiB, 5
+/// alternating runs each: a fresh `GET /` took 5.0–6.0 ms at the median and 28–63 at the
+/// p99 with 61, 1.0–1.2 and 20–26 with 8 (16: 1.8–2.2 and 23–45; 32: 3.1–3.8 and 21–27).
+/// The price, `GET /` at 64 connections beside the build with 61 on one core: 3% more CPU
+/// per request.
+const LOOK_EVERY: u32 = 8;
+
 pub fn run() -> Result<i32, Error> {
     log::set_role("worker");
     die_with_parent();
@@ -167,6 +177,8 @@ pub fn run() -> Result<i32, Error> {
         .worker_threads(io_threads)
         .max_blocking_threads(1)
         .thread_name("io")
+        .event_interval(LOOK_EVERY)
+        .global_queue_interval(LOOK_EVERY)
         .enable_io()
         .enable_time()
         .build()
