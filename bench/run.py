@@ -69,6 +69,7 @@ import glob
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import socket
@@ -524,7 +525,7 @@ def measure_cores():
     if len(every) > 1:
         variants.append((len(every), "product", {**PRODUCTION, "io_threads": len(every)},
                          ",".join(map(str, every))))
-    runs = {}
+    runs, io_threads = {}, {}
     for round_ in range(1, ROUNDS + 1):
         for count, kind, config, cpus in variants:
             server = Server(kind, config=config, cpus=cpus)
@@ -536,9 +537,15 @@ def measure_cores():
                 server.stop()
             key = (count, kind, config is not None)
             runs.setdefault(key, []).append(result)
+            # What the worker chose, from its start line ("… N I/O thread(s) …").
+            for line in server.log:
+                found = re.search(r"(\d+) I/O thread\(s\)", line)
+                if found:
+                    io_threads.setdefault(key, set()).add(int(found.group(1)))
             report(f"cores: round {round_}/{ROUNDS}, CPUs {cpus}"
                    + (f", io_threads {count}" if config else ""), kind, result)
-    return {key: summarize(values) for key, values in runs.items()}
+    return {key: {**summarize(values), "io_threads": sorted(io_threads.get(key, ()))}
+            for key, values in runs.items()}
 
 
 def cores_section(cores):
@@ -561,7 +568,8 @@ def cores_section(cores):
         if kind != "product":
             continue
         best = cores.get((count, "best", False))
-        chosen = f"{count} (set)" if forced else f"{(count + 1) // 2} (default)"
+        chosen = (", ".join(map(str, m["io_threads"])) or "?") + (
+            " (set)" if forced else " (default)")
         lines.append(
             f"| {count} | {chosen} | {m['rps']:,.0f} | {m['p99']:.2f} | {m['cpu_us']:.1f} | "
             f"{best['rps']:,.0f} | {best['p99']:.2f} | {best['cpu_us']:.1f} | "
