@@ -14,7 +14,7 @@ VENV := target/python-venv
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 
-.PHONY: build python python-env run test lint bench bench-slowloris bench-compare bench-python image image-python test-docker clean help
+.PHONY: build python python-env run test lint bench bench-slowloris bench-compare bench-profile bench-python image image-python test-docker clean help
 
 .DEFAULT_GOAL := build
 
@@ -53,6 +53,9 @@ bench-slowloris: ## Only the slow clients: trickling heads, trickling bodies, 50
 
 bench-compare: ## This build beside BEFORE=REV, both at once on one core (~5 min): bench/COMPARE.md
 	BEFORE="$(BEFORE)" python3 bench/compare.py
+
+bench-profile: ## Instructions per request by thread, product and bare hyper under callgrind (~3 min): bench/PROFILE.md
+	python3 bench/profile.py
 
 bench-python: ## Python WSGI servers beside the Python host, Flask and plain WSGI (~25 min): bench/PYTHON.md
 	python3 bench/python.py $(BENCH_ARGS)

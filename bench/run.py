@@ -235,9 +235,10 @@ def wait_answer(port, limit=30, expect=None):
 
 class Server:
     """A server process: `kind` is one of KINDS. For the product, `binary` is the build to
-    run (default PRODUCT_BINARY); `cpus` pins the server to those CPUs (taskset's list)."""
+    run (default PRODUCT_BINARY); `cpus` pins the server to those CPUs (taskset's list);
+    `wrap` is a command the server runs under (a profiler's)."""
 
-    def __init__(self, kind, config=None, app=EXAMPLE_LIB, binary=None, cpus=None):
+    def __init__(self, kind, config=None, app=EXAMPLE_LIB, binary=None, cpus=None, wrap=()):
         self.kind = kind
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="msr-bench-")
@@ -253,6 +254,7 @@ class Server:
             env = {key: value for key, value in os.environ.items() if key != "IO_THREADS"}
             if kind == "hyper":
                 env["IO_THREADS"] = str(hyper_io_threads())
+        command = [*wrap, *command]
         if cpus:
             command = ["taskset", "-c", cpus, *command]
         self.started = time.monotonic()
