@@ -11,17 +11,17 @@ mode with default settings but without the watchdog: under valgrind a process ru
 50 times slower, one thread at a time, and the watchdog's probes would time out.
 
 What the counts are: the instructions each thread ran in user space, which the rest of
-the machine's load moves far less than it moves time. They are not time: the kernel's share (the socket calls, waking
-threads; 58% of the product's I/O thread's time at 64 connections) is not in them, nor are
-cache misses, and a thread that spins while it waits counts its spinning (under valgrind
-the threads take turns, so the pool's spinning is not the same as on the machine).
+the machine's load moves far less than it moves time. They are not time: the kernel's
+share (the socket calls, waking threads; 58% of the product's I/O thread's time at 64
+connections) is not in them, nor are cache misses, and a thread that spins while it waits
+counts its spinning (under valgrind the threads take turns, so the pool's spinning is not
+the same as on the machine).
 
 Writes bench/PROFILE.md (or OUTPUT): instructions per request for each kind of thread
 (the worker's `io` and `pool` threads, the supervisor, the rest; bare hyper's threads
-together); the
-functions with the most instructions of their own per request in each; and the product's
-I/O thread against the whole of bare hyper, function by function. Installs valgrind and
-wrk with apt when missing; builds the release binaries measured.
+together); the functions with the most instructions of their own per request in each; and
+the product's I/O thread against the whole of bare hyper, function by function. Installs
+valgrind, wrk and ss with apt when missing; builds the release binaries measured.
 
 Environment:
   DURATION      seconds of wrk counted (default 10)
@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 
+import measure
 import run
 
 DURATION = int(os.environ.get("DURATION", "10"))
@@ -54,24 +55,15 @@ KINDS_OF_THREAD = (("pool", "worker::pool::Threads::serve"),
                    ("io", "scheduler::multi_thread::worker::run"))
 
 
-def install_valgrind():
-    if shutil.which("valgrind") and shutil.which("callgrind_control"):
-        return
-    run.step("installing valgrind (apt)")
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "valgrind"], check=True,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-
-
 def wrk(port, seconds):
     """Requests wrk completed in `seconds`."""
     out = subprocess.run(["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "30s",
                           f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
                          check=True).stdout
-    match = re.search(r"(\d+) requests in", out)
-    if not match:
-        raise RuntimeError(f"wrk printed no request count:\n{out}")
-    return int(match.group(1))
+    requests = measure.parse(out, 0.0)["requests"]
+    if not requests:
+        raise RuntimeError(f"wrk completed no request:\n{out}")
+    return requests
 
 
 def self_costs(path):
@@ -137,16 +129,13 @@ def profile(kind):
         if not sum(costs.values()):
             continue
         pid = os.path.basename(path).split(".")[1]
-        which = "other"
         if kind != "product":
             which = "all"
         elif pid == supervisor:
             which = "supervisor"
         else:
-            for label, marker in KINDS_OF_THREAD:
-                if any(marker in f for f in functions):
-                    which = label
-                    break
+            which = next((label for label, marker in KINDS_OF_THREAD
+                          if any(marker in f for f in functions)), "other")
         kinds[which].update(costs)
         threads[which] += 1
     shutil.rmtree(out, ignore_errors=True)
@@ -184,7 +173,8 @@ def report(product, best):
         "| threads | count | instructions per request |",
         "|---|---:|---:|",
     ]
-    for which in sorted(kinds, key=lambda k: -sum(kinds[k].values())):
+    largest_first = sorted(kinds, key=lambda k: -sum(kinds[k].values()))
+    for which in largest_first:
         lines.append(f"| product: {which} | {threads[which]} | "
                      f"{sum(kinds[which].values()):,.0f} |")
     lines.append(f"| product: all | {sum(threads.values())} | {total:,.0f} |")
@@ -193,7 +183,7 @@ def report(product, best):
                      f"{sum(best_kinds[which].values()):,.0f} |")
     lines += ["", f"Product ÷ bare hyper at its best: {total / sum(best_all.values()):.2f}.",
               ""]
-    for which in sorted(kinds, key=lambda k: -sum(kinds[k].values())):
+    for which in largest_first:
         if sum(kinds[which].values()) < total / 100:
             continue  # the supervisor, the log writer: a few instructions a request
         lines += [f"## The product's {which} threads", ""] + table(kinds[which], TOP) + [""]
@@ -225,7 +215,7 @@ def main():
         return
     if sys.argv[1:]:
         sys.exit("usage: python3 bench/profile.py [--help] (settings in the environment)")
-    install_valgrind()
+    run.install_tools(run.TOOLS + (("valgrind", "valgrind"), ("callgrind_control", "valgrind")))
     run.prepare(product=True)
     product = profile("product")
     best = profile("best")

@@ -141,10 +141,14 @@ def step(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def install_tools():
-    """Installs wrk and ss if missing (apt)."""
-    missing = [package for tool, package in (("wrk", "wrk"), ("ss", "iproute2"))
-               if not shutil.which(tool)]
+# What every measurement needs: a command and the Debian package that has it.
+TOOLS = (("wrk", "wrk"), ("ss", "iproute2"))
+
+
+def install_tools(tools=TOOLS):
+    """Installs the packages of `tools` (command, package) whose command is missing
+    (apt); by default wrk and ss."""
+    missing = sorted({package for tool, package in tools if not shutil.which(tool)})
     if missing:
         step(f"installing {' '.join(missing)} (apt)")
         subprocess.run(["apt-get", "update", "-qq"], check=True)
