@@ -6,8 +6,9 @@
 //! what both use: `cli` (the command line, which starts one or the other), `config`
 //! (lookup, keys, validation), `control` (the channel between the two processes),
 //! `metrics` (the shared memory behind `/metrics`, the app's own metrics too),
-//! `resident` (start-up's code let go once a process serves), `log`, `error` and `exit`. The app SDK
-//! is the crate's library, in `sdk/`; `scaffold` writes it, and new apps, for app authors.
+//! `resident` (start-up's code let go once a process serves), `log`, `error` and `exit`.
+//! The app SDK is the crate's library, in `sdk/`; `scaffold` writes it, and new apps, for
+//! app authors.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
